@@ -1,0 +1,655 @@
+"""Ingestion: stream raw inputs into record tables, and every bad input into rejects.
+
+Each reader yields `Chunk`s of bounded size: records that parsed (core columns, unknown input
+columns kept) and rejects that did not, each naming its file and line (or row). A source that
+cannot be read at all is an `IngestError` naming it, raised by `preflight` before any work starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import io
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from curation.record import CORE_NAMES, ORIGINS, conform_rejects
+
+Format = Literal["auto", "jsonl", "parquet", "csv", "text", "hf"]
+TextMode = Literal["file", "paragraph"]
+
+# Our choice: far above any real document (a novel is ~1 MB), low enough that one bad line
+# cannot exhaust memory. Longer documents become rejects with their first bytes kept.
+DEFAULT_MAX_DOC_BYTES = 8 * 1024 * 1024
+RAW_PREVIEW_BYTES = 64 * 1024
+# Rows per yielded chunk: bounds reader memory (~chunk_rows x document size).
+DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
+
+INGEST_STEP = "ingest"
+PROVENANCE_COLUMNS = ("_source_file", "_source_line")
+
+
+class IngestError(Exception):
+    """A source that cannot be read at all; names the source and why."""
+
+
+class InputSpec(BaseModel):
+    """Where one input lives and how to read it; a recipe's `inputs:` entries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    format: Format = "auto"
+    source: str | None = None  # defaults to the file name without extensions
+    text_field: str = "text"
+    id_field: str | None = "id"
+    text_mode: TextMode = "file"  # text inputs: one document per file, or per blank-line paragraph
+    glob: str | None = None  # folders: which files to read
+    # Hugging Face `datasets` options (format: hf).
+    hf_name: str | None = None
+    split: str = "train"
+    streaming: bool = False
+    # Provenance for records that do not carry their own.
+    origin: Literal["human", "synthetic"] = "human"
+    generation: int = Field(0, ge=0)
+    generator: str | None = None
+    max_doc_bytes: int = Field(DEFAULT_MAX_DOC_BYTES, gt=0)
+
+    @property
+    def source_name(self) -> str:
+        if self.source:
+            return self.source
+        name = Path(self.path.rstrip("/")).name
+        for suffix in (".gz", ".zst", ".jsonl", ".json", ".parquet", ".csv", ".txt"):
+            name = name.removesuffix(suffix)
+        return name or "input"
+
+
+@dataclass
+class Chunk:
+    """One bounded slice of an input: parsed records plus the rejects met on the way."""
+
+    records: pa.Table | None
+    rejects: pa.Table | None
+    lines_read: int
+
+
+@dataclass
+class _Batch:
+    """Accumulates rows of one file until the chunk is big enough to hand on."""
+
+    spec: InputSpec
+    file: str
+    ids: list[str | None] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    extras: dict[str, list[Any]] = field(default_factory=dict)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    nbytes: int = 0
+    lines_read: int = 0
+
+    def add(self, line: int, text: str, rid: str | None, extra: dict[str, Any] | None = None) -> None:
+        n = len(self.texts)
+        self.ids.append(rid)
+        self.texts.append(text)
+        self.lines.append(line)
+        self.nbytes += len(text)
+        if extra:
+            for key, value in extra.items():
+                column = self.extras.get(key)
+                if column is None:
+                    column = self.extras[key] = [None] * n
+                column.append(value)
+        for column in self.extras.values():
+            if len(column) < n + 1:
+                column.append(None)
+
+    def reject(self, line: int, reason: str, raw: bytes | None = None, text: str | None = None,
+               rid: str | None = None) -> None:
+        if raw is not None and len(raw) > RAW_PREVIEW_BYTES:
+            raw = raw[:RAW_PREVIEW_BYTES]
+        self.rejects.append({"id": rid, "text": text, "reason": reason, "source_line": line, "raw": raw})
+        self.nbytes += len(raw or b"") + len(text or "")
+
+    def full(self, limit: int) -> bool:
+        return self.nbytes >= limit
+
+    def flush(self) -> Chunk:
+        records = None
+        if self.texts:
+            records = _build_records(self.spec, self.file, self.ids, self.texts, self.lines, self.extras)
+        rejects = _build_rejects(self.spec, self.file, self.rejects) if self.rejects else None
+        chunk = Chunk(records, rejects, self.lines_read)
+        self.ids, self.texts, self.lines, self.extras, self.rejects = [], [], [], {}, []
+        self.nbytes = self.lines_read = 0
+        return chunk
+
+
+def _column(values: list[Any]) -> pa.Array:
+    """An Arrow column from Python values; mixed types fall back to JSON text so nothing is lost."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        return pa.array(
+            [None if v is None else (v if isinstance(v, str) else orjson.dumps(v).decode()) for v in values],
+            pa.large_string(),
+        )
+
+
+def _build_records(spec: InputSpec, file: str, ids: list[str | None], texts: list[str], lines: list[int],
+                   extras: dict[str, list[Any]]) -> pa.Table:
+    source = spec.source_name
+    stem = Path(file).name
+    full_ids = [rid if rid is not None else f"{source}:{stem}:{line}" for rid, line in zip(ids, lines)]
+    n = len(texts)
+    columns: dict[str, pa.Array] = {
+        "id": pa.array(full_ids, pa.string()),
+        "text": pa.array(texts, pa.large_string()),
+        "source": pa.array([source] * n, pa.string()),
+    }
+    provenance = {"origin": spec.origin, "generation": spec.generation, "generator": spec.generator}
+    for name, default in provenance.items():
+        values = extras.pop(name, None)
+        if values is None:
+            values = [default] * n
+        else:
+            values = [default if v is None else v for v in values]
+        columns[name] = _column(values)
+    for name, values in extras.items():
+        columns[name] = _column(values)
+    columns["_source_file"] = pa.array([file] * n, pa.string())
+    columns["_source_line"] = pa.array(lines, pa.int64())
+    return pa.table(columns)
+
+
+def _build_rejects(spec: InputSpec, file: str, rows: list[dict[str, Any]]) -> pa.Table:
+    n = len(rows)
+    table = pa.table({
+        "id": pa.array([r["id"] for r in rows], pa.string()),
+        "text": pa.array([r["text"] for r in rows], pa.large_string()),
+        "source": pa.array([spec.source_name] * n, pa.string()),
+        "step": pa.array([INGEST_STEP] * n, pa.string()),
+        "reason": pa.array([r["reason"] for r in rows], pa.string()),
+        "source_file": pa.array([file] * n, pa.string()),
+        "source_line": pa.array([r["source_line"] for r in rows], pa.int64()),
+        "raw": pa.array([r["raw"] for r in rows], pa.large_binary()),
+    })
+    return conform_rejects(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving inputs to files, and checking them before any work starts.
+
+
+def detect_format(path: str) -> Format:
+    name = path.lower()
+    if name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".ndjson")):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if name.endswith((".txt", ".md", ".rst", ".text")):
+        return "text"
+    raise IngestError(f"{path}: cannot tell the format from the name; set `format:` "
+                      "(jsonl, parquet, csv, text or hf)")
+
+
+def resolve_files(spec: InputSpec, base: Path | None = None) -> list[str]:
+    """The concrete files an input names, sorted so that runs are deterministic."""
+    if spec.format == "hf":
+        return [spec.path]
+    path = Path(spec.path)
+    if base is not None and not path.is_absolute():
+        path = base / path
+    if path.is_dir():
+        pattern = spec.glob or ("**/*.txt" if spec.format == "text" else "**/*")
+        files = sorted(str(p) for p in path.glob(pattern) if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise IngestError(f"{path}: folder has no files matching {pattern!r}")
+        return files
+    if any(ch in spec.path for ch in "*?["):
+        files = sorted(p for p in glob.glob(str(path), recursive=True) if os.path.isfile(p))
+        if not files:
+            raise IngestError(f"{spec.path}: pattern matches no files")
+        return files
+    if not path.exists():
+        raise IngestError(f"{path}: input file does not exist")
+    return [str(path)]
+
+
+def file_format(spec: InputSpec, file: str) -> Format:
+    return spec.format if spec.format != "auto" else detect_format(file)
+
+
+def preflight(spec: InputSpec, file: str) -> None:
+    """Fail fast, naming the file, when a source cannot be opened at all."""
+    fmt = file_format(spec, file)
+    if fmt == "hf":
+        load_hf_dataset(spec)
+        return
+    try:
+        if fmt == "parquet":
+            schema = pq.ParquetFile(file).schema_arrow
+            if spec.text_field not in schema.names:
+                raise IngestError(f"{file}: no column {spec.text_field!r} (columns: {', '.join(schema.names)})")
+            if not (pa.types.is_string(schema.field(spec.text_field).type)
+                    or pa.types.is_large_string(schema.field(spec.text_field).type)):
+                raise IngestError(f"{file}: column {spec.text_field!r} has type "
+                                  f"{schema.field(spec.text_field).type}, expected a string")
+        else:
+            with _open_binary(file) as handle:
+                handle.read(1)
+    except IngestError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to open is the same user-facing error
+        raise IngestError(f"{file}: cannot be read as {fmt}: {type(exc).__name__}: {exc}") from exc
+
+
+def _open_binary(file: str) -> io.BufferedIOBase:
+    if file.endswith(".gz"):
+        return gzip.open(file, "rb")  # type: ignore[return-value]
+    if file.endswith(".zst"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(file, "rb"), closefd=True))
+    return open(file, "rb")
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers. Each yields Chunks; none holds more than ~chunk_bytes of text at once.
+
+
+def read_input(spec: InputSpec, file: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Chunk]:
+    fmt = file_format(spec, file)
+    reader = {"jsonl": _read_jsonl, "parquet": _read_parquet, "csv": _read_csv, "text": _read_text,
+              "hf": _read_hf}[fmt]
+    yield from reader(spec, file, chunk_bytes)
+
+
+def _check_text(batch: _Batch, line: int, text: Any, rid: str | None, raw: bytes | None) -> str | None:
+    """The shared per-record checks; returns the text when it is usable, else records a reject."""
+    field_name = batch.spec.text_field
+    if text is None:
+        batch.reject(line, f"missing_field={field_name}", raw=raw, rid=rid)
+        return None
+    if not isinstance(text, str):
+        batch.reject(line, f"non_string_text={field_name} is {type(text).__name__}", raw=raw, rid=rid)
+        return None
+    if "\x00" in text:
+        batch.reject(line, "nul_byte", text=text.replace("\x00", "\\x00"), rid=rid)
+        return None
+    if not text.strip():
+        batch.reject(line, "empty_text", text=text, rid=rid)
+        return None
+    return text
+
+
+_PROVENANCE_TYPES = {"origin": str, "generation": int, "generator": str}
+
+
+def _check_provenance(batch: _Batch, line: int, extra: dict[str, Any], rid: str | None, raw: bytes) -> bool:
+    for name, kind in _PROVENANCE_TYPES.items():
+        value = extra.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool):
+            batch.reject(line, f"bad_field={name} is {type(value).__name__}, expected {kind.__name__}",
+                         raw=raw, rid=rid)
+            return False
+        if name == "origin" and value not in ORIGINS:
+            batch.reject(line, f"bad_field=origin {value!r} not in {ORIGINS}", raw=raw, rid=rid)
+            return False
+    return True
+
+
+def _split_fields(spec: InputSpec, obj: dict[str, Any]) -> tuple[Any, str | None, dict[str, Any]]:
+    text = obj.pop(spec.text_field, None)
+    rid = obj.pop(spec.id_field, None) if spec.id_field else None
+    if rid is not None and not isinstance(rid, str):
+        rid = str(rid)
+    for reserved in ("text", "id", "source", "step", "reason") + PROVENANCE_COLUMNS:
+        if reserved in obj and reserved not in _PROVENANCE_TYPES:
+            obj[f"input_{reserved}"] = obj.pop(reserved)
+    return text, rid, obj
+
+
+def _read_jsonl(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]:
+    batch = _Batch(spec, file)
+    limit = spec.max_doc_bytes
+    line_no = 0
+    with _open_binary(file) as handle:
+        while True:
+            try:
+                raw = handle.readline(limit + 1)
+            except (EOFError, OSError, Exception) as exc:  # noqa: BLE001 - truncated/corrupt streams
+                batch.reject(line_no + 1, f"truncated_stream={type(exc).__name__}: {exc}")
+                batch.lines_read += 1
+                break
+            if not raw:
+                break
+            line_no += 1
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                size = len(raw) + _skip_line(handle)
+                batch.lines_read += 1
+                batch.reject(line_no, f"too_large={size} bytes > max_doc_bytes {limit}", raw=raw)
+                continue
+            if not raw.strip():
+                continue  # blank lines are separators, not records
+            batch.lines_read += 1
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                reason = "invalid_utf8" if _is_invalid_utf8(raw) else "malformed_json"
+                batch.reject(line_no, f"{reason}={exc}", raw=raw)
+            else:
+                if not isinstance(obj, dict):
+                    batch.reject(line_no, f"not_an_object=JSON {type(obj).__name__}", raw=raw)
+                else:
+                    text, rid, extra = _split_fields(spec, obj)
+                    text = _check_text(batch, line_no, text, rid, raw)
+                    if text is not None and _check_provenance(batch, line_no, extra, rid, raw):
+                        batch.add(line_no, text, rid, extra)
+            if batch.full(chunk_bytes):
+                yield batch.flush()
+    yield batch.flush()
+
+
+def _skip_line(handle: io.BufferedIOBase) -> int:
+    skipped = 0
+    while True:
+        block = handle.readline(1 << 20)
+        skipped += len(block)
+        if not block or block.endswith(b"\n"):
+            return skipped
+
+
+def _is_invalid_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _read_csv(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]:
+    batch = _Batch(spec, file)
+    raw_handle = _open_binary(file)
+    text_handle = io.TextIOWrapper(raw_handle, encoding="utf-8", errors="surrogateescape", newline="")
+    with text_handle:
+        csv.field_size_limit(max(spec.max_doc_bytes, 1 << 20))
+        reader = csv.reader(text_handle)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise IngestError(f"{file}: unreadable CSV header: {exc}") from exc
+        if spec.text_field not in header:
+            raise IngestError(f"{file}: no column {spec.text_field!r} in CSV header ({', '.join(header)})")
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                batch.lines_read += 1
+                batch.reject(start, f"malformed_csv={exc}")
+                continue
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            batch.lines_read += 1
+            if len(row) != len(header):
+                batch.reject(start, f"malformed_csv={len(row)} fields, header has {len(header)}",
+                             raw=",".join(row).encode("utf-8", "surrogateescape"))
+                continue
+            obj = dict(zip(header, row))
+            bad = [k for k, v in obj.items() if _has_surrogates(v)]
+            if bad:
+                batch.reject(start, f"invalid_utf8=field {bad[0]!r}",
+                             raw=",".join(row).encode("utf-8", "surrogateescape"))
+                continue
+            text, rid, extra = _split_fields(spec, obj)
+            if isinstance(text, str) and len(text.encode()) > spec.max_doc_bytes:
+                batch.reject(start, f"too_large={len(text.encode())} bytes > max_doc_bytes "
+                                    f"{spec.max_doc_bytes}", raw=text.encode()[:RAW_PREVIEW_BYTES], rid=rid)
+                continue
+            extra = {k: (v if v != "" else None) for k, v in extra.items()}
+            if "generation" in extra and extra["generation"] is not None:
+                try:
+                    extra["generation"] = int(extra["generation"])
+                except ValueError:
+                    pass
+            text = _check_text(batch, start, text, rid, None)
+            if text is not None and _check_provenance(batch, start, extra, rid, None):
+                batch.add(start, text, rid, extra)
+            if batch.full(chunk_bytes):
+                yield batch.flush()
+    yield batch.flush()
+
+
+_SURROGATES = re.compile("[\udc80-\udcff]")
+
+
+def _has_surrogates(value: str) -> bool:
+    return bool(_SURROGATES.search(value))
+
+
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
+
+
+def _read_text(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]:
+    batch = _Batch(spec, file)
+    size = os.path.getsize(file)
+    if spec.text_mode == "file" and size > spec.max_doc_bytes:
+        with open(file, "rb") as handle:
+            preview = handle.read(RAW_PREVIEW_BYTES)
+        batch.lines_read = 1
+        batch.reject(1, f"too_large={size} bytes > max_doc_bytes {spec.max_doc_bytes}", raw=preview)
+        yield batch.flush()
+        return
+    with _open_binary(file) as handle:
+        data = handle.read()
+    try:
+        content = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if spec.text_mode == "file":
+            batch.lines_read = 1
+            batch.reject(1, f"invalid_utf8=byte {exc.start}", raw=data)
+            yield batch.flush()
+            return
+        content = None
+    if spec.text_mode == "file":
+        batch.lines_read = 1
+        text = _check_text(batch, 1, content.removeprefix("\ufeff"), None, None)  # type: ignore[union-attr]
+        if text is not None:
+            batch.add(1, text, None)
+        yield batch.flush()
+        return
+    # One document per blank-line-separated paragraph; a paragraph that is not UTF-8 is rejected alone.
+    pieces = _PARAGRAPH_BREAK.split(data.decode("utf-8", "surrogateescape") if content is None else content)
+    line = 1
+    for piece in pieces:
+        start = line + _leading_newlines(piece)
+        line += piece.count("\n") + 2
+        if not piece.strip():
+            continue
+        batch.lines_read += 1
+        if _has_surrogates(piece):
+            batch.reject(start, "invalid_utf8", raw=piece.encode("utf-8", "surrogateescape"))
+            continue
+        text = _check_text(batch, start, piece.strip("\n"), None, None)
+        if text is not None:
+            batch.add(start, text, None)
+        if batch.full(chunk_bytes):
+            yield batch.flush()
+    yield batch.flush()
+
+
+def _leading_newlines(piece: str) -> int:
+    return len(piece) - len(piece.lstrip("\n"))
+
+
+def _arrow_chunks(spec: InputSpec, file: str, batches: Iterator[pa.RecordBatch | pa.Table]) -> Iterator[Chunk]:
+    """Shared vectorised checks for columnar sources (Parquet, HF datasets)."""
+    row = 0
+    for rb in batches:
+        table = pa.Table.from_batches([rb]) if isinstance(rb, pa.RecordBatch) else rb
+        n = table.num_rows
+        if n == 0:
+            continue
+        lines = pa.array(range(row + 1, row + n + 1), pa.int64())
+        row += n
+        if spec.text_field not in table.column_names:
+            raise IngestError(f"{file}: no column {spec.text_field!r} (columns: {', '.join(table.column_names)})")
+        text = table.column(spec.text_field)
+        if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+            raise IngestError(f"{file}: column {spec.text_field!r} has type {text.type}, expected a string")
+        reasons = _vector_reasons(spec, text)
+        bad = pc.is_valid(reasons)
+        rejects = None
+        if pc.any(bad).as_py():
+            rejected = table.filter(bad)
+            rid = rejected.column(spec.id_field).cast(pa.string()) if spec.id_field in table.column_names \
+                else pa.nulls(rejected.num_rows, pa.string())
+            rejects = conform_rejects(pa.table({
+                "id": rid,
+                "text": rejected.column(spec.text_field).cast(pa.large_string()),
+                "source": pa.array([spec.source_name] * rejected.num_rows, pa.string()),
+                "step": pa.array([INGEST_STEP] * rejected.num_rows, pa.string()),
+                "reason": reasons.filter(bad),
+                "source_file": pa.array([file] * rejected.num_rows, pa.string()),
+                "source_line": lines.filter(bad),
+            }))
+            # Never store a huge reject whole; the preview and the reason say what it was.
+            rejects = rejects.set_column(1, "text", pc.utf8_slice_codeunits(rejects.column("text"), 0,
+                                                                             RAW_PREVIEW_BYTES))
+        good = pc.invert(bad)
+        kept = table.filter(good)
+        records = _arrow_records(spec, file, kept, lines.filter(good)) if kept.num_rows else None
+        yield Chunk(records, rejects, n)
+
+
+def _vector_reasons(spec: InputSpec, text: pa.ChunkedArray) -> pa.Array:
+    """One reason per row (null when the row is usable), computed column-wise."""
+    text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+    nbytes = pc.binary_length(text)
+    missing = pc.is_null(text)
+    nul = pc.fill_null(pc.match_substring(text, "\x00"), False)
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text), ""), False)
+    huge = pc.fill_null(pc.greater(nbytes, spec.max_doc_bytes), False)
+    too_large = pc.binary_join_element_wise(
+        "too_large=", pc.cast(nbytes, pa.string()), f" bytes > max_doc_bytes {spec.max_doc_bytes}", "")
+    return pc.case_when(
+        pc.make_struct(missing, nul, empty, huge),
+        pa.scalar(f"missing_field={spec.text_field}"), "nul_byte", "empty_text", too_large,
+    )
+
+
+def _arrow_records(spec: InputSpec, file: str, table: pa.Table, lines: pa.Array) -> pa.Table:
+    n = table.num_rows
+    source = spec.source_name
+    stem = Path(file).name
+    if spec.id_field and spec.id_field in table.column_names:
+        given = table.column(spec.id_field).cast(pa.string())
+        derived = pc.binary_join_element_wise(f"{source}:{stem}:", pc.cast(lines, pa.string()), "")
+        ids = pc.coalesce(given, derived)
+    else:
+        ids = pc.binary_join_element_wise(f"{source}:{stem}:", pc.cast(lines, pa.string()), "")
+    columns: dict[str, Any] = {
+        "id": ids,
+        "text": table.column(spec.text_field).cast(pa.large_string()),
+        "source": pa.array([source] * n, pa.string()),
+    }
+    defaults = {"origin": spec.origin, "generation": spec.generation, "generator": spec.generator}
+    for name, default in defaults.items():
+        column = table.column(name) if name in table.column_names else None
+        fill = pa.array([default] * n, pa.int32() if name == "generation" else pa.string())
+        columns[name] = fill if column is None else pc.coalesce(column.cast(fill.type), fill)
+    skip = {spec.text_field, spec.id_field, *defaults}
+    for name in table.column_names:
+        if name in skip:
+            continue
+        out = f"input_{name}" if name in CORE_NAMES or name in PROVENANCE_COLUMNS or name in ("step", "reason") \
+            else name
+        columns[out] = table.column(name)
+    columns["_source_file"] = pa.array([file] * n, pa.string())
+    columns["_source_line"] = lines
+    return pa.table(columns)
+
+
+def _read_parquet(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]:
+    parquet = pq.ParquetFile(file)
+    meta = parquet.metadata
+    rows_before = 0
+    for group in range(meta.num_row_groups):
+        rows = meta.row_group(group).num_rows
+        try:
+            table = parquet.read_row_group(group)
+        except Exception as exc:  # noqa: BLE001 - a corrupt row group is quarantined, the rest is read
+            batch = _Batch(spec, file)
+            batch.lines_read = rows
+            for r in range(rows_before + 1, rows_before + rows + 1):
+                batch.reject(r, f"unreadable_row_group={group}: {type(exc).__name__}: {exc}")
+            yield batch.flush()
+        else:
+            for chunk in _arrow_chunks(spec, file, iter(_slices(table, chunk_bytes))):
+                if chunk.records is not None:
+                    chunk.records = _offset_lines(chunk.records, "_source_line", rows_before)
+                if chunk.rejects is not None:
+                    chunk.rejects = _offset_lines(chunk.rejects, "source_line", rows_before)
+                yield chunk
+        rows_before += rows
+
+
+def _offset_lines(table: pa.Table, column: str, offset: int) -> pa.Table:
+    if offset == 0:
+        return table
+    index = table.column_names.index(column)
+    return table.set_column(index, column, pc.add(table.column(column), offset))
+
+
+def _slices(table: pa.Table, chunk_bytes: int) -> Iterator[pa.Table]:
+    """Row slices of about chunk_bytes each, so one large row group does not become one chunk."""
+    if table.num_rows == 0:
+        return
+    per_row = max(1, table.nbytes // table.num_rows)
+    step = max(1, chunk_bytes // per_row)
+    for start in range(0, table.num_rows, step):
+        yield table.slice(start, step)
+
+
+def _read_hf(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]:
+    dataset = load_hf_dataset(spec)
+    if spec.streaming:
+        def batches() -> Iterator[pa.Table]:
+            for rows in dataset.iter(batch_size=1000):
+                yield pa.Table.from_pydict(rows)
+        yield from _arrow_chunks(spec, file, batches())
+    else:
+        yield from _arrow_chunks(spec, file, iter(_slices(dataset.data.table, chunk_bytes)))
+
+
+def load_hf_dataset(spec: InputSpec) -> Any:
+    """Load a Hugging Face dataset by local path or hub name; offline hub names fail clearly."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(spec.path, name=spec.hf_name, split=spec.split, streaming=spec.streaming)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the name and a hint
+        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = (" (the Hugging Face hub is offline here: use a local path, or set HF_HUB_OFFLINE=0 "
+                "on a machine with network access)") if offline or not Path(spec.path).exists() else ""
+        raise IngestError(f"hf:{spec.path}: cannot load dataset: {type(exc).__name__}: {exc}{hint}") from exc

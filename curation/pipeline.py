@@ -1,0 +1,311 @@
+"""The work of a curation run, as plain functions the flow runs as tasks.
+
+    plan_ingest      resolve inputs to files, check every one can be opened (before any work)
+    ingest_unit      stream one group of files into raw shards of the target size, plus rejects
+    duplicate_ids    global pass: a repeated id keeps its first occurrence, the rest are rejects
+    process_shard    run the recipe's steps over one raw shard into data and rejects parts
+    ingest_counts / step_counts   fold per-task counts into the manifest's per-step accounting
+
+Every function takes and returns plain, picklable values, so it can run in another process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curation.ingest import (
+    INGEST_STEP,
+    PROVENANCE_COLUMNS,
+    IngestError,
+    InputSpec,
+    preflight,
+    read_input,
+    resolve_files,
+)
+from curation.recipe import Recipe
+from curation.record import as_rejects, conform, conform_rejects, conform_to, unified_schema
+from curation.steps import reason_key
+
+PARQUET_COMPRESSION = "zstd"
+
+
+@dataclass(frozen=True)
+class IngestUnit:
+    """A group of files from one input, ingested by one task, in a fixed order."""
+
+    unit: int
+    input_index: int
+    files: tuple[str, ...]
+    nbytes: int
+
+
+@dataclass
+class IngestResult:
+    unit: int
+    shards: list[str]
+    lines_read: int
+    records: int
+    rejected_by_reason: dict[str, int]
+    bytes_read: int
+
+
+@dataclass
+class ShardResult:
+    shard: str
+    steps: dict[str, dict[str, Any]]
+    rows_out: int
+    duplicate_id_rejects: int = 0
+
+
+@dataclass
+class Plan:
+    units: list[IngestUnit]
+    quarantined: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(u.nbytes for u in self.units)
+
+
+def plan_ingest(recipe: Recipe) -> Plan:
+    """Resolve every input and open every file once, so that bad sources fail before any work."""
+    units: list[IngestUnit] = []
+    quarantined: list[tuple[str, str]] = []
+    target = int(recipe.shard_size_mb * 1e6)
+    for index, spec in enumerate(recipe.inputs):
+        files = resolve_files(spec, recipe.base)
+        group: list[str] = []
+        group_bytes = 0
+        for file in files:
+            try:
+                preflight(spec, file)
+            except IngestError as exc:
+                if recipe.on_unreadable == "error":
+                    raise
+                quarantined.append((file, str(exc)))
+                continue
+            size = os.path.getsize(file) if os.path.exists(file) else 0
+            group.append(file)
+            group_bytes += size
+            # Small files are grouped so one task reads about a shard's worth of input.
+            if group_bytes >= target:
+                units.append(IngestUnit(len(units), index, tuple(group), group_bytes))
+                group, group_bytes = [], 0
+        if group:
+            units.append(IngestUnit(len(units), index, tuple(group), group_bytes))
+    return Plan(units, quarantined)
+
+
+def quarantine_table(quarantined: list[tuple[str, str]]) -> pa.Table:
+    """One reject per wholly unreadable file, so the manifest still accounts for it."""
+    n = len(quarantined)
+    return conform_rejects(pa.table({
+        "step": pa.array([INGEST_STEP] * n, pa.string()),
+        "reason": pa.array([f"unreadable_file={reason}" for _, reason in quarantined], pa.string()),
+        "source_file": pa.array([f for f, _ in quarantined], pa.string()),
+    }))
+
+
+def _write_parquet(fs: fsspec.AbstractFileSystem, table: pa.Table, path: str) -> None:
+    """Write then rename, so a crash never leaves a half-written part under its final name."""
+    tmp = f"{path}.tmp"
+    pq.write_table(table, tmp, filesystem=fs, compression=PARQUET_COMPRESSION)
+    fs.mv(tmp, path)
+
+
+def concat(tables: list[pa.Table]) -> pa.Table:
+    """Concatenate tables whose extra columns may differ (union of columns, widened types)."""
+    if len(tables) == 1:
+        return tables[0]
+    schema = unified_schema(t.schema for t in tables)
+    return pa.concat_tables([conform_to(t, schema) for t in tables])
+
+
+class _RollingWriter:
+    """Buffers tables and writes a Parquet file each time the buffer reaches the target size."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, pattern: str, target_bytes: int):
+        self.fs, self.pattern, self.target = fs, pattern, target_bytes
+        self.buffer: list[pa.Table] = []
+        self.size = 0
+        self.paths: list[str] = []
+
+    def add(self, table: pa.Table | None) -> None:
+        if table is None or table.num_rows == 0:
+            return
+        self.buffer.append(table)
+        self.size += table.nbytes
+        if self.size >= self.target:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        path = self.pattern.format(len(self.paths))
+        _write_parquet(self.fs, concat(self.buffer), path)
+        self.paths.append(path)
+        self.buffer, self.size = [], 0
+
+
+def ingest_unit(recipe: Recipe, unit: IngestUnit, store_url: str, staging: str) -> IngestResult:
+    fs, _ = fsspec.core.url_to_fs(store_url)
+    spec: InputSpec = recipe.inputs[unit.input_index]
+    target = int(recipe.shard_size_mb * 1e6)
+    shards = _RollingWriter(fs, f"{staging}/work/raw-{unit.unit:05d}-{{:05d}}.parquet", target)
+    rejects = _RollingWriter(fs, f"{staging}/rejects/ingest-{unit.unit:05d}-{{:05d}}.parquet", target)
+    lines = records = 0
+    reasons: Counter[str] = Counter()
+    for file in unit.files:
+        for chunk in read_input(spec, file, chunk_bytes=min(target, 8_000_000)):
+            lines += chunk.lines_read
+            if chunk.records is not None:
+                records += chunk.records.num_rows
+                shards.add(chunk.records)
+            if chunk.rejects is not None:
+                reasons.update(reason_key(r) for r in chunk.rejects.column("reason").to_pylist())
+                rejects.add(chunk.rejects)
+    shards.flush()
+    rejects.flush()
+    return IngestResult(unit.unit, shards.paths, lines, records, dict(reasons), unit.nbytes)
+
+
+def duplicate_ids(store_url: str, shards: list[str]) -> dict[str, list[tuple[int, str]]]:
+    """Rows whose id was already used earlier in the run: {shard: [(row, reason), ...]}.
+
+    The first occurrence (in input order) keeps the id; later ones are ingest rejects that say
+    where the id was first seen. Reads only the id and provenance columns.
+    """
+    fs, _ = fsspec.core.url_to_fs(store_url)
+    tables = []
+    for index, shard in enumerate(shards):
+        t = pq.read_table(shard, columns=["id", *PROVENANCE_COLUMNS], filesystem=fs)
+        tables.append(t.append_column("shard", pa.array(np.full(t.num_rows, index, np.int32)))
+                       .append_column("row", pa.array(np.arange(t.num_rows, dtype=np.int64))))
+    if not tables:
+        return {}
+    table = pa.concat_tables(tables)
+    table = table.append_column("pos", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    first = table.group_by("id").aggregate([("pos", "min"), ("pos", "count")])
+    first = first.filter(pc.greater(first.column("pos_count"), 1))
+    if first.num_rows == 0:
+        return {}
+    dups = table.join(first, "id").filter(pc.not_equal(pc.field("pos"), pc.field("pos_min")))
+    out: dict[str, list[tuple[int, str]]] = {}
+    files = table.column("_source_file")
+    lines = table.column("_source_line")
+    for row in dups.select(["id", "shard", "row", "pos_min"]).to_pylist():
+        where = f"{files[row['pos_min']].as_py()}:{lines[row['pos_min']].as_py()}"
+        out.setdefault(shards[row["shard"]], []).append((row["row"], f"duplicate_id={row['id']} first at {where}"))
+    for rows in out.values():
+        rows.sort()
+    return out
+
+
+def _counts(n_in: int, kept: int, reasons: Iterable[str], counters: dict[str, int] | None = None) -> dict[str, Any]:
+    by_reason = Counter(reason_key(r) for r in reasons)
+    return {"in": n_in, "kept": kept, "rejected": n_in - kept, "rejected_by_reason": dict(by_reason),
+            **({"counters": counters} if counters else {})}
+
+
+def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], store_url: str,
+                  staging: str) -> ShardResult:
+    """Duplicate-id drops, then each step in order; writes one data part and one rejects part."""
+    fs, _ = fsspec.core.url_to_fs(store_url)
+    stem = shard.rsplit("/", 1)[-1].removeprefix("raw-").removesuffix(".parquet")
+    batch = pq.read_table(shard, filesystem=fs)
+    rejected: list[pa.Table] = []
+    if drops:
+        mask = np.ones(batch.num_rows, bool)
+        rows = np.array([r for r, _ in drops], np.int64)
+        mask[rows] = False
+        dropped = batch.take(pa.array(rows)).append_column("reason", pa.array([r for _, r in drops], pa.string()))
+        rejected.append(as_rejects(dropped, INGEST_STEP))
+        batch = batch.filter(pa.array(mask))
+    steps: dict[str, dict[str, Any]] = {}
+    for name, step in recipe.build_steps():
+        n_in = batch.num_rows
+        out = step.apply(batch)
+        if out.kept.num_rows + out.rejected.num_rows != n_in:
+            raise RuntimeError(f"step {name!r} returned {out.kept.num_rows} kept + {out.rejected.num_rows} "
+                               f"rejected for {n_in} records in {shard}")
+        steps[name] = _counts(n_in, out.kept.num_rows, out.rejected.column("reason").to_pylist(), out.counters)
+        if out.rejected.num_rows:
+            rejected.append(as_rejects(out.rejected, name))
+        batch = out.kept
+    data = conform(batch.drop_columns([c for c in PROVENANCE_COLUMNS if c in batch.column_names]))
+    _write_parquet(fs, data, f"{staging}/data/part-{stem}.parquet")
+    if rejected:
+        _write_parquet(fs, concat(rejected), f"{staging}/rejects/steps-{stem}.parquet")
+    return ShardResult(shard, steps, data.num_rows, len(drops))
+
+
+def merge_step_counts(recipe: Recipe, results: list[ShardResult]) -> list[dict[str, Any]]:
+    """Per-step totals over all shards, in recipe order."""
+    merged = []
+    for name, _ in recipe.build_steps():
+        total: dict[str, Any] = {"name": name, "in": 0, "kept": 0, "rejected": 0, "rejected_by_reason": Counter(),
+                                 "counters": Counter()}
+        for result in results:
+            counts = result.steps[name]
+            for key in ("in", "kept", "rejected"):
+                total[key] += counts[key]
+            total["rejected_by_reason"].update(counts["rejected_by_reason"])
+            total["counters"].update(counts.get("counters", {}))
+        total["rejected_by_reason"] = dict(sorted(total["rejected_by_reason"].items()))
+        total["counters"] = dict(total["counters"])
+        merged.append(total)
+    return merged
+
+
+def ingest_counts(ingested: list[IngestResult], duplicates: int, quarantined: int) -> dict[str, Any]:
+    reasons: Counter[str] = Counter()
+    for result in ingested:
+        reasons.update(result.rejected_by_reason)
+    if duplicates:
+        reasons["duplicate_id"] += duplicates
+    if quarantined:
+        reasons["unreadable_file"] += quarantined
+    n_in = sum(r.lines_read for r in ingested) + quarantined
+    rejected = sum(reasons.values())
+    return {"name": INGEST_STEP, "in": n_in, "kept": n_in - rejected, "rejected": rejected,
+            "rejected_by_reason": dict(sorted(reasons.items())), "counters": {}}
+
+
+def build_manifest(recipe: Recipe, plan: Plan, ingested: list[IngestResult], duplicates: int,
+                   shards: list[ShardResult], parents: list[str], seconds: float) -> dict[str, Any]:
+    """Everything about the run that the store cannot see in the files themselves."""
+    from datetime import datetime, timezone
+
+    from curation import __version__
+
+    inputs = []
+    for index, spec in enumerate(recipe.inputs):
+        files = [{"path": f, "bytes": os.path.getsize(f) if os.path.exists(f) else None}
+                 for unit in plan.units if unit.input_index == index for f in unit.files]
+        inputs.append({"path": spec.path, "source": spec.source_name, "files": files})
+    return {
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tool": {"name": "curate", "version": __version__},
+        "parents": list(parents),
+        "recipe": recipe.model_dump(mode="json"),
+        "recipe_hash": recipe.content_hash(),
+        "inputs": inputs,
+        "quarantined_files": [{"path": f, "reason": r} for f, r in plan.quarantined],
+        "steps": [ingest_counts(ingested, duplicates, len(plan.quarantined)), *merge_step_counts(recipe, shards)],
+        "run_seconds": round(seconds, 3),
+    }
+
+
+def write_quarantine(store_url: str, staging: str, quarantined: list[tuple[str, str]]) -> None:
+    fs, _ = fsspec.core.url_to_fs(store_url)
+    _write_parquet(fs, quarantine_table(quarantined), f"{staging}/rejects/ingest-quarantine.parquet")

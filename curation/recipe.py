@@ -1,0 +1,151 @@
+"""Recipes: a YAML file that names the inputs and the steps of a run, validated before any work.
+
+    name: my-corpus
+    inputs:
+      - {path: raw/web.jsonl.gz, source: web}
+    steps:
+      - {step: normalize}
+      - {step: length_filter, min_chars: 200}
+
+Unknown keys, unknown steps and bad values are `RecipeError`s that name the key and list the
+valid ones. Relative input paths are relative to the recipe file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from curation.ingest import InputSpec
+from curation.steps import REGISTRY, Step
+
+# Our choice: 64 MB shards are large enough for efficient Parquet row groups and small enough that
+# one shard's work fits comfortably in memory on every core of a small machine.
+DEFAULT_SHARD_SIZE_MB = 64.0
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names the bad key and the valid ones."""
+
+
+class StepSpec(BaseModel):
+    """One entry of `steps:`: the step type, an optional instance name, and its parameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    step: str
+    name: str | None = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @property
+    def instance_name(self) -> str:
+        return self.name or self.step
+
+    def build(self) -> Step:
+        return REGISTRY[self.step](**self.params)
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+    description: str | None = None
+    inputs: list[InputSpec] = Field(min_length=1)
+    steps: list[StepSpec] = Field(default_factory=list)
+    shard_size_mb: float = Field(DEFAULT_SHARD_SIZE_MB, gt=0)
+    # A source that cannot be opened at all: stop before any work ("error"), or record it as one
+    # reject naming the file and go on ("quarantine").
+    on_unreadable: Literal["error", "quarantine"] = "error"
+    base_dir: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> Recipe:
+        seen: set[str] = set()
+        for i, spec in enumerate(self.steps):
+            where = f"steps[{i}]"
+            cls = REGISTRY.get(spec.step)
+            if cls is None:
+                raise ValueError(f"{where}: unknown step {spec.step!r}; valid steps: {', '.join(sorted(REGISTRY))}")
+            try:
+                cls.Params(**spec.params)
+            except ValidationError as exc:
+                raise ValueError(f"{where} ({spec.step}): {_describe(exc, cls.Params)}") from None
+            if spec.instance_name in seen or spec.instance_name == "ingest":
+                raise ValueError(f"{where}: step name {spec.instance_name!r} is used twice; give one a `name:`")
+            seen.add(spec.instance_name)
+        return self
+
+    def build_steps(self) -> list[tuple[str, Step]]:
+        return [(spec.instance_name, spec.build()) for spec in self.steps]
+
+    def content_hash(self) -> str:
+        """What the run does, not what it is called: inputs, steps and output settings."""
+        body = self.model_dump(mode="json", exclude={"name", "description"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def base(self) -> Path | None:
+        return Path(self.base_dir) if self.base_dir else None
+
+
+def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
+    parts = []
+    valid = ", ".join(model.model_fields)
+    for err in exc.errors():
+        key = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key {key!r}; valid keys: {valid}")
+        elif err["type"] == "missing":
+            parts.append(f"missing required key {key!r}")
+        else:
+            parts.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def parse_recipe(data: Any, base_dir: Path | None = None, origin: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{origin}: a recipe is a mapping with `inputs:` and `steps:`")
+    try:
+        return Recipe(**data, base_dir=str(base_dir) if base_dir else None)
+    except ValidationError as exc:
+        messages = []
+        for err in exc.errors():
+            loc = list(err["loc"])
+            key = _loc(loc)
+            if err["type"] == "value_error":
+                messages.append(str(err["ctx"]["error"]) if "ctx" in err else err["msg"])
+            elif err["type"] == "extra_forbidden":
+                model = InputSpec if loc and loc[0] == "inputs" else Recipe
+                valid = [k for k in model.model_fields if k != "base_dir"]
+                messages.append(f"unknown key {key!r}; valid keys: {', '.join(valid)}")
+            elif err["type"] == "missing":
+                messages.append(f"missing required key {key!r}")
+            else:
+                messages.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+        raise RecipeError(f"{origin}: " + "; ".join(messages)) from None
+
+
+def _loc(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"{path}: recipe file does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_recipe(data, base_dir=path.parent.resolve(), origin=str(path))

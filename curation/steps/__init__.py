@@ -1,0 +1,11 @@
+"""Curation steps, found by name. Each module holds one step and its parameters."""
+
+from __future__ import annotations
+
+from curation.steps.base import Step, StepOutput, StepParams, reason_key, split
+from curation.steps.length import LengthFilter
+from curation.steps.normalize import Normalize
+
+REGISTRY: dict[str, type[Step]] = {cls.name: cls for cls in (Normalize, LengthFilter)}
+
+__all__ = ["REGISTRY", "Step", "StepOutput", "StepParams", "reason_key", "split"]

@@ -1,0 +1,325 @@
+"""The version store: immutable, fully accounted dataset versions.
+
+    <root>/versions/<name>/data/part-*.parquet      kept records
+                         /rejects/*.parquet          every removed record, with step and reason
+                         /manifest.json              what made it, what happened, what is in it
+    <root>/.staging/<name>.<token>/                  a version being written
+
+A version exists once its directory sits under `versions/` with a manifest. On a local disk it
+gets there by one atomic rename of the staging directory, so a crashed run publishes nothing;
+on object stores (any fsspec URL) the manifest is written last and is the commit marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from curation.record import CORE_NAMES, conform_to, unified_schema
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class StoreError(Exception):
+    """A store operation that cannot be done: names the version or path and why."""
+
+
+class VersionExistsError(StoreError):
+    pass
+
+
+class VersionNotFoundError(StoreError):
+    pass
+
+
+class AccountingError(StoreError):
+    """in != kept + rejected somewhere: the run refuses to publish."""
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise StoreError(f"invalid version name {name!r}: use letters, digits, '.', '_' and '-' "
+                         "(up to 128, starting with a letter or digit)")
+    return name
+
+
+@dataclass(frozen=True)
+class Staging:
+    """A version being written; nothing in it is visible until `VersionStore.publish`."""
+
+    name: str
+    path: str  # store-relative filesystem path of the staging directory
+
+    def sub(self, *parts: str) -> str:
+        return "/".join((self.path, *parts))
+
+
+class VersionStore:
+    def __init__(self, root: str | os.PathLike[str]):
+        self.url = str(root)
+        self.fs, path = fsspec.core.url_to_fs(self.url)
+        self.root = path.rstrip("/")
+        self.local = isinstance(self.fs, LocalFileSystem)
+        if self.local:
+            self.root = str(Path(self.root).resolve())
+
+    # ---- paths ------------------------------------------------------------------------------
+    def _versions_dir(self) -> str:
+        return f"{self.root}/versions"
+
+    def version_path(self, name: str) -> str:
+        return f"{self._versions_dir()}/{check_name(name)}"
+
+    def _uri(self, path: str) -> str:
+        return path if self.local else self.fs.unstrip_protocol(path)
+
+    # ---- reading ----------------------------------------------------------------------------
+    def exists(self, name: str) -> bool:
+        return self.fs.exists(f"{self.version_path(name)}/{MANIFEST}")
+
+    def names(self) -> list[str]:
+        base = self._versions_dir()
+        if not self.fs.exists(base):
+            return []
+        out = []
+        for entry in self.fs.ls(base, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if _NAME.match(name) and self.fs.exists(f"{base}/{name}/{MANIFEST}"):
+                out.append(name)
+        return sorted(out)
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        path = f"{self.version_path(name)}/{MANIFEST}"
+        if not self.fs.exists(path):
+            raise VersionNotFoundError(f"no version {name!r} in store {self.url} "
+                                       f"(versions: {', '.join(self.names()) or 'none'})")
+        with self.fs.open(path, "r") as handle:
+            return json.load(handle)
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Manifests of every version, oldest first."""
+        return sorted((self.manifest(n) for n in self.names()), key=lambda m: m.get("created_at", ""))
+
+    def files(self, name: str, kind: str = "data") -> list[str]:
+        """Absolute paths (or URLs) of a version's Parquet files, in their stored order."""
+        manifest = self.manifest(name)
+        base = self.version_path(name)
+        return [self._uri(f"{base}/{f['path']}") for f in manifest["files"] if f["kind"] == kind]
+
+    def read_table(self, name: str, kind: str = "data", columns: list[str] | None = None) -> pa.Table:
+        """A version's records (or rejects) as one Arrow table, read from the store's filesystem."""
+        base = self.version_path(name)
+        paths = [f"{base}/{f['path']}" for f in self.manifest(name)["files"] if f["kind"] == kind]
+        tables = [pq.read_table(p, columns=columns, filesystem=self.fs) for p in paths]
+        if not tables:
+            raise StoreError(f"version {name!r} has no {kind} files")
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def load(self, name: str, kind: str = "data"):  # -> datasets.Dataset
+        """The version as a Hugging Face `Dataset` (memory-mapped Arrow, read through `load_dataset`)."""
+        import datasets
+
+        files = self.files(name, kind)
+        if not files:
+            raise StoreError(f"version {name!r} has no {kind} files")
+        return datasets.load_dataset("parquet", data_files=files, split="train")
+
+    # ---- writing ----------------------------------------------------------------------------
+    def begin(self, name: str) -> Staging:
+        """Reserve a staging directory; a name already published is refused before any work."""
+        check_name(name)
+        if self.exists(name):
+            raise VersionExistsError(f"version {name!r} already exists in {self.url}; "
+                                     "versions are immutable, pick another name")
+        path = f"{self.root}/.staging/{name}.{int(time.time())}.{secrets.token_hex(4)}"
+        for sub in ("data", "rejects", "work"):
+            self.fs.makedirs(f"{path}/{sub}", exist_ok=True)
+        return Staging(name, path)
+
+    def abandon(self, staging: Staging) -> None:
+        if self.fs.exists(staging.path):
+            self.fs.rm(staging.path, recursive=True)
+
+    def publish(self, staging: Staging, manifest: dict[str, Any]) -> str:
+        """Seal a staged version: harmonise schemas, checksum, fingerprint, account, then make it visible."""
+        self.fs.rm(staging.sub("work"), recursive=True) if self.fs.exists(staging.sub("work")) else None
+        files = []
+        for kind in ("data", "rejects"):
+            parts = sorted(p for p in self.fs.ls(staging.sub(kind), detail=False) if p.endswith(".parquet"))
+            harmonise_schemas(self.fs, parts)
+            for part in parts:
+                meta = pq.read_metadata(part, filesystem=self.fs)
+                files.append({"path": f"{kind}/{part.rsplit('/', 1)[-1]}", "kind": kind, "rows": meta.num_rows,
+                              "bytes": self.fs.size(part), "sha256": _sha256(self.fs, part)})
+        data_parts = [staging.sub(f["path"]) for f in files if f["kind"] == "data"]
+        reject_parts = [staging.sub(f["path"]) for f in files if f["kind"] == "rejects"]
+        manifest = dict(manifest)
+        manifest.update({
+            "format_version": FORMAT_VERSION,
+            "name": staging.name,
+            "files": files,
+            "rows": sum(f["rows"] for f in files if f["kind"] == "data"),
+            "rejected_rows": sum(f["rows"] for f in files if f["kind"] == "rejects"),
+            "fingerprint": content_fingerprint(self.fs, data_parts),
+        })
+        manifest["size"] = size_summary(self.fs, data_parts)
+        manifest["accounting"] = check_accounting(manifest, _reject_counts_by_step(self.fs, reject_parts))
+        if not manifest["accounting"]["ok"]:
+            raise AccountingError(f"version {staging.name!r} not published: "
+                                  + "; ".join(manifest["accounting"]["failures"]))
+        target = self.version_path(staging.name)
+        _write_json(self.fs, staging.sub(MANIFEST), manifest)
+        self.fs.makedirs(self._versions_dir(), exist_ok=True)
+        if self.local:
+            try:
+                os.rename(staging.path, target)  # atomic; fails if the name appeared meanwhile
+            except OSError as exc:
+                if self.exists(staging.name):
+                    raise VersionExistsError(f"version {staging.name!r} was published by another run "
+                                             "while this one ran") from exc
+                raise
+        else:
+            if self.exists(staging.name):
+                raise VersionExistsError(f"version {staging.name!r} already exists in {self.url}")
+            for f in files:
+                self.fs.mv(staging.sub(f["path"]), f"{target}/{f['path']}")
+            _write_json(self.fs, f"{target}/{MANIFEST}", manifest)  # last: the commit marker
+            self.fs.rm(staging.path, recursive=True)
+        return self._uri(target)
+
+
+def _write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "w") as handle:
+        json.dump(obj, handle, indent=2, sort_keys=False, default=str)
+    fs.mv(tmp, path)
+
+
+def _sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---- schemas ------------------------------------------------------------------------------------
+
+
+def harmonise_schemas(fs: fsspec.AbstractFileSystem, parts: list[str]) -> None:
+    """Rewrite the parts whose schema differs, so the version reads as one table."""
+    if len(parts) < 2:
+        return
+    schemas = [pq.read_schema(p, filesystem=fs) for p in parts]
+    target = unified_schema(s.remove_metadata() for s in schemas)
+    for part, schema in zip(parts, schemas):
+        if schema.remove_metadata().equals(target):
+            continue
+        table = conform_to(pq.read_table(part, filesystem=fs), target)
+        tmp = f"{part}.tmp"
+        pq.write_table(table, tmp, filesystem=fs, compression="zstd")
+        fs.mv(tmp, part)
+
+
+# ---- content ------------------------------------------------------------------------------------
+
+
+def content_fingerprint(fs: fsspec.AbstractFileSystem, parts: list[str]) -> str:
+    """sha256 over the core columns of every record in stored order, independent of file layout.
+
+    Two versions with the same records in the same order have the same fingerprint, however
+    they were sharded or compressed; annotation columns do not count.
+    """
+    lengths_digest, data_digest = hashlib.sha256(), hashlib.sha256()
+    for part in parts:
+        table = pq.read_table(part, columns=list(CORE_NAMES), filesystem=fs)
+        if table.num_rows == 0:
+            continue
+        cols = [pc.fill_null(table.column(n).cast(pa.large_string()), "\x01") for n in CORE_NAMES]
+        joined = pc.binary_join_element_wise(*cols, pa.scalar("\x00", pa.large_string())).combine_chunks()
+        lengths = pc.binary_length(joined).to_numpy(zero_copy_only=False).astype("<i8")
+        offsets = joined.buffers()[1]
+        start = int(pa.Array.from_buffers(pa.int64(), 1, [None, offsets], offset=joined.offset)[0].as_py())
+        end = start + int(lengths.sum())
+        lengths_digest.update(lengths.tobytes())
+        data_digest.update(memoryview(joined.buffers()[2])[start:end])
+    return hashlib.sha256(lengths_digest.digest() + data_digest.digest()).hexdigest()
+
+
+def size_summary(fs: fsspec.AbstractFileSystem, parts: list[str]) -> dict[str, Any]:
+    """Rows, characters and UTF-8 bytes of text, overall and per source."""
+    by_source: dict[str, dict[str, int]] = {}
+    for part in parts:
+        table = pq.read_table(part, columns=["text", "source"], filesystem=fs)
+        if table.num_rows == 0:
+            continue
+        grouped = pa.table({
+            "source": table.column("source"),
+            "chars": pc.utf8_length(table.column("text")),
+            "bytes": pc.binary_length(table.column("text")),
+        }).group_by("source").aggregate([("chars", "sum"), ("bytes", "sum"), ("chars", "count")])
+        for row in grouped.to_pylist():
+            entry = by_source.setdefault(row["source"], {"rows": 0, "chars": 0, "bytes": 0})
+            entry["rows"] += row["chars_count"]
+            entry["chars"] += row["chars_sum"]
+            entry["bytes"] += row["bytes_sum"]
+    totals = {k: sum(v[k] for v in by_source.values()) for k in ("rows", "chars", "bytes")}
+    return {**totals, "by_source": dict(sorted(by_source.items()))}
+
+
+def _reject_counts_by_step(fs: fsspec.AbstractFileSystem, parts: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for part in parts:
+        steps = pq.read_table(part, columns=["step"], filesystem=fs).column("step")
+        for row in pc.value_counts(steps).to_pylist():
+            counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
+    return counts
+
+
+def check_accounting(manifest: dict[str, Any], rejects_by_step: dict[str, int]) -> dict[str, Any]:
+    """The invariant, checked on the files actually written: in = kept + rejected for every step,
+    each step's input is the previous step's output, and the files hold exactly those rows."""
+    failures: list[str] = []
+    steps: list[dict[str, Any]] = manifest["steps"]
+    previous_kept = None
+    for step in steps:
+        name = step["name"]
+        if step["in"] != step["kept"] + step["rejected"]:
+            failures.append(f"{name}: in {step['in']} != kept {step['kept']} + rejected {step['rejected']}")
+        if sum(step["rejected_by_reason"].values()) != step["rejected"]:
+            failures.append(f"{name}: reasons count {sum(step['rejected_by_reason'].values())} "
+                            f"!= rejected {step['rejected']}")
+        if previous_kept is not None and step["in"] != previous_kept:
+            failures.append(f"{name}: in {step['in']} != previous step's kept {previous_kept}")
+        if rejects_by_step.get(name, 0) != step["rejected"]:
+            failures.append(f"{name}: {rejects_by_step.get(name, 0)} reject rows written, "
+                            f"{step['rejected']} counted")
+        previous_kept = step["kept"]
+    if previous_kept is not None and manifest["rows"] != previous_kept:
+        failures.append(f"data files hold {manifest['rows']} rows, last step kept {previous_kept}")
+    unknown = set(rejects_by_step) - {s["name"] for s in steps}
+    if unknown:
+        failures.append(f"reject rows from unknown steps: {sorted(unknown)}")
+    total_in = steps[0]["in"] if steps else 0
+    return {
+        "ok": not failures,
+        "failures": failures,
+        "records_in": total_in,
+        "records_kept": manifest["rows"],
+        "records_rejected": manifest["rejected_rows"],
+    }

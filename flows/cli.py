@@ -1,0 +1,175 @@
+"""The `curate` command line: thin calls into the flows and the version store."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Curate LLM training data into versioned, fully accounted datasets.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+StoreOption = Annotated[str, typer.Option("--store", "-s", envvar="CURATE_STORE",
+                                          help="Version store: a folder or any fsspec URL.")]
+DEFAULT_STORE = "curate-store"
+
+
+def _prefect_env(verbose: bool) -> None:
+    """Embedded Prefect, quiet and offline-friendly, unless the user configured otherwise."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The default 20 s start-up timeout of the temporary server is too short on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _summary(manifest: dict[str, Any]) -> Table:
+    table = Table(title=f"version {manifest['name']}", title_justify="left")
+    for column in ("step", "in", "kept", "rejected", "top reasons"):
+        table.add_column(column, justify="right" if column in ("in", "kept", "rejected") else "left")
+    for step in manifest["steps"]:
+        reasons = sorted(step["rejected_by_reason"].items(), key=lambda kv: -kv[1])
+        top = ", ".join(f"{k} {v:,}" for k, v in reasons[:4]) + (" …" if len(reasons) > 4 else "")
+        table.add_row(step["name"], f"{step['in']:,}", f"{step['kept']:,}", f"{step['rejected']:,}", top)
+    return table
+
+
+def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], workers: int | None,
+         verbose: bool) -> dict[str, Any]:
+    _prefect_env(verbose)
+    from curation.ingest import IngestError
+    from curation.recipe import RecipeError, load_recipe
+    from curation.store import StoreError, VersionStore
+
+    try:
+        recipe = load_recipe(recipe_path)
+        name = name or recipe.name
+        if not name:
+            _fail(f"{recipe_path}: the recipe has no `name:`; pass --name")
+        target = VersionStore(store)
+        if target.exists(name):
+            _fail(f"version {name!r} already exists in {target.url}; versions are immutable, pick another name")
+        for parent in parents:
+            target.manifest(parent)
+        from curation.pipeline import plan_ingest
+
+        plan = plan_ingest(recipe)
+    except (RecipeError, IngestError, StoreError) as exc:
+        _fail(str(exc))
+    console.print(f"[bold]curate[/] {name}: {len(recipe.inputs)} input(s), {len(plan.units)} ingest task(s), "
+                  f"{plan.nbytes / 1e6:,.1f} MB, steps: {', '.join(s.instance_name for s in recipe.steps) or 'none'}")
+    from flows.curate import run_curation
+
+    try:
+        manifest = run_curation(recipe, store, name, parents=parents, workers=workers, show_progress=True)
+    except (RecipeError, IngestError, StoreError) as exc:
+        _fail(str(exc))
+    console.print(_summary(manifest))
+    size = manifest["size"]
+    console.print(f"[green]published[/] {manifest['name']}: {manifest['rows']:,} records, {size['chars']:,} chars, "
+                  f"{manifest['rejected_rows']:,} rejects, in {manifest['run_seconds']:.1f} s, "
+                  f"accounting {'ok' if manifest['accounting']['ok'] else 'FAILED'}")
+    console.print(f"path: {manifest['path']}")
+    return manifest
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    store: StoreOption = DEFAULT_STORE,
+    name: Annotated[str | None, typer.Option(help="Version name (default: the recipe's name).")] = None,
+    parent: Annotated[list[str] | None, typer.Option(help="Parent version(s) this one derives from.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
+) -> None:
+    """Run a recipe: ingest -> steps -> publish a new version."""
+    _run(recipe, store, name, parent or [], workers, verbose)
+
+
+@app.command()
+def demo(
+    store: StoreOption = DEFAULT_STORE,
+    scale: Annotated[float, typer.Option(help="Corpus size multiplier (1.0: ~5,000 documents).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the noise injector.")] = 0,
+    name: Annotated[str | None, typer.Option(help="Version name (default: demo, demo-2, ...).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Build the built-in demo corpus (real installed text + planted defects) and curate it."""
+    from curation.demo import build_demo_corpus, write_demo_recipe
+    from curation.store import VersionStore
+
+    target = VersionStore(store)
+    root = Path(target.root) / "demo-inputs" / f"seed{seed}-scale{scale:g}"
+    corpus = build_demo_corpus(root, seed=seed, scale=scale)
+    recipe_path = write_demo_recipe(corpus)
+    console.print(f"demo corpus: {root} ({', '.join(f'{k} {v}' for k, v in sorted(corpus.counts.items()))})")
+    if name is None:
+        taken = set(target.names())
+        name = next(n for n in ("demo", *(f"demo-{i}" for i in range(2, 10_000))) if n not in taken)
+    _run(recipe_path, store, name, [], workers, verbose)
+
+
+@app.command()
+def versions(store: StoreOption = DEFAULT_STORE) -> None:
+    """List the versions in the store, oldest first."""
+    from curation.store import VersionStore
+
+    target = VersionStore(store)
+    table = Table(title=f"versions in {target.url}", title_justify="left")
+    for column in ("name", "created", "records", "rejects", "chars", "parents", "fingerprint"):
+        table.add_column(column, justify="right" if column in ("records", "rejects", "chars") else "left")
+    for m in target.versions():
+        table.add_row(m["name"], m["created_at"], f"{m['rows']:,}", f"{m['rejected_rows']:,}",
+                      f"{m['size']['chars']:,}", ", ".join(m["parents"]) or "-", m["fingerprint"][:12])
+    console.print(table)
+
+
+@app.command()
+def show(
+    version: Annotated[str, typer.Argument(help="Version name.")],
+    store: StoreOption = DEFAULT_STORE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.")] = False,
+) -> None:
+    """Show a version: what made it, what each step did, what it holds."""
+    from curation.store import StoreError, VersionStore
+
+    target = VersionStore(store)
+    try:
+        manifest = target.manifest(version)
+    except StoreError as exc:
+        _fail(str(exc))
+    if as_json:
+        json.dump(manifest, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    console.print(f"[bold]{manifest['name']}[/]  created {manifest['created_at']}  "
+                  f"parents: {', '.join(manifest['parents']) or '-'}")
+    console.print(f"recipe hash {manifest['recipe_hash'][:12]}  fingerprint {manifest['fingerprint'][:12]}  "
+                  f"accounting {'ok' if manifest['accounting']['ok'] else 'FAILED'}")
+    console.print(_summary(manifest))
+    sources = Table(title="by source", title_justify="left")
+    for column in ("source", "records", "chars", "bytes"):
+        sources.add_column(column, justify="left" if column == "source" else "right")
+    for source, s in manifest["size"]["by_source"].items():
+        sources.add_row(source, f"{s['rows']:,}", f"{s['chars']:,}", f"{s['bytes']:,}")
+    console.print(sources)
+    data = [f for f in manifest["files"] if f["kind"] == "data"]
+    console.print(f"{len(data)} data file(s), {sum(f['bytes'] for f in data) / 1e6:,.2f} MB; "
+                  f"path: {target.version_path(version)}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,87 @@
+"""The curation flow: ingest -> steps -> publish, one Prefect task per input group and per shard.
+
+Runs in Prefect's embedded mode by default (a temporary local API; no server to start) and
+spreads the shard tasks over every core with a process pool.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prefect import flow, task
+from prefect.futures import as_completed
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+from curation import pipeline
+from curation.recipe import Recipe
+from curation.store import VersionStore
+from flows.progress import RunProgress
+
+
+@task(name="ingest")
+def ingest_task(recipe: Recipe, unit: pipeline.IngestUnit, store_url: str, staging: str) -> pipeline.IngestResult:
+    return pipeline.ingest_unit(recipe, unit, store_url, staging)
+
+
+@task(name="process-shard")
+def shard_task(recipe: Recipe, shard: str, drops: list[tuple[int, str]], store_url: str,
+               staging: str) -> pipeline.ShardResult:
+    return pipeline.process_shard(recipe, shard, drops, store_url, staging)
+
+
+@flow(name="curate", log_prints=True)
+def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | None = None,
+                show_progress: bool = False) -> dict[str, Any]:
+    """Run `recipe` over its inputs and publish the result as version `name` of the store."""
+    started = time.perf_counter()
+    store = VersionStore(store_url)
+    plan = pipeline.plan_ingest(recipe)  # bad inputs and name clashes fail here, before any work
+    staging = store.begin(name)
+    try:
+        with RunProgress(show_progress) as progress:
+            stage = progress.stage("ingest", total=max(plan.nbytes, 1))
+            futures = [ingest_task.submit(recipe, unit, store.url, staging.path) for unit in plan.units]
+            ingested = []
+            for future in as_completed(futures):
+                result = future.result()
+                ingested.append(result)
+                progress.advance(stage, result.bytes_read, result.records)
+            ingested.sort(key=lambda r: r.unit)
+            if plan.quarantined:
+                pipeline.write_quarantine(store.url, staging.path, plan.quarantined)
+
+            shards = [s for r in ingested for s in r.shards]
+            drops = pipeline.duplicate_ids(store.url, shards)
+            stage = progress.stage("steps", total=sum(r.records for r in ingested) or 1)
+            futures = [shard_task.submit(recipe, s, drops.get(s, []), store.url, staging.path) for s in shards]
+            processed = []
+            for future in as_completed(futures):
+                result = future.result()
+                processed.append(result)
+                n = next(iter(result.steps.values()))["in"] if result.steps else result.rows_out
+                progress.advance(stage, n + result.duplicate_id_rejects, n + result.duplicate_id_rejects)
+            processed.sort(key=lambda r: r.shard)
+
+        manifest = pipeline.build_manifest(recipe, plan, ingested, sum(len(d) for d in drops.values()), processed,
+                                           parents or [], time.perf_counter() - started)
+        path = store.publish(staging, manifest)
+    except BaseException:
+        store.abandon(staging)
+        raise
+    result = store.manifest(name)
+    result["path"] = path
+    return result
+
+
+def task_runner(workers: int | None) -> ProcessPoolTaskRunner | ThreadPoolTaskRunner:
+    """A process per core by default; one worker runs tasks in-process (handy for debugging)."""
+    workers = workers or os.cpu_count() or 1
+    return ThreadPoolTaskRunner(max_workers=1) if workers == 1 else ProcessPoolTaskRunner(max_workers=workers)
+
+
+def run_curation(recipe: Recipe, store_url: str, name: str, parents: list[str] | None = None,
+                 workers: int | None = None, show_progress: bool = False) -> dict[str, Any]:
+    return curate_flow.with_options(task_runner=task_runner(workers))(
+        recipe, store_url, name, parents=parents, show_progress=show_progress)

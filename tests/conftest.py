@@ -1,0 +1,49 @@
+"""Shared fixtures. Prefect settings must be in the environment before Prefect is imported."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="curate-prefect-")
+os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session (starting one costs ~10 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def write_jsonl(path: Path, rows: list[dict | bytes | str]) -> Path:
+    """Rows as JSON lines; bytes/str rows are written verbatim (for malformed input)."""
+    with open(path, "wb") as handle:
+        for row in rows:
+            if isinstance(row, bytes):
+                handle.write(row)
+            elif isinstance(row, str):
+                handle.write(row.encode())
+            else:
+                handle.write(json.dumps(row).encode())
+            handle.write(b"\n")
+    return path
+
+
+def doc(i: int, words: int = 40) -> str:
+    """A plausible English document of about `words` words, different for each i."""
+    base = ("the river ran past the old mill where people met each morning to trade grain and news "
+            "about weather roads prices and the health of their families").split()
+    return " ".join(f"{base[(i + k) % len(base)]}" if k % 7 else f"item{i}x{k}" for k in range(words)) + "."

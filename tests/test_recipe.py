@@ -1,0 +1,48 @@
+"""Recipes fail before any work, naming the bad key and listing the valid ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from curation.recipe import RecipeError, load_recipe, parse_recipe
+
+BASE = {"inputs": [{"path": "x.jsonl"}]}
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ({**BASE, "steps": [{"step": "lenght_filter"}]},
+     "steps[0]: unknown step 'lenght_filter'; valid steps: length_filter, normalize"),
+    ({**BASE, "steps": [{"step": "normalize"}, {"step": "length_filter", "min_char": 3}]},
+     "steps[1] (length_filter): unknown key 'min_char'; valid keys: min_chars, max_chars, min_words, max_words"),
+    ({"inputs": [{"path": "x.jsonl", "textfield": "body"}]}, "unknown key 'inputs[0].textfield'; valid keys: path,"),
+    ({**BASE, "shard_size": 3}, "unknown key 'shard_size'; valid keys: name, description, inputs, steps"),
+    ({"steps": []}, "missing required key 'inputs'"),
+    ({**BASE, "steps": [{"step": "length_filter", "min_chars": "many"}]}, "min_chars: Input should be a valid integer"),
+    ({"inputs": [{"path": "x.jsonl", "origin": "robot"}]}, "inputs[0].origin"),
+    ({**BASE, "steps": [{"step": "normalize"}, {"step": "normalize"}]}, "step name 'normalize' is used twice"),
+])
+def test_bad_recipes_name_the_key(recipe, message):
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(recipe)
+    assert message in str(info.value)
+
+
+def test_recipe_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inputs: [\n")
+    with pytest.raises(RecipeError, match="bad.yaml: not valid YAML"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="missing.yaml: recipe file does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_relative_inputs_resolve_against_the_recipe_and_hash_ignores_the_name(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: a\ninputs:\n  - {path: data.jsonl}\nsteps:\n  - {step: normalize}\n")
+    recipe = load_recipe(path)
+    assert recipe.base == tmp_path.resolve()
+    renamed = parse_recipe({"name": "b", "inputs": [{"path": "data.jsonl"}], "steps": [{"step": "normalize"}]})
+    assert recipe.content_hash() == renamed.content_hash()
+    changed = parse_recipe({"inputs": [{"path": "data.jsonl"}], "steps": [{"step": "normalize", "max_blank_lines": 2}]})
+    assert changed.content_hash() != recipe.content_hash()
+    assert [name for name, _ in changed.build_steps()] == ["normalize"]

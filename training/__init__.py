@@ -1,0 +1,1 @@
+"""curate's trainer: tokenizer, token shards, GPT model and ablation maths (no orchestration)."""

@@ -351,7 +351,8 @@ def _read_jsonl(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                reason = "invalid_utf8" if _is_invalid_utf8(raw) else "malformed_json"
+                reason = "invalid_utf8" if _is_invalid_utf8(raw) else "nul_byte" if b"\x00" in raw \
+                    else "malformed_json"
                 batch.reject(line_no, f"{reason}={exc}", raw=raw)
             else:
                 if not isinstance(obj, dict):

@@ -41,7 +41,7 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
     staging = store.begin(name)
     try:
         with RunProgress(show_progress) as progress:
-            stage = progress.stage("ingest", total=max(plan.nbytes, 1))
+            stage = progress.stage("ingest", total=max(plan.nbytes, 1), unit="bytes")
             futures = [ingest_task.submit(recipe, unit, store.url, staging.path) for unit in plan.units]
             ingested = []
             for future in as_completed(futures):

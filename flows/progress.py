@@ -5,7 +5,6 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     ProgressColumn,
     Task,
@@ -26,12 +25,21 @@ class RateColumn(ProgressColumn):
         return Text(f"{docs:,} docs  {rate:,.0f} docs/s", style="progress.data.speed")
 
 
+class AmountColumn(ProgressColumn):
+    """Done/total, in MB for stages measured in bytes."""
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("unit") == "bytes":
+            return Text(f"{task.completed / 1e6:,.1f}/{(task.total or 0) / 1e6:,.1f} MB", style="progress.download")
+        return Text(f"{int(task.completed):,}/{int(task.total or 0):,}", style="progress.download")
+
+
 class RunProgress:
     """A no-op when disabled, so the flow can report unconditionally."""
 
     def __init__(self, enabled: bool, console: Console | None = None):
         self.progress = Progress(
-            TextColumn("[bold]{task.description:<8}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+            TextColumn("[bold]{task.description:<8}"), BarColumn(), AmountColumn(), RateColumn(),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
         ) if enabled else None
 
@@ -44,8 +52,8 @@ class RunProgress:
         if self.progress:
             self.progress.stop()
 
-    def stage(self, name: str, total: int) -> int | None:
-        return self.progress.add_task(name, total=total, docs=0) if self.progress else None
+    def stage(self, name: str, total: int, unit: str = "docs") -> int | None:
+        return self.progress.add_task(name, total=total, docs=0, unit=unit) if self.progress else None
 
     def advance(self, stage: int | None, amount: int, docs: int) -> None:
         if self.progress is not None and stage is not None:

@@ -1,0 +1,115 @@
+"""End to end: `curate demo` through the real CLI, Prefect flow and process pool, checked against
+the planted, labelled defects of the demo corpus."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+
+from curation.demo import load_labels
+from curation.store import VersionStore
+
+# The reason key each planted ingest-level defect must be rejected with.
+INGEST_DEFECTS = {"malformed_json": "malformed_json", "invalid_utf8": "invalid_utf8", "nul_byte": "nul_byte",
+                  "missing_text": "missing_field", "non_string_text": "non_string_text", "empty_text": "empty_text",
+                  "duplicate_id": "duplicate_id"}
+
+
+def curate(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    cli = Path(sys.executable).with_name("curate")
+    return subprocess.run([str(cli), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "COLUMNS": "160"}
+    store = tmp / "store"
+    result = curate("demo", "--store", str(store), "--scale", "0.05", "--workers", "2", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return store, env, result.stdout
+
+
+def _lines(path: Path) -> int:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+@pytest.mark.e2e
+def test_demo_publishes_a_fully_accounted_version(demo_run):
+    store_path, _, stdout = demo_run
+    assert "published demo" in stdout and "accounting ok" in stdout
+    store = VersionStore(store_path)
+    manifest = store.manifest("demo")
+    corpus = next((store_path / "demo-inputs").glob("*"))
+    inputs = [corpus / i["path"] for i in manifest["recipe"]["inputs"]]
+    assert manifest["accounting"] == {**manifest["accounting"], "ok": True, "failures": []}
+    # Every non-blank input line is accounted for: kept in the data or rejected with a reason.
+    assert manifest["accounting"]["records_in"] == sum(_lines(p) for p in inputs)
+    assert manifest["rows"] + manifest["rejected_rows"] == manifest["accounting"]["records_in"]
+    ds = datasets.load_dataset("parquet", data_files=store.files("demo"), split="train")
+    assert ds.num_rows == manifest["rows"]
+    assert set(ds.unique("source")) == {"stdlib_docs", "kjv", "web_crawl"}
+
+
+@pytest.mark.e2e
+def test_demo_rejects_every_planted_ingest_defect_at_its_line(demo_run):
+    store_path, _, _ = demo_run
+    store = VersionStore(store_path)
+    corpus = next((store_path / "demo-inputs").glob("*"))
+    labels = load_labels(corpus / "labels.jsonl")
+    rejects = store.read_table("demo", "rejects").to_pylist()
+    web = str(corpus / "web_crawl.jsonl")
+    by_line = {r["source_line"]: r for r in rejects if r["source_file"] == web and r["step"] == "ingest"}
+    planted = [lab for lab in labels if lab["defect"] in INGEST_DEFECTS]
+    assert planted
+    for label in planted:
+        reject = by_line.get(label["line"])
+        assert reject is not None, f"planted {label['defect']} at line {label['line']} was not rejected"
+        assert reject["reason"].split("=", 1)[0] == INGEST_DEFECTS[label["defect"]], (label, reject["reason"])
+    assert len(by_line) == len(planted)  # and nothing else was rejected at ingest
+
+    rejected_ids = {r["id"]: r for r in rejects}
+    for label in labels:
+        if label["defect"] in ("too_short", "too_long"):
+            assert rejected_ids[label["id"]]["step"] == "length_filter", label
+
+
+MOJIBAKE_MARKERS = ("Ã", "â€", "Â")
+
+
+@pytest.mark.e2e
+def test_demo_repairs_planted_mojibake(demo_run):
+    store_path, _, _ = demo_run
+    store = VersionStore(store_path)
+    corpus = next((store_path / "demo-inputs").glob("*"))
+    lines = (corpus / "web_crawl.jsonl").read_bytes().split(b"\n")
+    kept = dict(zip(*store.read_table("demo", columns=["id", "text"]).to_pydict().values()))
+    mojibake = [lab for lab in load_labels(corpus / "labels.jsonl") if lab["defect"] == "mojibake"]
+    assert mojibake
+    for label in mojibake:
+        planted = json.loads(lines[label["line"] - 1])["text"]
+        assert any(m in planted for m in MOJIBAKE_MARKERS)
+        assert not any(m in kept[label["id"]] for m in MOJIBAKE_MARKERS), kept[label["id"]][:200]
+
+
+@pytest.mark.e2e
+def test_cli_lists_shows_and_refuses_a_name_clash(demo_run):
+    store_path, env, _ = demo_run
+    listing = curate("versions", "--store", str(store_path), env=env)
+    assert listing.returncode == 0 and "demo" in listing.stdout
+    shown = curate("show", "demo", "--store", str(store_path), env=env)
+    assert shown.returncode == 0 and "length_filter" in shown.stdout and "web_crawl" in shown.stdout
+    recipe = next((store_path / "demo-inputs").glob("*/recipe.yaml"))
+    clash = curate("run", str(recipe), "--store", str(store_path), "--name", "demo", env=env)
+    assert clash.returncode == 2 and "'demo' already exists" in clash.stderr
+    missing = curate("show", "nope", "--store", str(store_path), env=env)
+    assert missing.returncode == 2 and "no version 'nope'" in missing.stderr

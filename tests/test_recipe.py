@@ -13,7 +13,7 @@ BASE = {"inputs": [{"path": "x.jsonl"}]}
     ({**BASE, "steps": [{"step": "lenght_filter"}]},
      "steps[0]: unknown step 'lenght_filter'; valid steps: length_filter, normalize"),
     ({**BASE, "steps": [{"step": "normalize"}, {"step": "length_filter", "min_char": 3}]},
-     "steps[1] (length_filter): unknown key 'min_char'; valid keys: min_chars, max_chars, min_words, max_words"),
+     "steps[1] (length_filter): unknown key 'min_char'; valid keys: mode, min_chars, max_chars, min_words, max_words"),
     ({"inputs": [{"path": "x.jsonl", "textfield": "body"}]}, "unknown key 'inputs[0].textfield'; valid keys: path,"),
     ({**BASE, "shard_size": 3}, "unknown key 'shard_size'; valid keys: name, description, inputs, steps"),
     ({"steps": []}, "missing required key 'inputs'"),

@@ -35,3 +35,12 @@ def test_length_filter_reasons_carry_value_and_threshold():
     assert out.rejected.column("reason").to_pylist() == [
         "length_filter:chars=9<20", "length_filter:words=1<4", "length_filter:chars=100>60"]
     assert out.kept.num_rows + out.rejected.num_rows == 4
+
+
+def test_annotate_mode_keeps_everything_and_writes_signals():
+    step = REGISTRY["length_filter"](min_chars=20, mode="annotate")
+    out = step.apply(batch(["too short", "long enough to pass the filter"]))
+    assert out.kept.num_rows == 2 and out.rejected.num_rows == 0
+    assert out.kept.column("length_filter__chars").to_pylist() == [9, 30]
+    assert out.kept.column("length_filter__words").to_pylist() == [2, 6]
+    assert out.counters == {"would_reject:length_filter:chars": 1}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from curation.steps.base import Step, StepOutput, StepParams, reason_key, split
+from curation.steps.base import FilterParams, FilterStep, Measurement, Step, StepOutput, StepParams, reason_key, split
 from curation.steps.length import LengthFilter
 from curation.steps.normalize import Normalize
 
 REGISTRY: dict[str, type[Step]] = {cls.name: cls for cls in (Normalize, LengthFilter)}
 
-__all__ = ["REGISTRY", "Step", "StepOutput", "StepParams", "reason_key", "split"]
+__all__ = ["REGISTRY", "FilterParams", "FilterStep", "Measurement", "Step", "StepOutput", "StepParams", "reason_key",
+           "split"]

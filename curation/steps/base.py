@@ -3,12 +3,17 @@
 `apply(batch)` returns the kept records and the rejected ones, each rejected row labelled with a
 reason of the form `rule` or `rule=detail`; the text before the first `=` is the key that
 counts group by. The runner, not the step, checks that in = kept + rejected.
+
+Filters subclass `FilterStep` and only *measure*: they return per-row signals and a reason for
+each row that fails. The base class then either drops those rows (`mode: filter`) or keeps every
+row and writes the signals as `<rule>__<signal>` columns (`mode: annotate`), so thresholds can be
+chosen from the data without re-running.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,12 +26,25 @@ class StepParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class FilterParams(StepParams):
+    mode: Literal["filter", "annotate"] = "filter"
+
+
 @dataclass
 class StepOutput:
     kept: pa.Table
     rejected: pa.Table  # the input's columns plus `reason`
     # Counters a step wants in the manifest beyond in/kept/rejected (e.g. documents modified).
     counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Measurement:
+    """What a filter measured on a batch, row-aligned."""
+
+    reasons: pa.Array  # null where the row passes, else `rule:signal=value<op>threshold`
+    signals: dict[str, pa.Array] = field(default_factory=dict)  # written as columns in annotate mode
+    annotations: dict[str, pa.Array] = field(default_factory=dict)  # columns written in both modes
 
 
 class Step:
@@ -45,6 +63,34 @@ class Step:
         return f"{type(self).__name__}({self.params!r})"
 
 
+class FilterStep(Step):
+    """A step that measures each document and rejects those outside its thresholds."""
+
+    Params: ClassVar[type[StepParams]] = FilterParams
+
+    def measure(self, batch: pa.Table) -> Measurement:
+        raise NotImplementedError
+
+    def apply(self, batch: pa.Table) -> StepOutput:
+        measured = self.measure(batch)
+        for column, values in measured.annotations.items():
+            batch = set_column(batch, column, values)
+        if getattr(self.params, "mode", "filter") == "annotate":
+            for signal, values in measured.signals.items():
+                batch = set_column(batch, f"{self.name}__{signal}", values)
+            out = split(batch, pa.nulls(batch.num_rows, pa.string()))
+            would = pc.drop_null(measured.reasons).to_pylist()
+            out.counters.update({f"would_reject:{k}": v for k, v in _count_keys(would).items()})
+            return out
+        return split(batch, measured.reasons)
+
+
+def set_column(batch: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:
+    if name in batch.column_names:
+        return batch.set_column(batch.column_names.index(name), name, values)
+    return batch.append_column(name, values)
+
+
 def split(batch: pa.Table, reasons: pa.Array) -> StepOutput:
     """Keep rows whose reason is null; reject the others with their reason."""
     bad = pc.is_valid(reasons)
@@ -56,3 +102,26 @@ def split(batch: pa.Table, reasons: pa.Array) -> StepOutput:
 
 def reason_key(reason: str) -> str:
     return reason.split("=", 1)[0]
+
+
+def _count_keys(reasons: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        key = reason_key(reason)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def first_failure(conditions: list[tuple[pa.Array, pa.Array]], n: int) -> pa.Array:
+    """Row-wise: the reason of the first condition that holds, else null (Arrow, no Python loop)."""
+    if not conditions:
+        return pa.nulls(n, pa.string())
+    tests = [pc.fill_null(test, False) for test, _ in conditions]
+    return pc.case_when(pc.make_struct(*tests), *[reason for _, reason in conditions])
+
+
+def threshold_reason(rule: str, signal: str, values: pa.Array, op: str, bound: float | int) -> pa.Array:
+    """`rule:signal=value<op>bound` per row, values formatted compactly (3 significant decimals)."""
+    if pa.types.is_floating(values.type):
+        values = pc.round(values, 3)
+    return pc.binary_join_element_wise(f"{rule}:{signal}=", pc.cast(values, pa.string()), f"{op}{bound:g}", "")

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from curation.steps.base import FilterParams, FilterStep, Measurement, Step, StepOutput, StepParams, reason_key, split
+from curation.steps.c4 import C4Quality
+from curation.steps.fineweb import FineWebQuality
+from curation.steps.gopher import GopherQuality, GopherRepetition
 from curation.steps.length import LengthFilter
 from curation.steps.normalize import Normalize
 
-REGISTRY: dict[str, type[Step]] = {cls.name: cls for cls in (Normalize, LengthFilter)}
+REGISTRY: dict[str, type[Step]] = {cls.name: cls for cls in (
+    Normalize, LengthFilter, GopherQuality, GopherRepetition, C4Quality, FineWebQuality,
+)}
 
 __all__ = ["REGISTRY", "FilterParams", "FilterStep", "Measurement", "Step", "StepOutput", "StepParams", "reason_key",
            "split"]

@@ -1,0 +1,101 @@
+"""Shared per-document analysis: tokenise once, count once, let every rule read the result.
+
+One token pattern serves everyone, in two engines that agree on it:
+  * column-wise counts over a whole batch with Arrow compute (RE2, no Python loop), used by
+    the Gopher quality rules, FineWeb's list ratio and the length filter;
+  * Python token lists for rules that need the tokens themselves (n-gram repetition), cached
+    per document so that several steps over the same shard tokenise each document once.
+
+Tokens approximate the Penn-Treebank-style word tokenisers peers use (datatrove's English
+tokeniser, NLTK): runs of letters/digits/underscore are words, `...` is one symbol token, and
+every other non-space character is a symbol token of its own. Regex tokenisation is ~38x faster
+than spaCy's on this hardware, and the rules only use ratios and counts of tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# RE2 (Arrow) spelling and Python spelling of the same token classes. RE2's \w is ASCII-only, so
+# the Arrow side names the Unicode classes explicitly; Python's \w is Unicode already.
+ARROW_WORD = r"[\pL\pN_]+"
+ARROW_TOKEN = r"[\pL\pN_]+|\.\.\.|[^\pL\pN_\s]"
+ARROW_ALPHA_WORD = r"[\pN_]*\pL[\pL\pN_]*"  # a word containing at least one letter
+PY_TOKEN = re.compile(r"\w+|\.\.\.|[^\w\s]")
+
+# Line breaks as str.splitlines sees them.
+ARROW_LINE_BREAK = r"\r\n|[\n\r\v\f\x{1c}-\x{1e}\x{85}\x{2028}\x{2029}]"
+
+
+def as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def count(text: pa.Array, pattern: str) -> np.ndarray:
+    """Matches of an RE2 pattern per document, as int64."""
+    return pc.count_substring_regex(text, pattern).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def count_literal(text: pa.Array, literal: str) -> np.ndarray:
+    return pc.count_substring(text, literal).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def char_lengths(text: pa.Array) -> np.ndarray:
+    return pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def line_counts(text: pa.Array) -> np.ndarray:
+    """len(text.splitlines()) per document, column-wise."""
+    breaks = count(text, ARROW_LINE_BREAK)
+    ends_with_break = pc.match_substring_regex(text, f"(?:{ARROW_LINE_BREAK})$").to_numpy(zero_copy_only=False)
+    empty = char_lengths(text) == 0
+    return np.where(empty, 0, breaks + 1 - ends_with_break.astype(np.int64))
+
+
+def safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator with 0 where the denominator is 0 (an empty document has no ratio)."""
+    out = np.zeros(len(numerator), dtype=np.float64)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+class TokenCache:
+    """Python token lists per document, shared across steps in one process.
+
+    Keyed by (id, text), so a step that rewrites text (normalise, PII) gets fresh tokens, and
+    bounded so memory stays at a few shards' worth.
+    """
+
+    def __init__(self, max_docs: int = 200_000):
+        self.max_docs = max_docs
+        self._cache: OrderedDict[tuple[str, int, int], list[str]] = OrderedDict()
+
+    def tokens(self, doc_id: str, text: str) -> list[str]:
+        key = (doc_id, len(text), hash(text))
+        found = self._cache.get(key)
+        if found is None:
+            found = PY_TOKEN.findall(text)
+            self._cache[key] = found
+            if len(self._cache) > self.max_docs:
+                self._cache.popitem(last=False)
+        return found
+
+
+TOKENS = TokenCache()
+
+
+def ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    """One uint64 per n-gram of a sequence of token ids (a polynomial rolling hash, mod 2^64)."""
+    count_ = len(ids) - n + 1
+    if count_ <= 0:
+        return np.empty(0, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        h = np.zeros(count_, dtype=np.uint64)
+        for k in range(n):
+            h = h * np.uint64(0x9E3779B97F4A7C15) + ids[k:k + count_].astype(np.uint64) + np.uint64(1)
+    return h

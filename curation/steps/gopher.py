@@ -1,0 +1,246 @@
+"""Gopher's quality and repetition rules (Rae et al. 2021, "Scaling Language Models", appendix A,
+Table A1), with the defaults and check order of datatrove's GopherQualityFilter and
+GopherRepetitionFilter, which FineWeb uses.
+
+Quality is measured column-wise over the whole batch (Arrow compute, no Python loop). Repetition
+needs the tokens: n-grams are hashed to integers with numpy, and the sequential scan for
+duplicated n-grams runs only on documents that have a repeated n-gram at all.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left
+
+import numpy as np
+import pyarrow as pa
+
+from curation import analysis as A
+from curation.steps.base import FilterParams, FilterStep, Measurement
+
+# Gopher's stop words (Rae et al. 2021, A.1.1): a document needs at least two of them.
+STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
+
+
+class GopherQualityParams(FilterParams):
+    # Rae et al. 2021, Table A1 / datatrove defaults.
+    min_doc_words: int | None = 50
+    max_doc_words: int | None = 100_000
+    min_avg_word_length: float | None = 3
+    max_avg_word_length: float | None = 10
+    max_symbol_word_ratio: float | None = 0.1  # '#' and ellipses per word
+    max_bullet_lines_ratio: float | None = 0.9
+    max_ellipsis_lines_ratio: float | None = 0.3
+    min_alpha_words_ratio: float | None = 0.8  # words with at least one letter
+    min_stop_words: int | None = 2
+    stop_words: tuple[str, ...] = STOP_WORDS
+
+
+def _reason_column(n: int, checks: list[tuple[str, np.ndarray, np.ndarray, str, float]], rule: str) -> pa.Array:
+    """The first failing check per row, as `rule:signal=value<op>bound`, in check order."""
+    reasons: list[str | None] = [None] * n
+    pending = np.ones(n, dtype=bool)
+    for signal, values, failed, op, bound in checks:
+        hit = np.flatnonzero(failed & pending)
+        if hit.size:
+            pending[hit] = False
+            for i in hit:
+                value = values[i]
+                shown = f"{value:.3g}" if isinstance(value, float | np.floating) else str(value)
+                reasons[i] = f"{rule}:{signal}={shown}{op}{bound:g}"
+    return pa.array(reasons, pa.string())
+
+
+class GopherQuality(FilterStep):
+    name = "gopher_quality"
+    Params = GopherQualityParams
+
+    def measure(self, batch: pa.Table) -> Measurement:
+        p: GopherQualityParams = self.params  # type: ignore[assignment]
+        text = A.as_array(batch.column("text"))
+        n = len(text)
+        tokens = A.count(text, A.ARROW_TOKEN)
+        words = A.count(text, A.ARROW_WORD)  # tokens that are not symbols
+        word_chars = A.char_lengths(text) - A.char_lengths(
+            pa.compute.replace_substring_regex(text, A.ARROW_WORD, ""))
+        mean_len = A.safe_ratio(word_chars, words)
+        hashes = A.count_literal(text, "#")
+        ellipses = A.count_literal(text, "...") + A.count_literal(text, "…")
+        lines = A.line_counts(text)
+        bullets = A.count(text, r"(?m)^[ \t]*[•\-]")
+        ellipsis_lines = A.count(text, r"(?m)(?:\.\.\.|…)[ \t\r]*$")
+        alpha = A.count(text, A.ARROW_ALPHA_WORD)
+        # Distinct stop words present, matched case-sensitively as whole tokens (as the reference does).
+        stops = np.zeros(n, dtype=np.int64)
+        for word in p.stop_words:
+            stops += pa.compute.match_substring_regex(text, rf"\b{re.escape(word)}\b").to_numpy(
+                zero_copy_only=False).astype(np.int64)
+        signals = {
+            "words": words, "mean_word_length": mean_len, "hash_ratio": A.safe_ratio(hashes, tokens),
+            "ellipsis_ratio": A.safe_ratio(ellipses, tokens), "bullet_lines": A.safe_ratio(bullets, lines),
+            "ellipsis_lines": A.safe_ratio(ellipsis_lines, lines), "alpha_words": A.safe_ratio(alpha, tokens),
+            "stop_words": stops,
+        }
+        checks = []
+        for signal, bound, op in (
+            ("words", p.min_doc_words, "<"), ("words", p.max_doc_words, ">"),
+            ("mean_word_length", p.min_avg_word_length, "<"), ("mean_word_length", p.max_avg_word_length, ">"),
+            ("hash_ratio", p.max_symbol_word_ratio, ">"), ("ellipsis_ratio", p.max_symbol_word_ratio, ">"),
+            ("bullet_lines", p.max_bullet_lines_ratio, ">"), ("ellipsis_lines", p.max_ellipsis_lines_ratio, ">"),
+            ("alpha_words", p.min_alpha_words_ratio, "<"), ("stop_words", p.min_stop_words, "<"),
+        ):
+            if bound is None:
+                continue
+            values = signals[signal]
+            failed = values < bound if op == "<" else values > bound
+            checks.append((signal, values, failed, op, bound))
+        return Measurement(_reason_column(n, checks, self.name), {k: pa.array(v) for k, v in signals.items()})
+
+
+class GopherRepetitionParams(FilterParams):
+    # Rae et al. 2021, Table A1 / datatrove defaults.
+    dup_line_frac: float | None = 0.3
+    dup_para_frac: float | None = 0.3
+    dup_line_char_frac: float | None = 0.2
+    dup_para_char_frac: float | None = 0.2
+    top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.2), (3, 0.18), (4, 0.16))
+    dup_n_grams: tuple[tuple[int, float], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11),
+                                                  (10, 0.10))
+
+
+_PARAGRAPHS = re.compile(r"\n{2,}")
+_LINES = re.compile(r"\n+")
+
+
+def duplicates(items: list[str]) -> tuple[int, int]:
+    """(repeated elements, characters in them): every occurrence after the first counts."""
+    seen: set[str] = set()
+    elements = chars = 0
+    for item in items:
+        if item in seen:
+            elements += 1
+            chars += len(item)
+        else:
+            seen.add(item)
+    return elements, chars
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def ngram_repetition(ids: np.ndarray, lengths: np.ndarray, top_ns: set[int], dup_ns: set[int]) -> dict[int, int]:
+    """Gopher's n-gram repetition signals in one pass over n = 1, 2, ... (exact, as the reference):
+
+    * for n in `top_ns`: characters of the most frequent n-gram (joined with spaces) times its count,
+      ties going to the n-gram seen first (Counter.most_common's order);
+    * for n in `dup_ns`: characters (without spaces) of n-grams repeating an earlier one, scanning
+      left to right and jumping past each repeat.
+
+    An n-gram can only repeat if its (n-1)-gram prefix repeats, so each n looks only at the
+    positions whose previous n-gram was repeated: a set that shrinks fast on natural text.
+    """
+    total = len(ids)
+    cumulative = np.concatenate(([0], np.cumsum(lengths)))
+    pos = np.arange(total)
+    hashes = ids.astype(np.uint64) + np.uint64(1)
+    out: dict[int, int] = {}
+    for n in range(1, max(top_ns | dup_ns) + 1):
+        if n > 1:
+            valid = pos + (n - 1) < total
+            pos, hashes = pos[valid], hashes[valid]
+            with np.errstate(over="ignore"):
+                hashes = hashes * _MIX + ids[pos + (n - 1)].astype(np.uint64) + np.uint64(1)
+        order = np.argsort(hashes, kind="stable")
+        sorted_hashes = hashes[order]
+        starts = np.flatnonzero(np.concatenate(([True], sorted_hashes[1:] != sorted_hashes[:-1])))
+        counts = np.diff(np.concatenate((starts, [len(sorted_hashes)])))
+        if n in top_ns and total - n + 1 > 0:
+            best = int(counts.max()) if counts.size else 1
+            if best >= 2:
+                start = int(pos[order[starts[counts == best]]].min())
+            else:
+                start, best = 0, 1  # all n-grams unique: the first one, once
+            out[n] = int(cumulative[start + n] - cumulative[start] + n - 1) * best
+        repeated_sorted = np.repeat(counts >= 2, counts)
+        keep = np.zeros(len(hashes), dtype=bool)
+        keep[order] = repeated_sorted
+        if n in dup_ns:
+            first = np.zeros(len(hashes), dtype=bool)
+            first[order[starts]] = True
+            out[n] = _scan_repeats(pos[keep].tolist(), hashes[keep].tolist(), np.flatnonzero(~first[keep]).tolist(),
+                                   cumulative, n)
+        pos, hashes = pos[keep], hashes[keep]
+        if pos.size == 0:
+            for m in (top_ns | dup_ns):
+                if m > n and m not in out:
+                    out[m] = (int(cumulative[m] + m - 1) if m in top_ns and total - m + 1 > 0 else 0)
+            break
+    return out
+
+
+def _scan_repeats(positions: list[int], hashes: list[int], candidates: list[int], cumulative: np.ndarray,
+                  n: int) -> int:
+    """The reference left-to-right scan, visiting only positions of repeated n-grams (the others
+    are unique and can never be found in the seen-set)."""
+    seen: set[int] = set()
+    repeated = idx = k = 0
+    for j in candidates:
+        c = positions[j]
+        if c < idx:
+            continue  # jumped over by an earlier repeat: never visited
+        k = bisect_left(positions, idx, k)
+        seen.update(hashes[k:j])
+        if hashes[j] in seen:
+            repeated += int(cumulative[c + n] - cumulative[c])
+            idx = c + n
+        else:
+            seen.add(hashes[j])
+            idx = c + 1
+        k = j + 1
+    return repeated
+
+
+class GopherRepetition(FilterStep):
+    name = "gopher_repetition"
+    Params = GopherRepetitionParams
+
+    def measure(self, batch: pa.Table) -> Measurement:
+        p: GopherRepetitionParams = self.params  # type: ignore[assignment]
+        ids = batch.column("id").to_pylist()
+        texts = batch.column("text").to_pylist()
+        names = ["dup_para_frac", "dup_para_char_frac", "dup_line_frac", "dup_line_char_frac"]
+        names += [f"top_{n}gram_char_frac" for n, _ in p.top_n_grams]
+        names += [f"dup_{n}gram_char_frac" for n, _ in p.dup_n_grams]
+        bounds = [p.dup_para_frac, p.dup_para_char_frac, p.dup_line_frac, p.dup_line_char_frac]
+        bounds += [b for _, b in p.top_n_grams] + [b for _, b in p.dup_n_grams]
+        values = np.zeros((len(texts), len(names)), dtype=np.float64)
+        reasons: list[str | None] = []
+        for row, (doc_id, text) in enumerate(zip(ids, texts)):
+            reasons.append(self._measure_one(doc_id, text, p, values[row], names, bounds))
+        return Measurement(pa.array(reasons, pa.string()),
+                           {name: pa.array(values[:, k]) for k, name in enumerate(names)})
+
+    def _measure_one(self, doc_id: str, text: str, p: GopherRepetitionParams, out: np.ndarray, names: list[str],
+                     bounds: list[float | None]) -> str | None:
+        """Fills `out` with every signal (annotate mode wants them all) and returns the first failure."""
+        size = len(text) or 1
+        paragraphs = _PARAGRAPHS.split(text.strip())
+        dup_paras, dup_para_chars = duplicates(paragraphs)
+        lines = _LINES.split(text)
+        dup_lines, dup_line_chars = duplicates(lines)
+        out[0] = dup_paras / len(paragraphs)
+        out[1] = dup_para_chars / size
+        out[2] = dup_lines / len(lines)
+        out[3] = dup_line_chars / size
+        tokens = A.TOKENS.tokens(doc_id, text)
+        # Equal tokens get equal ids (the position of their first occurrence), computed at C speed.
+        vocab: dict[str, int] = {}
+        token_ids = np.array(list(map(vocab.setdefault, tokens, range(len(tokens)))), dtype=np.int64)
+        lengths = np.array(list(map(len, tokens)), dtype=np.int64)
+        stats = ngram_repetition(token_ids, lengths, {n for n, _ in p.top_n_grams}, {n for n, _ in p.dup_n_grams})
+        for k, (n, _) in enumerate(p.top_n_grams + p.dup_n_grams, start=4):
+            out[k] = stats.get(n, 0) / size
+        for k, bound in enumerate(bounds):
+            if bound is not None and out[k] > bound:
+                return f"{self.name}:{names[k]}={out[k]:.3g}>{bound:g}"
+        return None

@@ -61,10 +61,22 @@ class IngestResult:
 
 @dataclass
 class ShardResult:
-    shard: str
+    shard: str  # the raw shard this result descends from
     steps: dict[str, dict[str, Any]]
     rows_out: int
     duplicate_id_rejects: int = 0
+    output: str | None = None  # intermediate shard for the next round, None when data was written
+    collected: Any = None  # summary for the global step that the next round starts with
+
+
+def rounds(recipe: Recipe) -> list[tuple[int, int]]:
+    """Runs of steps between global steps: round k applies steps[start:stop] to every shard, then
+    (if stop is a global step) collects what that step needs to decide before the next round."""
+    steps = recipe.build_steps()
+    globals_ = [i for i, (_, step) in enumerate(steps) if step.is_global()]
+    # A global first step gets a round of its own that applies nothing and only collects.
+    bounds = [0, *globals_, len(steps)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 @dataclass
@@ -217,11 +229,17 @@ def _counts(n_in: int, kept: int, reasons: Iterable[str], counters: dict[str, in
             **({"counters": counters} if counters else {})}
 
 
-def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], store_url: str,
-                  staging: str) -> ShardResult:
-    """Duplicate-id drops, then each step in order; writes one data part and one rejects part."""
+def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], store_url: str, staging: str,
+                  start: int = 0, stop: int | None = None, decisions: dict[int, Any] | None = None,
+                  source_shard: str | None = None) -> ShardResult:
+    """Apply steps[start:stop] to one shard. Duplicate-id drops happen before the first step; the
+    last round writes the data part, earlier rounds an intermediate shard plus what the next
+    (global) step collects. Every round writes its own rejects part."""
     fs, _ = fsspec.core.url_to_fs(store_url)
-    stem = shard.rsplit("/", 1)[-1].removeprefix("raw-").removesuffix(".parquet")
+    source_shard = source_shard or shard
+    stem = source_shard.rsplit("/", 1)[-1].removeprefix("raw-").removesuffix(".parquet")
+    steps = recipe.build_steps()
+    stop = len(steps) if stop is None else stop
     batch = pq.read_table(shard, filesystem=fs)
     rejected: list[pa.Table] = []
     if drops:
@@ -231,22 +249,35 @@ def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], stor
         dropped = batch.take(pa.array(rows)).append_column("reason", pa.array([r for _, r in drops], pa.string()))
         rejected.append(as_rejects(dropped, INGEST_STEP))
         batch = batch.filter(pa.array(mask))
-    steps: dict[str, dict[str, Any]] = {}
-    for name, step in recipe.build_steps():
+    counts: dict[str, dict[str, Any]] = {}
+    for index in range(start, stop):
+        name, step = steps[index]
+        if step.is_global():
+            step.bind((decisions or {})[index])
         n_in = batch.num_rows
         out = step.apply(batch)
         if out.kept.num_rows + out.rejected.num_rows != n_in:
             raise RuntimeError(f"step {name!r} returned {out.kept.num_rows} kept + {out.rejected.num_rows} "
                                f"rejected for {n_in} records in {shard}")
-        steps[name] = _counts(n_in, out.kept.num_rows, out.rejected.column("reason").to_pylist(), out.counters)
+        counts[name] = _counts(n_in, out.kept.num_rows, out.rejected.column("reason").to_pylist(), out.counters)
         if out.rejected.num_rows:
             rejected.append(as_rejects(out.rejected, name))
         batch = out.kept
+    if rejected:
+        _write_parquet(fs, concat(rejected), f"{staging}/rejects/steps-{stem}-{start:02d}.parquet")
+    if stop < len(steps):
+        output = f"{staging}/work/round-{stop:02d}-{stem}.parquet"
+        _write_parquet(fs, batch, output)
+        return ShardResult(source_shard, counts, batch.num_rows, len(drops), output, steps[stop][1].collect(batch))
     data = conform(batch.drop_columns([c for c in PROVENANCE_COLUMNS if c in batch.column_names]))
     _write_parquet(fs, data, f"{staging}/data/part-{stem}.parquet")
-    if rejected:
-        _write_parquet(fs, concat(rejected), f"{staging}/rejects/steps-{stem}.parquet")
-    return ShardResult(shard, steps, data.num_rows, len(drops))
+    return ShardResult(source_shard, counts, data.num_rows, len(drops))
+
+
+def decide(recipe: Recipe, index: int, results: list[ShardResult]) -> Any:
+    """The decision of the global step at `index`, from every shard's collected summary."""
+    _, step = recipe.build_steps()[index]
+    return step.decide([r.collected for r in sorted(results, key=lambda r: r.shard)])
 
 
 def merge_step_counts(recipe: Recipe, results: list[ShardResult]) -> list[dict[str, Any]]:
@@ -256,7 +287,9 @@ def merge_step_counts(recipe: Recipe, results: list[ShardResult]) -> list[dict[s
         total: dict[str, Any] = {"name": name, "in": 0, "kept": 0, "rejected": 0, "rejected_by_reason": Counter(),
                                  "counters": Counter()}
         for result in results:
-            counts = result.steps[name]
+            counts = result.steps.get(name)
+            if counts is None:
+                continue  # this step ran in another round
             for key in ("in", "kept", "rejected"):
                 total[key] += counts[key]
             total["rejected_by_reason"].update(counts["rejected_by_reason"])
@@ -282,7 +315,8 @@ def ingest_counts(ingested: list[IngestResult], duplicates: int, quarantined: in
 
 
 def build_manifest(recipe: Recipe, plan: Plan, ingested: list[IngestResult], duplicates: int,
-                   shards: list[ShardResult], parents: list[str], seconds: float) -> dict[str, Any]:
+                   shards: list[ShardResult], parents: list[str], seconds: float,
+                   planted: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything about the run that the store cannot see in the files themselves."""
     from datetime import datetime, timezone
 
@@ -303,9 +337,31 @@ def build_manifest(recipe: Recipe, plan: Plan, ingested: list[IngestResult], dup
         "quarantined_files": [{"path": f, "reason": r} for f, r in plan.quarantined],
         "steps": [ingest_counts(ingested, duplicates, len(plan.quarantined)), *merge_step_counts(recipe, shards)],
         "run_seconds": round(seconds, 3),
+        **({"planted_defects": planted} if planted else {}),
     }
 
 
 def write_quarantine(store_url: str, staging: str, quarantined: list[tuple[str, str]]) -> None:
     fs, _ = fsspec.core.url_to_fs(store_url)
     _write_parquet(fs, quarantine_table(quarantined), f"{staging}/rejects/ingest-quarantine.parquet")
+
+
+def read_staged(store_url: str, staging: str, kind: str, columns: list[str]) -> pa.Table:
+    """Columns of every staged data or rejects part (before publishing)."""
+    fs, _ = fsspec.core.url_to_fs(store_url)
+    parts = sorted(p for p in fs.ls(f"{staging}/{kind}", detail=False) if p.endswith(".parquet"))
+    tables = [pq.read_table(p, columns=columns, filesystem=fs) for p in parts]
+    return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in columns})
+
+
+def planted_defects(recipe: Recipe, store_url: str, staging: str) -> dict[str, Any] | None:
+    """The recall report for a recipe that names planted-defect labels."""
+    if not recipe.labels:
+        return None
+    from curation.recall import load_labels, planted_defect_report
+
+    path = recipe.resolve(recipe.labels)
+    report = planted_defect_report(
+        load_labels(path), read_staged(store_url, staging, "data", ["id", "source"]),
+        read_staged(store_url, staging, "rejects", ["id", "source", "step", "source_file", "source_line"]))
+    return {"labels": str(path), **report}

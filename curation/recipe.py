@@ -64,6 +64,8 @@ class Recipe(BaseModel):
     # A source that cannot be opened at all: stop before any work ("error"), or record it as one
     # reject naming the file and go on ("quarantine").
     on_unreadable: Literal["error", "quarantine"] = "error"
+    # Planted-defect labels (JSONL: id, defect, file, line) to measure what each step catches.
+    labels: str | None = None
     base_dir: str | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
@@ -94,6 +96,11 @@ class Recipe(BaseModel):
     @property
     def base(self) -> Path | None:
         return Path(self.base_dir) if self.base_dir else None
+
+    def resolve(self, path: str) -> Path:
+        """A path from the recipe, relative to the recipe's folder."""
+        candidate = Path(path)
+        return candidate if candidate.is_absolute() or self.base is None else self.base / candidate
 
 
 def _describe(exc: ValidationError, model: type[BaseModel]) -> str:

@@ -130,6 +130,14 @@ class VersionStore:
             raise StoreError(f"version {name!r} has no {kind} files")
         return pa.concat_tables(tables, promote_options="permissive")
 
+    def schema(self, name: str, kind: str = "data") -> pa.Schema:
+        """The (harmonised) schema of a version's files, read from one Parquet footer."""
+        base = self.version_path(name)
+        paths = [f"{base}/{f['path']}" for f in self.manifest(name)["files"] if f["kind"] == kind]
+        if not paths:
+            raise StoreError(f"version {name!r} has no {kind} files")
+        return pq.read_schema(paths[0], filesystem=self.fs)
+
     def load(self, name: str, kind: str = "data"):  # -> datasets.Dataset
         """The version as a Hugging Face `Dataset` (memory-mapped Arrow, read through `load_dataset`)."""
         import datasets

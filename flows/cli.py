@@ -46,6 +46,21 @@ def _summary(manifest: dict[str, Any]) -> Table:
     return table
 
 
+def _planted_table(report: dict[str, Any]) -> Table:
+    table = Table(title="planted defects: what each step caught", title_justify="left")
+    for column in ("defect", "planted", "caught", "recall", "kept", "caught by"):
+        table.add_column(column, justify="left" if column in ("defect", "caught by") else "right")
+    for name, entry in report["classes"].items():
+        by = ", ".join(f"{k} {v}" for k, v in sorted(entry["by_step"].items(), key=lambda kv: -kv[1]))
+        table.add_row(name, str(entry["planted"]), str(entry["caught"]), f"{entry['recall']:.0%}", str(entry["kept"]),
+                      by)
+    clean = report["clean"]
+    by = ", ".join(f"{k} {v}" for k, v in sorted(clean["by_step"].items(), key=lambda kv: -kv[1]))
+    rate = clean["false_positive_rate"] or 0.0
+    table.add_row("[italic]clean text[/]", str(clean["docs"]), str(clean["rejected"]), f"{rate:.1%} FP", "", by)
+    return table
+
+
 def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], workers: int | None,
          verbose: bool) -> dict[str, Any]:
     _prefect_env(verbose)
@@ -77,6 +92,8 @@ def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], wo
     except (RecipeError, IngestError, StoreError) as exc:
         _fail(str(exc))
     console.print(_summary(manifest))
+    if "planted_defects" in manifest:
+        console.print(_planted_table(manifest["planted_defects"]))
     size = manifest["size"]
     console.print(f"[green]published[/] {manifest['name']}: {manifest['rows']:,} records, {size['chars']:,} chars, "
                   f"{manifest['rejected_rows']:,} rejects, in {manifest['run_seconds']:.1f} s, "
@@ -166,9 +183,51 @@ def show(
     for source, s in manifest["size"]["by_source"].items():
         sources.add_row(source, f"{s['rows']:,}", f"{s['chars']:,}", f"{s['bytes']:,}")
     console.print(sources)
+    if "planted_defects" in manifest:
+        console.print(_planted_table(manifest["planted_defects"]))
     data = [f for f in manifest["files"] if f["kind"] == "data"]
     console.print(f"{len(data)} data file(s), {sum(f['bytes'] for f in data) / 1e6:,.2f} MB; "
                   f"path: {target.version_path(version)}")
+
+
+@app.command()
+def thresholds(
+    version: Annotated[str, typer.Argument(help="A version whose filter ran with `mode: annotate`.")],
+    rule: Annotated[str, typer.Argument(help="Rule (step) name, e.g. gopher_quality.")],
+    signal: Annotated[list[str] | None, typer.Option(help="Only these signals (default: all of the rule's).")] = None,
+    store: StoreOption = DEFAULT_STORE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the curves as JSON.")] = False,
+) -> None:
+    """Documents and tokens a threshold would keep, per signal, with percentile and k-sigma suggestions."""
+    from curation.store import StoreError, VersionStore
+    from curation.thresholds import rule_retention
+
+    target = VersionStore(store)
+    try:
+        names = [c for c in target.schema(version).names if c.startswith(f"{rule}__")]
+        table = target.read_table(version, columns=["text", *names])
+        curves = rule_retention(table, rule, signal or None)
+    except (StoreError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        json.dump([c.as_dict() for c in curves], sys.stdout, indent=2, default=float)
+        sys.stdout.write("\n")
+        return
+    for curve in curves:
+        bounds = ", ".join(f"{side} {value:g}" for side, value in curve.current.items()) or "none"
+        docs, tokens = curve.kept_at_current
+        console.print(f"[bold]{rule}.{curve.signal}[/]  {curve.docs:,} docs, {curve.tokens:,} tokens  "
+                      f"mean {curve.mean:.4g}  sd {curve.std:.4g}  current bounds: {bounds} "
+                      f"-> keeps {docs:.1%} of docs, {tokens:.1%} of tokens")
+        table = Table(title_justify="left")
+        for column in ("threshold", "docs kept (as min)", "tokens kept (as min)", "docs kept (as max)",
+                       "tokens kept (as max)"):
+            table.add_column(column, justify="right")
+        for row in curve.rows:
+            table.add_row(f"{row['threshold']:.4g}", *(f"{row[k]:.1%}" for k in (
+                "docs_kept_as_min", "tokens_kept_as_min", "docs_kept_as_max", "tokens_kept_as_max")))
+        console.print(table)
+        console.print("suggestions: " + ", ".join(f"{k} = {v:.4g}" for k, v in curve.suggestions.items()))
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ def ingest_task(recipe: Recipe, unit: pipeline.IngestUnit, store_url: str, stagi
 
 
 @task(name="process-shard")
-def shard_task(recipe: Recipe, shard: str, drops: list[tuple[int, str]], store_url: str,
-               staging: str) -> pipeline.ShardResult:
-    return pipeline.process_shard(recipe, shard, drops, store_url, staging)
+def shard_task(recipe: Recipe, shard: str, drops: list[tuple[int, str]], store_url: str, staging: str, start: int,
+               stop: int, decisions: dict[int, Any], source_shard: str) -> pipeline.ShardResult:
+    return pipeline.process_shard(recipe, shard, drops, store_url, staging, start, stop, decisions, source_shard)
 
 
 @flow(name="curate", log_prints=True)
@@ -54,18 +54,31 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
 
             shards = [s for r in ingested for s in r.shards]
             drops = pipeline.duplicate_ids(store.url, shards)
-            stage = progress.stage("steps", total=sum(r.records for r in ingested) or 1)
-            futures = [shard_task.submit(recipe, s, drops.get(s, []), store.url, staging.path) for s in shards]
-            processed = []
-            for future in as_completed(futures):
-                result = future.result()
-                processed.append(result)
-                n = next(iter(result.steps.values()))["in"] if result.steps else result.rows_out
-                progress.advance(stage, n + result.duplicate_id_rejects, n + result.duplicate_id_rejects)
+            processed: list[pipeline.ShardResult] = []
+            decisions: dict[int, Any] = {}
+            inputs = {s: s for s in shards}  # raw shard -> the shard the next round reads
+            previous: list[pipeline.ShardResult] = []
+            for number, (start, stop) in enumerate(pipeline.rounds(recipe)):
+                if previous:  # the round starts at a global step: decide from every shard's summary
+                    decisions[start] = pipeline.decide(recipe, start, previous)
+                stage = progress.stage("steps" if number == 0 else f"steps {number + 1}",
+                                       total=sum(r.records for r in ingested) or 1)
+                futures = [shard_task.submit(recipe, inputs[s], drops.get(s, []) if number == 0 else [], store.url,
+                                             staging.path, start, stop, decisions, s) for s in shards]
+                previous = []
+                for future in as_completed(futures):
+                    result = future.result()
+                    processed.append(result)
+                    if result.output:
+                        inputs[result.shard] = result.output
+                        previous.append(result)
+                    n = next(iter(result.steps.values()))["in"] if result.steps else result.rows_out
+                    progress.advance(stage, n + result.duplicate_id_rejects, n + result.duplicate_id_rejects)
             processed.sort(key=lambda r: r.shard)
 
+        planted = pipeline.planted_defects(recipe, store.url, staging.path)
         manifest = pipeline.build_manifest(recipe, plan, ingested, sum(len(d) for d in drops.values()), processed,
-                                           parents or [], time.perf_counter() - started)
+                                           parents or [], time.perf_counter() - started, planted)
         path = store.publish(staging, manifest)
     except BaseException:
         store.abandon(staging)

@@ -154,7 +154,7 @@ def test_counts_match_labels(corpus: DemoCorpus, labels: list[dict]) -> None:
     assert set(DEFECT_COUNTS) | {"blank_line"} == set(got)
     assert all(v >= 1 for v in got.values())
     for lab in labels:
-        assert set(lab) == {"id", "defect", "of", "line"}
+        assert set(lab) == {"id", "defect", "of", "file", "line"} and lab["file"] == "web_crawl.jsonl"
 
 
 def test_every_label_points_at_its_line(corpus: DemoCorpus, web_lines: list[bytes], labels: list[dict]) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from curation.recipe import RecipeError, load_recipe, parse_recipe
+from curation.steps import REGISTRY
 
 BASE = {"inputs": [{"path": "x.jsonl"}]}
 
 
 @pytest.mark.parametrize("recipe, message", [
     ({**BASE, "steps": [{"step": "lenght_filter"}]},
-     "steps[0]: unknown step 'lenght_filter'; valid steps: length_filter, normalize"),
+     f"steps[0]: unknown step 'lenght_filter'; valid steps: {', '.join(sorted(REGISTRY))}"),
     ({**BASE, "steps": [{"step": "normalize"}, {"step": "length_filter", "min_char": 3}]},
      "steps[1] (length_filter): unknown key 'min_char'; valid keys: mode, min_chars, max_chars, min_words, max_words"),
     ({"inputs": [{"path": "x.jsonl", "textfield": "body"}]}, "unknown key 'inputs[0].textfield'; valid keys: path,"),

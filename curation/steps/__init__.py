@@ -6,11 +6,13 @@ from curation.steps.base import FilterParams, FilterStep, Measurement, Step, Ste
 from curation.steps.c4 import C4Quality
 from curation.steps.fineweb import FineWebQuality
 from curation.steps.gopher import GopherQuality, GopherRepetition
+from curation.steps.langid import LanguageFilter
 from curation.steps.length import LengthFilter
 from curation.steps.normalize import Normalize
+from curation.steps.pii import PIIRedactor
 
 REGISTRY: dict[str, type[Step]] = {cls.name: cls for cls in (
-    Normalize, LengthFilter, GopherQuality, GopherRepetition, C4Quality, FineWebQuality,
+    Normalize, LengthFilter, GopherQuality, GopherRepetition, C4Quality, FineWebQuality, LanguageFilter, PIIRedactor,
 )}
 
 __all__ = ["REGISTRY", "FilterParams", "FilterStep", "Measurement", "Step", "StepOutput", "StepParams", "reason_key",

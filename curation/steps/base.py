@@ -13,7 +13,7 @@ chosen from the data without re-running.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -59,6 +59,23 @@ class Step:
     def apply(self, batch: pa.Table) -> StepOutput:
         raise NotImplementedError
 
+    # ---- global phase: steps that must see every shard before deciding (top-k %, dedup) --------
+    def is_global(self) -> bool:
+        """True when `apply` needs a decision made from all shards (see `collect`/`decide`)."""
+        return False
+
+    def collect(self, batch: pa.Table) -> Any:
+        """A small, picklable summary of one shard's batch as it reaches this step."""
+        raise NotImplementedError
+
+    def decide(self, collected: list[Any]) -> Any:
+        """Combine every shard's summary into the decision `apply` will use (runs once per run)."""
+        raise NotImplementedError
+
+    def bind(self, decision: Any) -> None:
+        """Receive the decision before `apply` runs on any shard."""
+        self.decision = decision
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
 
@@ -67,6 +84,8 @@ class FilterStep(Step):
     """A step that measures each document and rejects those outside its thresholds."""
 
     Params: ClassVar[type[StepParams]] = FilterParams
+    # signal -> {"min"|"max": parameter that bounds it}, for threshold views and reports.
+    signal_bounds: ClassVar[dict[str, dict[str, str]]] = {}
 
     def measure(self, batch: pa.Table) -> Measurement:
         raise NotImplementedError

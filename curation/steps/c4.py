@@ -69,6 +69,7 @@ def count_sentences(line: str) -> int:
 class C4Quality(FilterStep):
     name = "c4_quality"
     Params = C4QualityParams
+    signal_bounds = {"sentences": {"min": "min_num_sentences"}}
 
     def __init__(self, params=None, **kwargs):
         super().__init__(params, **kwargs)

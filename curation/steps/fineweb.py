@@ -32,6 +32,8 @@ class FineWebQualityParams(FilterParams):
 class FineWebQuality(FilterStep):
     name = "fineweb_quality"
     Params = FineWebQualityParams
+    signal_bounds = {"line_punct_ratio": {"min": "line_punct_thr"}, "short_line_ratio": {"max": "short_line_thr"},
+                     "char_dup_ratio": {"max": "char_duplicates_ratio"}, "list_ratio": {"max": "new_line_ratio"}}
 
     def measure(self, batch: pa.Table) -> Measurement:
         p: FineWebQualityParams = self.params  # type: ignore[assignment]

@@ -54,6 +54,13 @@ def _reason_column(n: int, checks: list[tuple[str, np.ndarray, np.ndarray, str, 
 class GopherQuality(FilterStep):
     name = "gopher_quality"
     Params = GopherQualityParams
+    signal_bounds = {
+        "words": {"min": "min_doc_words", "max": "max_doc_words"},
+        "mean_word_length": {"min": "min_avg_word_length", "max": "max_avg_word_length"},
+        "hash_ratio": {"max": "max_symbol_word_ratio"}, "ellipsis_ratio": {"max": "max_symbol_word_ratio"},
+        "bullet_lines": {"max": "max_bullet_lines_ratio"}, "ellipsis_lines": {"max": "max_ellipsis_lines_ratio"},
+        "alpha_words": {"min": "min_alpha_words_ratio"}, "stop_words": {"min": "min_stop_words"},
+    }
 
     def measure(self, batch: pa.Table) -> Measurement:
         p: GopherQualityParams = self.params  # type: ignore[assignment]
@@ -203,6 +210,8 @@ def _scan_repeats(positions: list[int], hashes: list[int], candidates: list[int]
 class GopherRepetition(FilterStep):
     name = "gopher_repetition"
     Params = GopherRepetitionParams
+    signal_bounds = {"dup_para_frac": {"max": "dup_para_frac"}, "dup_para_char_frac": {"max": "dup_para_char_frac"},
+                     "dup_line_frac": {"max": "dup_line_frac"}, "dup_line_char_frac": {"max": "dup_line_char_frac"}}
 
     def measure(self, batch: pa.Table) -> Measurement:
         p: GopherRepetitionParams = self.params  # type: ignore[assignment]

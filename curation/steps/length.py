@@ -28,6 +28,8 @@ def word_counts(text: pa.ChunkedArray | pa.Array) -> pa.Array:
 class LengthFilter(FilterStep):
     name = "length_filter"
     Params = LengthFilterParams
+    signal_bounds = {"chars": {"min": "min_chars", "max": "max_chars"},
+                     "words": {"min": "min_words", "max": "max_words"}}
 
     def measure(self, batch: pa.Table) -> Measurement:
         p: LengthFilterParams = self.params  # type: ignore[assignment]

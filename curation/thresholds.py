@@ -1,0 +1,89 @@
+"""Retention curves: how many documents and tokens a threshold on a measured signal would keep.
+
+Reads a version whose filters ran in `annotate` mode (signals stored as `<rule>__<signal>`
+columns), so thresholds can be chosen from the data without re-running anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from curation import analysis as A
+from curation.steps import REGISTRY, FilterStep
+
+QUANTILES = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 100)
+
+
+@dataclass
+class SignalRetention:
+    rule: str
+    signal: str
+    docs: int
+    tokens: int
+    mean: float
+    std: float
+    quantiles: dict[int, float]
+    current: dict[str, float]  # "min"/"max" -> the rule's default bound
+    kept_at_current: tuple[float, float]  # (docs share, tokens share) kept by the current bounds
+    rows: list[dict[str, float]] = field(default_factory=list)  # threshold -> shares kept as a min / as a max
+    suggestions: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__ | {"kept_at_current": list(self.kept_at_current)}
+
+
+def signal_columns(table_columns: list[str], rule: str) -> list[str]:
+    prefix = f"{rule}__"
+    return [c[len(prefix):] for c in table_columns if c.startswith(prefix)]
+
+
+def retention(values: np.ndarray, tokens: np.ndarray, rule: str, signal: str, thresholds: int = 21) -> SignalRetention:
+    step = REGISTRY.get(rule)
+    bounds = getattr(step, "signal_bounds", {}).get(signal, {}) if step else {}
+    defaults = step.Params() if step is not None and issubclass(step, FilterStep) else None
+    current = {side: getattr(defaults, param) for side, param in bounds.items()
+               if defaults is not None and getattr(defaults, param, None) is not None}
+    finite = np.isfinite(values)
+    v, t = values[finite], tokens[finite]
+    total_docs, total_tokens = max(len(v), 1), max(int(t.sum()), 1)
+    keep = np.ones(len(v), dtype=bool)
+    if "min" in current:
+        keep &= v >= current["min"]
+    if "max" in current:
+        keep &= v <= current["max"]
+    grid = np.unique(np.quantile(v, np.linspace(0, 1, thresholds))) if len(v) else np.array([])
+    rows = []
+    for threshold in grid:
+        as_min, as_max = v >= threshold, v <= threshold
+        rows.append({"threshold": float(threshold),
+                     "docs_kept_as_min": as_min.mean(), "tokens_kept_as_min": t[as_min].sum() / total_tokens,
+                     "docs_kept_as_max": as_max.mean(), "tokens_kept_as_max": t[as_max].sum() / total_tokens})
+    mean, std = (float(v.mean()), float(v.std())) if len(v) else (float("nan"), float("nan"))
+    quantiles = {q: float(np.percentile(v, q)) for q in QUANTILES} if len(v) else {}
+    suggestions = {}
+    if len(v):
+        # Percentile cuts drop a fixed share; k-sigma cuts drop outliers of a roughly normal signal.
+        suggestions = {"p5 (drop lowest 5 %)": quantiles[5], "p95 (drop highest 5 %)": quantiles[95],
+                       "mean - 2 sd": mean - 2 * std, "mean + 2 sd": mean + 2 * std,
+                       "mean - 3 sd": mean - 3 * std, "mean + 3 sd": mean + 3 * std}
+    return SignalRetention(rule, signal, len(v), int(t.sum()), mean, std, quantiles, current,
+                           (keep.sum() / total_docs, t[keep].sum() / total_tokens), rows, suggestions)
+
+
+def rule_retention(table: pa.Table, rule: str, signals: list[str] | None = None) -> list[SignalRetention]:
+    """Retention for every (or the named) signal of `rule` in an annotated table with a `text` column."""
+    available = signal_columns(table.column_names, rule)
+    if not available:
+        annotated = sorted({c.split("__")[0] for c in table.column_names if "__" in c})
+        raise ValueError(f"no signals of {rule!r} in this version: run the step with `mode: annotate` "
+                         f"(annotated rules here: {', '.join(annotated) or 'none'})")
+    unknown = sorted(set(signals or []) - set(available))
+    if unknown:
+        raise ValueError(f"{rule} has no signal {unknown[0]!r}; signals: {', '.join(available)}")
+    tokens = A.count(A.as_array(table.column("text")), A.ARROW_TOKEN)
+    return [retention(table.column(f"{rule}__{s}").to_numpy(zero_copy_only=False).astype(np.float64), tokens, rule, s)
+            for s in (signals or available)]

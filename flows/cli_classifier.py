@@ -1,0 +1,102 @@
+"""`curate classifier ...`: train a fastText quality classifier into the store, and score text with one.
+
+Mounted in `flows/cli.py` with `app.add_typer(classifier_app, name="classifier")`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+classifier_app = typer.Typer(help="Train and use fastText quality classifiers (DCLM-style).",
+                             no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_STORE = "curate-store"
+StoreOption = Annotated[str, typer.Option("--store", "-s", envvar="CURATE_STORE",
+                                          help="Version store: a local folder (models live under models/quality/).")]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@classifier_app.command()
+def train(
+    name: Annotated[str, typer.Option("--name", "-n", help="Model name: stored in <store>/models/quality/NAME.")],
+    positive: Annotated[list[str], typer.Option("--positive", "-p", help="High-quality text: version:NAME, a file, "
+                                                "folder or glob (JSONL, Parquet, CSV, text). Repeatable.")],
+    negative: Annotated[list[str], typer.Option("--negative", "-N", help="Low-quality text, as --positive.")],
+    store: StoreOption = DEFAULT_STORE,
+    seed: Annotated[int, typer.Option(help="Seed for sampling, the held-out split and fastText.")] = 0,
+    max_docs: Annotated[int | None, typer.Option("--max-docs", help="At most N documents per class.")] = None,
+    holdout: Annotated[float, typer.Option(help="Fraction of each class held out for the metrics.")] = 0.1,
+    epoch: Annotated[int | None, typer.Option(help="fastText epochs (default: the library's).")] = None,
+    lr: Annotated[float | None, typer.Option(help="fastText learning rate (default: the library's).")] = None,
+    dim: Annotated[int | None, typer.Option(help="Embedding size (default: the library's).")] = None,
+    no_quantize: Annotated[bool, typer.Option("--no-quantize", help="Save the full .bin instead of .ftz.")] = False,
+    threads: Annotated[int, typer.Option(help="fastText threads (1 is reproducible).")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model of that name.")] = False,
+) -> None:
+    """Train a quality classifier (positive = high quality, negative = low quality) and report held-out metrics."""
+    from curation.classifier import ClassifierError, model_dir, train_quality_classifier
+    from curation.ingest import IngestError
+    from curation.store import StoreError, VersionStore
+
+    options = {k: v for k, v in (("epoch", epoch), ("lr", lr), ("dim", dim)) if v is not None}
+    try:
+        target = VersionStore(store)
+        out = model_dir(target, name)
+        console.print(f"[bold]classifier[/] {name}: {len(positive)} positive, {len(negative)} negative source(s)")
+        info = train_quality_classifier(positive, negative, out, seed=seed, max_docs_per_class=max_docs,
+                                        holdout=holdout, quantize=not no_quantize, threads=threads, store=target,
+                                        overwrite=overwrite, **options)
+    except (ClassifierError, IngestError, StoreError) as exc:
+        _fail(str(exc))
+    m = info.metrics
+    table = Table(title=f"classifier {name}: held-out metrics (hq = positive, threshold 0.5)", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for label, key in (("precision", "precision"), ("recall", "recall"), ("F1", "f1"), ("ROC AUC", "roc_auc"),
+                       ("mean score hq", "mean_score_hq"), ("mean score lq", "mean_score_lq")):
+        table.add_row(label, _fmt(m.get(key)))
+    c = info.counts
+    table.add_row("docs available hq / lq", f"{c['available']['hq']:,} / {c['available']['lq']:,}")
+    table.add_row("docs train hq / lq", f"{c['train']['hq']:,} / {c['train']['lq']:,}")
+    table.add_row("docs held out hq / lq", f"{c['heldout']['hq']:,} / {c['heldout']['lq']:,}")
+    table.add_row("model size", f"{info.size_bytes / 1e6:,.2f} MB ({info.model_file})")
+    table.add_row("time", f"{info.train_seconds:,.1f} s")
+    console.print(table)
+    console.print(f"path: {info.model_path}")
+
+
+@classifier_app.command()
+def score(
+    model: Annotated[str, typer.Argument(help="Model name in the store, or a classifier folder / model file.")],
+    texts: Annotated[list[str], typer.Argument(help="Text(s) to score.")],
+    store: StoreOption = DEFAULT_STORE,
+) -> None:
+    """Print P(high quality) for each text (one per line; with several texts, followed by the text's start)."""
+    from curation.classifier import ClassifierError, QualityModel, model_dir
+
+    try:
+        path = Path(model) if Path(model).exists() else model_dir(store, model)
+        scores = QualityModel.load(path).score(texts)
+    except ClassifierError as exc:
+        _fail(str(exc))
+    if len(texts) == 1:
+        typer.echo(f"{scores[0]:.4f}")
+        return
+    for value, text in zip(scores, texts):
+        preview = " ".join(text.split())
+        typer.echo(f"{value:.4f}\t{preview[:60]}{'…' if len(preview) > 60 else ''}")

@@ -41,10 +41,12 @@ def signal_columns(table_columns: list[str], rule: str) -> list[str]:
     return [c[len(prefix):] for c in table_columns if c.startswith(prefix)]
 
 
-def retention(values: np.ndarray, tokens: np.ndarray, rule: str, signal: str, thresholds: int = 21) -> SignalRetention:
+def retention(values: np.ndarray, tokens: np.ndarray, rule: str, signal: str, thresholds: int = 21,
+              params: dict[str, Any] | None = None) -> SignalRetention:
+    """`params`: the rule's parameters as the version ran it (its defaults otherwise)."""
     step = REGISTRY.get(rule)
     bounds = getattr(step, "signal_bounds", {}).get(signal, {}) if step else {}
-    defaults = step.Params() if step is not None and issubclass(step, FilterStep) else None
+    defaults = step.Params(**(params or {})) if step is not None and issubclass(step, FilterStep) else None
     current = {side: getattr(defaults, param) for side, param in bounds.items()
                if defaults is not None and getattr(defaults, param, None) is not None}
     finite = np.isfinite(values)
@@ -74,7 +76,16 @@ def retention(values: np.ndarray, tokens: np.ndarray, rule: str, signal: str, th
                            (keep.sum() / total_docs, t[keep].sum() / total_tokens), rows, suggestions)
 
 
-def rule_retention(table: pa.Table, rule: str, signals: list[str] | None = None) -> list[SignalRetention]:
+def recipe_params(recipe: dict[str, Any], rule: str) -> dict[str, Any]:
+    """The parameters a recipe (as stored in a manifest) gave the step `rule`."""
+    for entry in recipe.get("steps", []):
+        if entry.get("step") == rule or entry.get("name") == rule:
+            return {k: v for k, v in entry.items() if k not in ("step", "name", "mode")}
+    return {}
+
+
+def rule_retention(table: pa.Table, rule: str, signals: list[str] | None = None,
+                   params: dict[str, Any] | None = None) -> list[SignalRetention]:
     """Retention for every (or the named) signal of `rule` in an annotated table with a `text` column."""
     available = signal_columns(table.column_names, rule)
     if not available:
@@ -85,5 +96,5 @@ def rule_retention(table: pa.Table, rule: str, signals: list[str] | None = None)
     if unknown:
         raise ValueError(f"{rule} has no signal {unknown[0]!r}; signals: {', '.join(available)}")
     tokens = A.count(A.as_array(table.column("text")), A.ARROW_TOKEN)
-    return [retention(table.column(f"{rule}__{s}").to_numpy(zero_copy_only=False).astype(np.float64), tokens, rule, s)
-            for s in (signals or available)]
+    return [retention(table.column(f"{rule}__{s}").to_numpy(zero_copy_only=False).astype(np.float64), tokens, rule, s,
+                      params=params) for s in (signals or available)]

@@ -200,13 +200,14 @@ def thresholds(
 ) -> None:
     """Documents and tokens a threshold would keep, per signal, with percentile and k-sigma suggestions."""
     from curation.store import StoreError, VersionStore
-    from curation.thresholds import rule_retention
+    from curation.thresholds import recipe_params, rule_retention
 
     target = VersionStore(store)
     try:
         names = [c for c in target.schema(version).names if c.startswith(f"{rule}__")]
         table = target.read_table(version, columns=["text", *names])
-        curves = rule_retention(table, rule, signal or None)
+        params = recipe_params(target.manifest(version)["recipe"], rule)
+        curves = rule_retention(table, rule, signal or None, params)
     except (StoreError, ValueError) as exc:
         _fail(str(exc))
     if as_json:

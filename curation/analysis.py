@@ -6,9 +6,10 @@ One token pattern serves everyone, in two engines that agree on it:
   * Python token lists for rules that need the tokens themselves (n-gram repetition), cached
     per document so that several steps over the same shard tokenise each document once.
 
-Tokens approximate the Penn-Treebank-style word tokenisers peers use (datatrove's English
-tokeniser, NLTK): runs of letters/digits/underscore are words, `...` is one symbol token, and
-every other non-space character is a symbol token of its own. Regex tokenisation is ~38x faster
+Tokens approximate the rule-based word tokenisers peers use (datatrove's English tokeniser is
+spaCy's): runs of letters/digits/underscore are words (with URLs, dotted names and in-word
+apostrophes kept whole), `...` and dash runs are one symbol token each, and every other
+non-space character is a symbol token of its own. Regex tokenisation is ~38x faster
 than spaCy's on this hardware, and the rules only use ratios and counts of tokens.
 """
 
@@ -23,10 +24,19 @@ import pyarrow.compute as pc
 
 # RE2 (Arrow) spelling and Python spelling of the same token classes. RE2's \w is ASCII-only, so
 # the Arrow side names the Unicode classes explicitly; Python's \w is Unicode already.
-ARROW_WORD = r"[\pL\pN_]+"
-ARROW_TOKEN = r"[\pL\pN_]+|\.\.\.|[^\pL\pN_\s]"
-ARROW_ALPHA_WORD = r"[\pN_]*\pL[\pL\pN_]*"  # a word containing at least one letter
-PY_TOKEN = re.compile(r"\w+|\.\.\.|[^\w\s]")
+# As word tokenisers do: URLs, emails, dotted/decimal names (os.path.join, 1,000.5), snake_case
+# and abbreviations (e.g., U.S.) stay whole; clitics split off (system's -> system 's) and so do
+# leading/trailing underscores (__name__ -> _ _ name _ _); `...`, `''` and dash runs are one
+# symbol token each.
+_URL = r"https?://\S+"
+_EMAIL = r"[\pL\pN._%+-]+@[\pL\pN-]+(?:\.[\pL\pN-]+)+"
+ARROW_WORD = (_URL + "|" + _EMAIL + r"|(?:[\pL\pN]\.){2,}|[\pL\pN]+(?:[_.,][\pL\pN]+)*|['’][\pL\pN]+")
+ARROW_TOKEN = ARROW_WORD + r"|\.\.\.|''|-{2,}|[^\pL\pN\s]"
+# A word token with at least one letter: digits (and joiners) may come before the first letter.
+ARROW_ALPHA_WORD = (_URL + "|" + _EMAIL + r"|(?:\pL\.){2,}|(?:\pN+[_.,]?)*\pL[\pL\pN]*(?:[_.,][\pL\pN]+)*"
+                    r"|['’]\pN*\pL[\pL\pN]*")
+PY_TOKEN = re.compile(_URL + r"|[\w.%+-]+@[\w-]+(?:\.[\w-]+)+|(?:[^\W_]\.){2,}|[^\W_]+(?:[_.,][^\W_]+)*"
+                      r"|['’][^\W_]+|\.\.\.|''|-{2,}|[^\w\s]|_")
 
 # Line breaks as str.splitlines sees them.
 ARROW_LINE_BREAK = r"\r\n|[\n\r\v\f\x{1c}-\x{1e}\x{85}\x{2028}\x{2029}]"

@@ -46,7 +46,9 @@ def retention(values: np.ndarray, tokens: np.ndarray, rule: str, signal: str, th
     """`params`: the rule's parameters as the version ran it (its defaults otherwise)."""
     step = REGISTRY.get(rule)
     bounds = getattr(step, "signal_bounds", {}).get(signal, {}) if step else {}
-    defaults = step.Params(**(params or {})) if step is not None and issubclass(step, FilterStep) else None
+    # model_construct: the bounds are all this needs, so required parameters (a model path) may be absent.
+    defaults = step.Params.model_construct(**(params or {})) if step is not None and issubclass(step, FilterStep) \
+        else None
     current = {side: getattr(defaults, param) for side, param in bounds.items()
                if defaults is not None and getattr(defaults, param, None) is not None}
     finite = np.isfinite(values)

@@ -15,6 +15,15 @@ from rich.table import Table
 app = typer.Typer(help="Curate LLM training data into versioned, fully accounted datasets.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
+
+
+def _mount_subcommands() -> None:
+    from flows.cli_classifier import classifier_app
+
+    app.add_typer(classifier_app, name="classifier", help="Train and use fastText quality classifiers.")
+
+
+_mount_subcommands()
 err = Console(stderr=True)
 
 StoreOption = Annotated[str, typer.Option("--store", "-s", envvar="CURATE_STORE",

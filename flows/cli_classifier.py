@@ -64,7 +64,7 @@ def train(
     except (ClassifierError, IngestError, StoreError) as exc:
         _fail(str(exc))
     m = info.metrics
-    table = Table(title=f"classifier {name}: held-out metrics (hq = positive, threshold 0.5)", title_justify="left")
+    table = Table(title=f"classifier {name}: held out, threshold 0.5", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for label, key in (("precision", "precision"), ("recall", "recall"), ("F1", "f1"), ("ROC AUC", "roc_auc"),

@@ -10,9 +10,11 @@ from curation.steps.langid import LanguageFilter
 from curation.steps.length import LengthFilter
 from curation.steps.normalize import Normalize
 from curation.steps.pii import PIIRedactor
+from curation.steps.quality_classifier import QualityClassifier
 
 REGISTRY: dict[str, type[Step]] = {cls.name: cls for cls in (
     Normalize, LengthFilter, GopherQuality, GopherRepetition, C4Quality, FineWebQuality, LanguageFilter, PIIRedactor,
+    QualityClassifier,
 )}
 
 __all__ = ["REGISTRY", "FilterParams", "FilterStep", "Measurement", "Step", "StepOutput", "StepParams", "reason_key",

@@ -1,0 +1,69 @@
+"""Quality classifier filter: score each document with a trained fastText hq/lq model (`curation.classifier`).
+
+Always writes `quality_score` (float32, P(hq)); in `filter` mode rejects documents scoring under
+`min_score` with reason `quality_classifier:score=0.123<0.5`; `annotate` mode keeps every document and
+also writes the signal column `quality_classifier__score` (for threshold/retention views).
+
+`min_score` 0.5 is our choice (the classifier's decision boundary). DCLM instead keeps the top 10%
+of documents by score: `keep_top_percent: 10` does that exactly, as a global phase (every shard's
+scores are collected, the cut-off is the corpus-wide percentile, then each shard is filtered by it).
+
+The model is loaded lazily, once per process and model file (cached by path and sha256 in
+`curation.classifier`), so the step object itself stays small and pickles cheaply to worker processes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from curation.classifier import cached_model
+from curation.steps.base import FilterParams, FilterStep, Measurement, first_failure, threshold_reason
+
+SCORE_COLUMN = "quality_score"
+
+
+class QualityClassifierParams(FilterParams):
+    model: str = Field(min_length=1)  # classifier folder or model file (relative paths resolved by the caller)
+    min_score: float = Field(0.5, ge=0.0, le=1.0)
+    # Keep the best k % of documents over the whole run (overrides min_score); DCLM keeps the top 10 %.
+    keep_top_percent: float | None = Field(None, gt=0.0, le=100.0)
+
+
+class QualityClassifier(FilterStep):
+    name = "quality_classifier"
+    Params = QualityClassifierParams
+    # In annotate mode the score is also written as `quality_classifier__score`, the `<rule>__<signal>`
+    # column that threshold/retention views read.
+    signal_bounds = {"score": {"min": "min_score"}}
+
+    def is_global(self) -> bool:
+        return self.params.keep_top_percent is not None  # type: ignore[attr-defined]
+
+    def _scores(self, batch: pa.Table) -> pa.Array:
+        return pa.array(cached_model(self.params.model).score(batch.column("text").to_pylist()),  # type: ignore
+                        pa.float32())
+
+    def collect(self, batch: pa.Table) -> np.ndarray:
+        return self._scores(batch).to_numpy(zero_copy_only=False)
+
+    def decide(self, collected: list[np.ndarray]) -> float:
+        """The corpus-wide cut-off: documents scoring at or above it are the top k %."""
+        scores = np.concatenate(collected) if collected else np.empty(0, np.float32)
+        if scores.size == 0:
+            return 0.0
+        return float(np.quantile(scores.astype(np.float64), 1 - self.params.keep_top_percent / 100,  # type: ignore
+                                 method="higher"))
+
+    def measure(self, batch: pa.Table) -> Measurement:
+        p: QualityClassifierParams = self.params  # type: ignore[assignment]
+        scores = self._scores(batch)
+        threshold = float(self.decision) if p.keep_top_percent is not None else p.min_score
+        # Decide and report on the stored float32 value, so the reason agrees with the column.
+        values = scores.cast(pa.float64())
+        low = pc.less(values, threshold)
+        reasons = first_failure([(low, threshold_reason(self.name, "score", values, "<", round(threshold, 4)))],
+                                batch.num_rows)
+        return Measurement(reasons, signals={"score": scores}, annotations={SCORE_COLUMN: scores})

@@ -24,19 +24,38 @@ import pyarrow.compute as pc
 
 # RE2 (Arrow) spelling and Python spelling of the same token classes. RE2's \w is ASCII-only, so
 # the Arrow side names the Unicode classes explicitly; Python's \w is Unicode already.
-# As word tokenisers do: URLs, emails, dotted/decimal names (os.path.join, 1,000.5), snake_case
-# and abbreviations (e.g., U.S.) stay whole; clitics split off (system's -> system 's) and so do
-# leading/trailing underscores (__name__ -> _ _ name _ _); `...`, `''` and dash runs are one
-# symbol token each.
+# As spaCy's rule-based English tokeniser (datatrove's) does: URLs, emails, dotted/decimal names
+# (os.path.join, 1,000.5), snake_case, calls and subscripts glued to a name (len(a, a[i), codes
+# with a digit after a hyphen or slash (utf-8, HTTP/1.1) and abbreviations (e.g., U.S., x.) stay
+# whole; clitics split off (system's -> system 's, don't -> don 't) and so do leading/trailing
+# underscores (__name__ -> _ _ name _ _); `...`, `''` and dash runs are one symbol token each.
 _URL = r"https?://\S+"
 _EMAIL = r"[\pL\pN._%+-]+@[\pL\pN-]+(?:\.[\pL\pN-]+)+"
-ARROW_WORD = (_URL + "|" + _EMAIL + r"|(?:[\pL\pN]\.){2,}|[\pL\pN]+(?:[_.,][\pL\pN]+)*|['’][\pL\pN]+")
-ARROW_TOKEN = ARROW_WORD + r"|\.\.\.|''|-{2,}|[^\pL\pN\s]"
+_JOINED = r"(?:[_.,(\[|][\pL\pN]+|[-/]\pN[\pL\pN]*)*"
+_CLITIC = r"['’](?:[sSdDmMtT]|re|ve|ll|RE|VE|LL)\b"
+ARROW_WORD = (_URL + "|" + _EMAIL + r"|(?:[\pL\pN]\.){2,}|\pL\.(?:\s|$)|[\pL\pN]+" + _JOINED + "|" + _CLITIC)
+ARROW_SYMBOL = r"\.\.\.|''|-{2,}|[^\pL\pN\s]"
+ARROW_TOKEN = ARROW_WORD + "|" + ARROW_SYMBOL
 # A word token with at least one letter: digits (and joiners) may come before the first letter.
-ARROW_ALPHA_WORD = (_URL + "|" + _EMAIL + r"|(?:\pL\.){2,}|(?:\pN+[_.,]?)*\pL[\pL\pN]*(?:[_.,][\pL\pN]+)*"
-                    r"|['’]\pN*\pL[\pL\pN]*")
-PY_TOKEN = re.compile(_URL + r"|[\w.%+-]+@[\w-]+(?:\.[\w-]+)+|(?:[^\W_]\.){2,}|[^\W_]+(?:[_.,][^\W_]+)*"
-                      r"|['’][^\W_]+|\.\.\.|''|-{2,}|[^\w\s]|_")
+ARROW_ALPHA_WORD = (_URL + "|" + _EMAIL + r"|(?:\pL\.){2,}|\pL\.(?:\s|$)|(?:\pN+(?:[_.,(\[|]|[-/]))*\pL[\pL\pN]*"
+                    + _JOINED + "|" + _CLITIC)
+_PY_REST = (r"(?:[^\W_]\.){2,}|[^\W\d_]\.(?=\s|$)|[^\W_]+(?:[_.,(\[|][^\W_]+|[-/]\d[^\W_]*)*"
+            r"|['’](?:[sSdDmMtT]|re|ve|ll|RE|VE|LL)\b|\.\.\.|''|-{2,}|[^\w\s]|_")
+PY_TOKEN = re.compile(_URL + r"|[\w.%+-]+@[\w-]+(?:\.[\w-]+)+|" + _PY_REST)
+# The same tokens for text with no "@" and no "://" (most of it), without the costly alternatives.
+_PY_TOKEN_PLAIN = re.compile(_PY_REST)
+
+
+def tokenize(text: str) -> list[str]:
+    """PY_TOKEN's tokens. No token spans white space, so most whitespace-separated chunks (plain
+    words) are tokens as they are, and only the rest go through the regex."""
+    tokens: list[str] = []
+    for chunk in text.split():
+        if chunk.isalnum():
+            tokens.append(chunk)
+        else:
+            tokens.extend((PY_TOKEN if "@" in chunk or "://" in chunk else _PY_TOKEN_PLAIN).findall(chunk))
+    return tokens
 
 # Line breaks as str.splitlines sees them.
 ARROW_LINE_BREAK = r"\r\n|[\n\r\v\f\x{1c}-\x{1e}\x{85}\x{2028}\x{2029}]"
@@ -67,6 +86,15 @@ def line_counts(text: pa.Array) -> np.ndarray:
     return np.where(empty, 0, breaks + 1 - ends_with_break.astype(np.int64))
 
 
+def word_and_token_counts(text: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(words, characters in words, all tokens) per document, from one pass that blanks out the
+    words: what is left holds only the symbol tokens."""
+    words = count(text, ARROW_WORD)
+    blanked = pc.replace_substring_regex(text, ARROW_WORD, " ")
+    word_chars = char_lengths(text) - char_lengths(blanked) + words
+    return words, word_chars, words + count(blanked, ARROW_SYMBOL)
+
+
 def safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator with 0 where the denominator is 0 (an empty document has no ratio)."""
     out = np.zeros(len(numerator), dtype=np.float64)
@@ -89,7 +117,7 @@ class TokenCache:
         key = (doc_id, len(text), hash(text))
         found = self._cache.get(key)
         if found is None:
-            found = PY_TOKEN.findall(text)
+            found = tokenize(text)
             self._cache[key] = found
             if len(self._cache) > self.max_docs:
                 self._cache.popitem(last=False)

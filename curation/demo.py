@@ -903,8 +903,34 @@ def build_demo_corpus(root: Path, *, seed: int = 0, scale: float = 1.0) -> DemoC
     )
 
 
-def write_demo_recipe(corpus: DemoCorpus) -> Path:
-    """Copy the packaged demo recipe next to the corpus, so its relative input paths resolve there."""
+def write_demo_recipe(corpus: DemoCorpus, quality_model: Path | None = None) -> Path:
+    """Copy the packaged demo recipe next to the corpus, so its relative input paths resolve there,
+    pointing its quality classifier at `quality_model` (the step is dropped when there is none)."""
+    import yaml
+
+    recipe = yaml.safe_load(DEMO_RECIPE.read_text(encoding="utf-8"))
+    steps = []
+    for step in recipe["steps"]:
+        if step["step"] == "quality_classifier":
+            if quality_model is None:
+                continue
+            step = {**step, "model": str(quality_model)}
+        steps.append(step)
+    recipe["steps"] = steps
     target = corpus.root / "recipe.yaml"
-    _write_atomic(target, DEMO_RECIPE.read_bytes())
+    header = "".join(line + "\n" for line in DEMO_RECIPE.read_text(encoding="utf-8").splitlines()
+                     if line.startswith("#") and not line.startswith("# ---"))
+    _write_atomic(target, (header + yaml.safe_dump(recipe, sort_keys=False)).encode("utf-8"))
     return target
+
+
+def train_demo_classifier(corpus: DemoCorpus, out_dir: Path, seed: int = 0) -> Path:
+    """DCLM-style quality classifier for the demo: the human sources are the positives, the raw
+    crawl the negatives. Trained once per corpus (the folder is reused when it exists)."""
+    from curation.classifier import TextSource, train_quality_classifier
+
+    if (out_dir / "classifier.json").exists():
+        return out_dir
+    positives = [TextSource.parse(str(corpus.root / STDLIB_FILE)), TextSource.parse(str(corpus.root / KJV_FILE))]
+    train_quality_classifier(positives, [TextSource.parse(str(corpus.root / WEB_FILE))], out_dir, seed=seed)
+    return out_dir

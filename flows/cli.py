@@ -134,13 +134,16 @@ def demo(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Build the built-in demo corpus (real installed text + planted defects) and curate it."""
-    from curation.demo import build_demo_corpus, write_demo_recipe
+    from curation.classifier import model_dir
+    from curation.demo import build_demo_corpus, train_demo_classifier, write_demo_recipe
     from curation.store import VersionStore
 
     target = VersionStore(store)
     root = Path(target.root) / "demo-inputs" / f"seed{seed}-scale{scale:g}"
     corpus = build_demo_corpus(root, seed=seed, scale=scale)
-    recipe_path = write_demo_recipe(corpus)
+    console.print("training the demo's fastText quality classifier (human sources vs. the raw crawl) ...")
+    model = train_demo_classifier(corpus, model_dir(target, f"demo-seed{seed}-scale{scale:g}"), seed=seed)
+    recipe_path = write_demo_recipe(corpus, model)
     console.print(f"demo corpus: {root} ({', '.join(f'{k} {v}' for k, v in sorted(corpus.counts.items()))})")
     if name is None:
         taken = set(target.names())

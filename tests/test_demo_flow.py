@@ -113,3 +113,33 @@ def test_cli_lists_shows_and_refuses_a_name_clash(demo_run):
     assert clash.returncode == 2 and "'demo' already exists" in clash.stderr
     missing = curate("show", "nope", "--store", str(store_path), env=env)
     assert missing.returncode == 2 and "no version 'nope'" in missing.stderr
+
+
+# Classes the demo's filter stack exists to remove: every planted one must be caught.
+REMOVED_BY_FILTERS = ("boilerplate", "keyword_spam", "lorem_ipsum", "non_english", "too_short", "too_long",
+                      *INGEST_DEFECTS)
+
+
+@pytest.mark.e2e
+def test_demo_filter_stack_catches_planted_defects_and_reports_it(demo_run):
+    store_path, _, stdout = demo_run
+    manifest = VersionStore(store_path).manifest("demo")
+    report = manifest["planted_defects"]
+    for defect in REMOVED_BY_FILTERS:
+        entry = report["classes"][defect]
+        assert entry["planted"] > 0 and entry["recall"] == 1.0, (defect, entry)
+    non_english = report["classes"]["non_english"]
+    assert non_english["by_step"] == {"language_filter": non_english["planted"]}
+    assert 0 <= report["clean"]["false_positive_rate"] < 0.5
+    assert "planted defects" in stdout
+    steps = {s["name"]: s for s in manifest["steps"]}
+    assert steps["pii_redact"]["counters"]["redacted:email"] > 0
+    data = VersionStore(store_path).read_table("demo", columns=["id", "text", "quality_score", "lang"])
+    assert data.column("lang").unique().to_pylist() == ["en"]
+    assert 0.0 <= min(data.column("quality_score").to_pylist()) and max(data.column("quality_score").to_pylist()) <= 1
+    corpus = next((store_path / "demo-inputs").glob("*"))
+    pii_ids = {lab["id"] for lab in load_labels(corpus / "labels.jsonl") if lab["defect"] == "pii"}
+    texts = dict(zip(data.column("id").to_pylist(), data.column("text").to_pylist()))
+    kept_pii = [texts[i] for i in pii_ids if i in texts]
+    assert kept_pii and all("@example." not in t for t in kept_pii)
+    assert any("<EMAIL>" in t for t in kept_pii)

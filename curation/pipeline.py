@@ -34,7 +34,7 @@ from curation.ingest import (
 )
 from curation.recipe import Recipe
 from curation.record import as_rejects, conform, conform_rejects, conform_to, unified_schema
-from curation.steps import reason_key
+from curation.steps import Collected, reason_key
 
 PARQUET_COMPRESSION = "zstd"
 
@@ -274,10 +274,13 @@ def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], stor
     return ShardResult(source_shard, counts, data.num_rows, len(drops))
 
 
-def decide(recipe: Recipe, index: int, results: list[ShardResult]) -> Any:
-    """The decision of the global step at `index`, from every shard's collected summary."""
+def decide(recipe: Recipe, index: int, results: list[ShardResult], store_url: str) -> tuple[Any, dict | None]:
+    """The decision of the global step at `index` from every shard's summary (in shard order), and
+    the step's report of it for the manifest."""
     _, step = recipe.build_steps()[index]
-    return step.decide([r.collected for r in sorted(results, key=lambda r: r.shard)])
+    ordered = sorted(results, key=lambda r: r.shard)
+    decision = step.decide([Collected(r.collected, r.output, store_url) for r in ordered])
+    return decision, step.report(decision)
 
 
 def merge_step_counts(recipe: Recipe, results: list[ShardResult]) -> list[dict[str, Any]]:
@@ -316,7 +319,8 @@ def ingest_counts(ingested: list[IngestResult], duplicates: int, quarantined: in
 
 def build_manifest(recipe: Recipe, plan: Plan, ingested: list[IngestResult], duplicates: int,
                    shards: list[ShardResult], parents: list[str], seconds: float,
-                   planted: dict[str, Any] | None = None) -> dict[str, Any]:
+                   planted: dict[str, Any] | None = None,
+                   step_reports: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything about the run that the store cannot see in the files themselves."""
     from datetime import datetime, timezone
 
@@ -338,6 +342,7 @@ def build_manifest(recipe: Recipe, plan: Plan, ingested: list[IngestResult], dup
         "steps": [ingest_counts(ingested, duplicates, len(plan.quarantined)), *merge_step_counts(recipe, shards)],
         "run_seconds": round(seconds, 3),
         **({"planted_defects": planted} if planted else {}),
+        **({"step_reports": step_reports} if step_reports else {}),
     }
 
 

@@ -56,11 +56,14 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
             drops = pipeline.duplicate_ids(store.url, shards)
             processed: list[pipeline.ShardResult] = []
             decisions: dict[int, Any] = {}
+            reports: dict[str, dict[str, Any]] = {}
             inputs = {s: s for s in shards}  # raw shard -> the shard the next round reads
             previous: list[pipeline.ShardResult] = []
             for number, (start, stop) in enumerate(pipeline.rounds(recipe)):
                 if previous:  # the round starts at a global step: decide from every shard's summary
-                    decisions[start] = pipeline.decide(recipe, start, previous)
+                    decisions[start], report = pipeline.decide(recipe, start, previous, store.url)
+                    if report is not None:
+                        reports[recipe.build_steps()[start][0]] = report
                 stage = progress.stage("steps" if number == 0 else f"steps {number + 1}",
                                        total=sum(r.records for r in ingested) or 1)
                 futures = [shard_task.submit(recipe, inputs[s], drops.get(s, []) if number == 0 else [], store.url,
@@ -78,7 +81,7 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
 
         planted = pipeline.planted_defects(recipe, store.url, staging.path)
         manifest = pipeline.build_manifest(recipe, plan, ingested, sum(len(d) for d in drops.values()), processed,
-                                           parents or [], time.perf_counter() - started, planted)
+                                           parents or [], time.perf_counter() - started, planted, reports)
         path = store.publish(staging, manifest)
     except BaseException:
         store.abandon(staging)

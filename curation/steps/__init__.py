@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from curation.steps.base import FilterParams, FilterStep, Measurement, Step, StepOutput, StepParams, reason_key, split
+from curation.steps.base import (
+    Collected,
+    FilterParams,
+    FilterStep,
+    Measurement,
+    Step,
+    StepOutput,
+    StepParams,
+    reason_key,
+    split,
+)
 from curation.steps.c4 import C4Quality
 from curation.steps.fineweb import FineWebQuality
 from curation.steps.gopher import GopherQuality, GopherRepetition
@@ -17,5 +27,5 @@ REGISTRY: dict[str, type[Step]] = {cls.name: cls for cls in (
     QualityClassifier,
 )}
 
-__all__ = ["REGISTRY", "FilterParams", "FilterStep", "Measurement", "Step", "StepOutput", "StepParams", "reason_key",
-           "split"]
+__all__ = ["REGISTRY", "Collected", "FilterParams", "FilterStep", "Measurement", "Step", "StepOutput", "StepParams",
+           "reason_key", "split"]

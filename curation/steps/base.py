@@ -38,6 +38,15 @@ class StepOutput:
     counters: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Collected:
+    """One shard's summary for a global step, and where that shard's rows are (to re-read some)."""
+
+    value: Any
+    path: str  # Parquet file holding the batch the summary was made from, row for row
+    store_url: str  # the filesystem `path` lives on (and where store-wide indexes live)
+
+
 @dataclass
 class Measurement:
     """What a filter measured on a batch, row-aligned."""
@@ -68,9 +77,13 @@ class Step:
         """A small, picklable summary of one shard's batch as it reaches this step."""
         raise NotImplementedError
 
-    def decide(self, collected: list[Any]) -> Any:
+    def decide(self, collected: list[Collected]) -> Any:
         """Combine every shard's summary into the decision `apply` will use (runs once per run)."""
         raise NotImplementedError
+
+    def report(self, decision: Any) -> dict[str, Any] | None:
+        """What the decision did, for the manifest (e.g. duplicate clusters); None for nothing."""
+        return None
 
     def bind(self, decision: Any) -> None:
         """Receive the decision before `apply` runs on any shard."""

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from curation.classifier import cached_model
-from curation.steps.base import FilterParams, FilterStep, Measurement, first_failure, threshold_reason
+from curation.steps.base import Collected, FilterParams, FilterStep, Measurement, first_failure, threshold_reason
 
 SCORE_COLUMN = "quality_score"
 
@@ -49,13 +49,16 @@ class QualityClassifier(FilterStep):
     def collect(self, batch: pa.Table) -> np.ndarray:
         return self._scores(batch).to_numpy(zero_copy_only=False)
 
-    def decide(self, collected: list[np.ndarray]) -> float:
+    def decide(self, collected: list[Collected]) -> float:
         """The corpus-wide cut-off: documents scoring at or above it are the top k %."""
-        scores = np.concatenate(collected) if collected else np.empty(0, np.float32)
+        scores = np.concatenate([c.value for c in collected]) if collected else np.empty(0, np.float32)
         if scores.size == 0:
             return 0.0
         return float(np.quantile(scores.astype(np.float64), 1 - self.params.keep_top_percent / 100,  # type: ignore
                                  method="higher"))
+
+    def report(self, decision: float) -> dict[str, float]:
+        return {"keep_top_percent": self.params.keep_top_percent, "score_cutoff": decision}  # type: ignore
 
     def measure(self, batch: pa.Table) -> Measurement:
         p: QualityClassifierParams = self.params  # type: ignore[assignment]

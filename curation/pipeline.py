@@ -355,8 +355,13 @@ def read_staged(store_url: str, staging: str, kind: str, columns: list[str]) -> 
     """Columns of every staged data or rejects part (before publishing)."""
     fs, _ = fsspec.core.url_to_fs(store_url)
     parts = sorted(p for p in fs.ls(f"{staging}/{kind}", detail=False) if p.endswith(".parquet"))
-    tables = [pq.read_table(p, columns=columns, filesystem=fs) for p in parts]
-    return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in columns})
+    tables = []
+    for part in parts:  # a column some parts lack (e.g. dup_of before dedup ran) reads as nulls
+        present = [c for c in columns if c in pq.read_schema(part, filesystem=fs).names]
+        tables.append(pq.read_table(part, columns=present, filesystem=fs))
+    if not tables:
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    return concat(tables)
 
 
 def planted_defects(recipe: Recipe, store_url: str, staging: str) -> dict[str, Any] | None:
@@ -368,5 +373,5 @@ def planted_defects(recipe: Recipe, store_url: str, staging: str) -> dict[str, A
     path = recipe.resolve(recipe.labels)
     report = planted_defect_report(
         load_labels(path), read_staged(store_url, staging, "data", ["id", "source"]),
-        read_staged(store_url, staging, "rejects", ["id", "source", "step", "source_file", "source_line"]))
+        read_staged(store_url, staging, "rejects", ["id", "source", "step", "source_file", "source_line", "dup_of"]))
     return {"labels": str(path), **report}

@@ -1,9 +1,14 @@
 """How well the steps catch known defects: per planted defect class, what each step removed, and
 what the steps removed from clean text (false positives).
 
-Labels are JSONL, one line per planted defect: `{"id", "defect", "file", "line"}`; `id` is null
+Labels are JSONL, one line per planted defect: `{"id", "defect", "of", "file", "line"}`; `id` is null
 for input lines that never became a record (malformed JSON...), which are then found by file and
 line among the ingest rejects. Every record that is not labelled counts as clean.
+
+A planted duplicate (`exact_dup`, `near_dup`: `of` names its original) is caught when the pair is
+collapsed, whichever of the two goes: the keep policy may rightly keep the longer copy and remove
+the original. An original removed as a duplicate of any planted copy of it (PII and mojibake copies
+are near duplicates too) is not a false positive.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 
+DUPLICATE_CLASSES = frozenset({"exact_dup", "near_dup"})
+
 
 def load_labels(path: str | Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as handle:
@@ -22,24 +29,38 @@ def load_labels(path: str | Path) -> list[dict[str, Any]]:
 
 
 def planted_defect_report(labels: list[dict[str, Any]], data: pa.Table, rejects: pa.Table) -> dict[str, Any]:
-    """`data` needs `id` and `source`; `rejects` needs `id`, `source`, `step`, `source_file`, `source_line`."""
+    """`data` needs `id` and `source`; `rejects` needs `id`, `source`, `step`, `source_file`, `source_line`
+    (and `dup_of` when a dedup step ran)."""
     by_id: dict[str, str] = {}
     by_line: dict[tuple[str, int], str] = {}
-    for row in rejects.select(["id", "step", "source_file", "source_line"]).to_pylist():
+    dup_of: dict[str, str] = {}
+    columns = ["id", "step", "source_file", "source_line"] + (["dup_of"] if "dup_of" in rejects.column_names else [])
+    for row in rejects.select(columns).to_pylist():
         if row["id"] is not None and row["id"] not in by_id:
             by_id[row["id"]] = row["step"]
+            if row.get("dup_of") is not None:
+                dup_of[row["id"]] = row["dup_of"]
         if row["source_file"] is not None and row["source_line"] is not None:
             by_line.setdefault((Path(row["source_file"]).name, row["source_line"]), row["step"])
     kept_ids = set(data.column("id").to_pylist())
     classes: dict[str, dict[str, Any]] = defaultdict(lambda: {"planted": 0, "caught": 0, "by_step": Counter(),
                                                                "kept": 0})
     labelled: set[str] = set()
+    collapsed: set[str] = set()  # originals removed in favour of their planted copy
     for label in labels:
         if label["defect"] == "blank_line":
             continue  # a separator, not a record
         entry = classes[label["defect"]]
         entry["planted"] += 1
         step = None
+        original = label.get("of")
+        if original and label.get("id") and dup_of.get(original) == label["id"]:
+            collapsed.add(original)  # the original went, as a duplicate of this (planted) copy
+            if label["defect"] in DUPLICATE_CLASSES:
+                labelled.add(label["id"])
+                entry["caught"] += 1
+                entry["by_step"][by_id[original]] += 1
+                continue
         if label.get("id") is not None and label["defect"] != "duplicate_id":
             labelled.add(label["id"])
             step = by_id.get(label["id"])
@@ -61,7 +82,7 @@ def planted_defect_report(labels: list[dict[str, Any]], data: pa.Table, rejects:
     duplicate_id_rows = {(Path(lab.get("file") or "").name, lab.get("line")) for lab in labels
                          if lab["defect"] == "duplicate_id"}
     for row in rejects.select(["id", "source", "step", "source_file", "source_line"]).to_pylist():
-        if row["id"] is None or row["id"] in labelled:
+        if row["id"] is None or row["id"] in labelled or row["id"] in collapsed:
             continue
         if (Path(row["source_file"] or "").name, row["source_line"]) in duplicate_id_rows:
             continue

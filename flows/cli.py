@@ -70,6 +70,33 @@ def _planted_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def _dedup_reports(manifest: dict[str, Any]) -> None:
+    """Duplicate rate by kind, cluster sizes, the S-curve, and example clusters side by side."""
+    for name, report in manifest.get("step_reports", {}).items():
+        if "removed" not in report or "documents" not in report:
+            continue
+        rate = report["removed"] / report["documents"] if report["documents"] else 0.0
+        earlier = (f", {report['removed_matching_earlier_versions']:,} matching {', '.join(report['against'])}"
+                   if report.get("against") else "")
+        sizes = ", ".join(f"{k}: {v}" for k, v in report.get("cluster_sizes", {}).items()) or "none"
+        line = (f"[bold]{name}[/]: removed {report['removed']:,} of {report['documents']:,} ({rate:.1%}){earlier}; "
+                f"cluster sizes {sizes}")
+        console.print(line)
+        if "bands" in report:
+            curve = ", ".join(f"J={k} {v:.0%}" for k, v in report["s_curve"].items())
+            console.print(f"  {report['bands']} bands x {report['rows']} rows ({report['index_bytes_per_doc']} B/doc); "
+                          f"P(candidate): {curve}; {report['candidate_pairs']:,} candidates, "
+                          f"{report['rejected_by_verification']:,} rejected by exact-Jaccard verification")
+        for example in report.get("examples", [])[:2]:
+            table = Table(title=f"cluster {example['cluster']} ({example['size']} documents)", title_justify="left",
+                          show_lines=True)
+            for member in example["members"][:2]:
+                label = "kept" if member["kept"] else f"removed (J={member.get('jaccard', float('nan')):.2f})"
+                table.add_column(f"{member['id']} - {label}", overflow="fold")
+            table.add_row(*(m["text"][:160] for m in example["members"][:2]))
+            console.print(table)
+
+
 def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], workers: int | None,
          verbose: bool) -> dict[str, Any]:
     _prefect_env(verbose)
@@ -197,6 +224,7 @@ def show(
     console.print(sources)
     if "planted_defects" in manifest:
         console.print(_planted_table(manifest["planted_defects"]))
+    _dedup_reports(manifest)
     data = [f for f in manifest["files"] if f["kind"] == "data"]
     console.print(f"{len(data)} data file(s), {sum(f['bytes'] for f in data) / 1e6:,.2f} MB; "
                   f"path: {target.version_path(version)}")

@@ -73,6 +73,11 @@ def _planted_table(report: dict[str, Any]) -> Table:
 def _dedup_reports(manifest: dict[str, Any]) -> None:
     """Duplicate rate by kind, cluster sizes, the S-curve, and example clusters side by side."""
     for name, report in manifest.get("step_reports", {}).items():
+        if "boilerplate_units" in report:
+            top = ", ".join(f"{u.get('text') or u['hash']!r} ({u['documents']})" for u in report.get("top", [])[:3])
+            console.print(f"[bold]{name}[/]: {report['boilerplate_units']:,} boilerplate {report.get('unit', 'unit')}s "
+                          f"in {report.get('documents_with_boilerplate', 0):,} documents; most repeated: {top}")
+            continue
         if "removed" not in report or "documents" not in report:
             continue
         rate = report["removed"] / report["documents"] if report["documents"] else 0.0

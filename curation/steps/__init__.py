@@ -19,13 +19,14 @@ from curation.steps.fineweb import FineWebQuality
 from curation.steps.gopher import GopherQuality, GopherRepetition
 from curation.steps.langid import LanguageFilter
 from curation.steps.length import LengthFilter
+from curation.steps.line_dedup import LineDedup
 from curation.steps.normalize import Normalize
 from curation.steps.pii import PIIRedactor
 from curation.steps.quality_classifier import QualityClassifier
 
 REGISTRY: dict[str, type[Step]] = {cls.name: cls for cls in (
     Normalize, LengthFilter, GopherQuality, GopherRepetition, C4Quality, FineWebQuality, LanguageFilter, PIIRedactor,
-    QualityClassifier, ExactDedup, MinHashDedup,
+    QualityClassifier, ExactDedup, MinHashDedup, LineDedup,
 )}
 
 __all__ = ["REGISTRY", "Collected", "FilterParams", "FilterStep", "Measurement", "Step", "StepOutput", "StepParams",

@@ -15,7 +15,7 @@ document in numpy arrays, and candidates come from sorting each band (b x 8 byte
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -289,25 +289,41 @@ class DedupDecision:
 
 
 def resolve_clusters(docs: list[DocKey], edges: Iterable[tuple[int, int]],
-                     similarity: dict[tuple[int, int], float] | None = None) -> DedupDecision:
-    """Union-find over verified duplicate edges; in each cluster the keep policy picks one document,
-    every other (unpublished) one is removed as a duplicate of it."""
+                     similarity: Callable[[int, int], float] | None = None,
+                     threshold: float = 0.0) -> DedupDecision:
+    """Clusters of duplicates, and which document of each survives.
+
+    Verified edges join documents into connected components (union-find). Within a component the
+    keep policy picks the best document, which absorbs every member whose own similarity to it
+    reaches the threshold; the members left over (similar to a removed document, not to the kept
+    one) form the next cluster, and so on. So every removal names a kept document it really
+    duplicates: single-link chains (A~B, B~C, A!~C) never remove C for a similarity it does not have.
+    Without a `similarity` function (unverified candidates) components are removed whole."""
     uf = UnionFind(len(docs))
     for i, j in edges:
         uf.union(i, j)
     decision = DedupDecision()
     sizes: dict[int, int] = {}
-    for members in uf.groups().values():
-        if len(members) < 2:
-            continue
-        kept = min(members, key=lambda m: keep_order(docs[m]))
-        cluster = docs[kept].id
-        sizes[len(members)] = sizes.get(len(members), 0) + 1
-        for m in members:
-            decision.cluster_sizes[docs[m].id] = len(members)
-            if m == kept or docs[m].published:
-                continue
-            sim = (similarity or {}).get((min(m, kept), max(m, kept)), float("nan"))
-            decision.removals[docs[m].id] = Removal(cluster, cluster, sim, docs[kept].published)
+    for component in uf.groups().values():
+        remaining = sorted(component, key=lambda m: keep_order(docs[m]))
+        while len(remaining) > 1:
+            kept, rest = remaining[0], remaining[1:]
+            if similarity is None:
+                members, scores, remaining = rest, [float("nan")] * len(rest), []
+            else:
+                scored = [(m, similarity(kept, m)) for m in rest]
+                members = [m for m, sim in scored if sim >= threshold]
+                scores = [sim for m, sim in scored if sim >= threshold]
+                remaining = [m for m, sim in scored if sim < threshold]
+            if not members:
+                continue  # the best document duplicates none of the rest: they form their own clusters
+            cluster = docs[kept].id
+            size = len(members) + 1
+            sizes[size] = sizes.get(size, 0) + 1
+            decision.cluster_sizes[cluster] = size
+            for m, sim in zip(members, scores):
+                decision.cluster_sizes[docs[m].id] = size
+                if not docs[m].published:
+                    decision.removals[docs[m].id] = Removal(cluster, cluster, sim, docs[kept].published)
     decision.report["cluster_sizes"] = {str(k): v for k, v in sorted(sizes.items())}
     return decision

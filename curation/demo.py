@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFECT_COUNTS", "CLEAN_WEB_DOCS", "DemoCorpus", "build_demo_corpus", "load_labels", "write_demo_recipe"]
+__all__ = ["DEFECT_COUNTS", "CLEAN_WEB_DOCS", "EVAL_DOCS", "DemoCorpus", "build_demo_corpus", "load_labels",
+           "write_demo_recipe"]
 
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
 
@@ -61,11 +62,17 @@ DEFECT_COUNTS: dict[str, int] = {
 }
 # Clean human documents moved into web_crawl.jsonl at scale=1.0.
 CLEAN_WEB_DOCS = 500
+# Human documents held out of every input as the frozen evaluation set, and web pages that quote
+# passages of them (planted contamination, class "contaminated"), at scale=1.0.
+EVAL_DOCS = 60
+CONTAMINATED_DOCS = 20
+CONTAMINATION_WORDS = 40
 
 STDLIB_FILE = "stdlib_docs.jsonl"
 KJV_FILE = "kjv.jsonl.gz"
 WEB_FILE = "web_crawl.jsonl"
 LABELS_FILE = "labels.jsonl"
+HELDOUT_FILE = "heldout.jsonl"
 
 _MIN_STDLIB_WORDS = 50
 _SKIP_DIRS = frozenset(
@@ -82,6 +89,7 @@ class DemoCorpus:
     inputs: list[Path]
     labels_path: Path
     counts: dict[str, int]
+    heldout_path: Path | None = None  # the frozen evaluation set: human documents in no input
 
 
 def load_labels(path: Path) -> list[dict]:
@@ -875,9 +883,18 @@ def build_demo_corpus(root: Path, *, seed: int = 0, scale: float = 1.0) -> DemoC
     hold_set = set(hold_idx)
     held_out = [combined[i][1] for i in hold_idx]
     rng.shuffle(held_out)
-    stdlib_keep = [d for i, (src, d) in enumerate(combined) if src == "stdlib" and i not in hold_set]
-    kjv_keep = [d for i, (src, d) in enumerate(combined) if src == "kjv" and i not in hold_set]
+    remaining = [i for i in range(len(combined)) if i not in hold_set]
+    eval_rng = _rng(seed, "evalset")
+    eval_idx = set(eval_rng.sample(remaining, min(_scaled(EVAL_DOCS, scale), len(remaining) // 4)))
+    evalset = [combined[i][1] for i in sorted(eval_idx)]
+    stdlib_keep = [d for i, (src, d) in enumerate(combined)
+                   if src == "stdlib" and i not in hold_set and i not in eval_idx]
+    kjv_keep = [d for i, (src, d) in enumerate(combined) if src == "kjv" and i not in hold_set and i not in eval_idx]
     web_bytes, labels = _build_web(seed, stdlib_keep + kjv_keep, [t for _, t in held_out], counts)
+    web_bytes, contaminated = _plant_contamination(eval_rng, web_bytes, evalset, _scaled(CONTAMINATED_DOCS, scale))
+    labels += contaminated
+    counts["contaminated"] = len(contaminated)
+    counts["evalset_docs"] = len(evalset)
     counts["clean_stdlib_docs"] = len(stdlib_keep)
     counts["clean_kjv"] = len(kjv_keep)
     counts["clean_web_crawl"] = len(held_out) - counts["duplicate_id"]
@@ -894,18 +911,46 @@ def build_demo_corpus(root: Path, *, seed: int = 0, scale: float = 1.0) -> DemoC
     _write_atomic(kjv_path, gzip.compress(jsonl(kjv_keep), compresslevel=6, mtime=0))
     _write_atomic(web_path, web_bytes)
     _write_atomic(labels_path, "".join(_dumps(lab) + "\n" for lab in labels).encode("utf-8"))
+    heldout_path = root / HELDOUT_FILE
+    _write_atomic(heldout_path, jsonl(evalset))
 
     return DemoCorpus(
         root=root,
         inputs=[stdlib_path, kjv_path, web_path],
         labels_path=labels_path,
         counts=dict(sorted(counts.items())),
+        heldout_path=heldout_path,
     )
 
 
-def write_demo_recipe(corpus: DemoCorpus, quality_model: Path | None = None) -> Path:
+def _plant_contamination(rng: random.Random, web_bytes: bytes, evalset: list[tuple[str, str]],
+                         n: int) -> tuple[bytes, list[dict]]:
+    """Append web pages that quote a passage of two evaluation documents each: training data that
+    would leak the evaluation set, which decontamination must catch."""
+    if len(evalset) < 2 or n == 0:
+        return web_bytes, []
+    line = web_bytes.count(b"\n")
+    lines, labels = [], []
+    for k in range(n):
+        first, second = rng.sample(range(len(evalset)), 2)
+        passages = []
+        for index in (first, second):
+            words = evalset[index][1].split()
+            start = rng.randrange(max(1, len(words) - CONTAMINATION_WORDS))
+            passages.append(" ".join(words[start:start + CONTAMINATION_WORDS]))
+        doc_id = f"web:contaminated-{k}"
+        text = f"{passages[0]}\n\nAs quoted above, and further:\n\n{passages[1]}"
+        lines.append(_dumps({"id": doc_id, "text": text, "url": f"https://quotes.example.org/{k}"}) + "\n")
+        line += 1
+        labels.append({"id": doc_id, "defect": "contaminated", "of": evalset[first][0], "file": WEB_FILE,
+                       "line": line})
+    return web_bytes + "".join(lines).encode("utf-8"), labels
+
+
+def write_demo_recipe(corpus: DemoCorpus, quality_model: Path | None = None, evalset: str | None = None) -> Path:
     """Copy the packaged demo recipe next to the corpus, so its relative input paths resolve there,
-    pointing its quality classifier at `quality_model` (the step is dropped when there is none)."""
+    pointing its quality classifier at `quality_model` and decontamination at the registered
+    `evalset` (each step is dropped when there is none)."""
     import yaml
 
     recipe = yaml.safe_load(DEMO_RECIPE.read_text(encoding="utf-8"))
@@ -915,6 +960,10 @@ def write_demo_recipe(corpus: DemoCorpus, quality_model: Path | None = None) -> 
             if quality_model is None:
                 continue
             step = {**step, "model": str(quality_model)}
+        if step["step"] == "decontaminate":
+            if evalset is None:
+                continue
+            step = {**step, "evalsets": [evalset]}
         steps.append(step)
     recipe["steps"] = steps
     target = corpus.root / "recipe.yaml"

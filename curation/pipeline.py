@@ -238,7 +238,7 @@ def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], stor
     fs, _ = fsspec.core.url_to_fs(store_url)
     source_shard = source_shard or shard
     stem = source_shard.rsplit("/", 1)[-1].removeprefix("raw-").removesuffix(".parquet")
-    steps = recipe.build_steps()
+    steps = recipe.build_steps(store_url)
     stop = len(steps) if stop is None else stop
     batch = pq.read_table(shard, filesystem=fs)
     rejected: list[pa.Table] = []
@@ -277,7 +277,7 @@ def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], stor
 def decide(recipe: Recipe, index: int, results: list[ShardResult], store_url: str) -> tuple[Any, dict | None]:
     """The decision of the global step at `index` from every shard's summary (in shard order), and
     the step's report of it for the manifest."""
-    _, step = recipe.build_steps()[index]
+    _, step = recipe.build_steps(store_url)[index]
     ordered = sorted(results, key=lambda r: r.shard)
     decision = step.decide([Collected(r.collected, r.output, store_url) for r in ordered])
     return decision, step.report(decision)

@@ -49,8 +49,13 @@ class StepSpec(BaseModel):
     def instance_name(self) -> str:
         return self.name or self.step
 
-    def build(self) -> Step:
-        return REGISTRY[self.step](**self.params)
+    def build(self, store_url: str | None = None) -> Step:
+        """The configured step; a step that reads from the store (e.g. evaluation sets) gets the run's
+        store when the recipe does not name one."""
+        params = self.params
+        if store_url is not None and "store" in REGISTRY[self.step].Params.model_fields and params.get("store") is None:
+            params = {**params, "store": store_url}
+        return REGISTRY[self.step](**params)
 
 
 class Recipe(BaseModel):
@@ -85,8 +90,8 @@ class Recipe(BaseModel):
             seen.add(spec.instance_name)
         return self
 
-    def build_steps(self) -> list[tuple[str, Step]]:
-        return [(spec.instance_name, spec.build()) for spec in self.steps]
+    def build_steps(self, store_url: str | None = None) -> list[tuple[str, Step]]:
+        return [(spec.instance_name, spec.build(store_url)) for spec in self.steps]
 
     def content_hash(self) -> str:
         """What the run does, not what it is called: inputs, steps and output settings."""

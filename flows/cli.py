@@ -19,8 +19,10 @@ console = Console()
 
 def _mount_subcommands() -> None:
     from flows.cli_classifier import classifier_app
+    from flows.cli_evalsets import evalset_app
 
     app.add_typer(classifier_app, name="classifier", help="Train and use fastText quality classifiers.")
+    app.add_typer(evalset_app, name="evalset", help="Frozen evaluation sets: register and list.")
 
 
 _mount_subcommands()
@@ -168,6 +170,7 @@ def demo(
     """Build the built-in demo corpus (real installed text + planted defects) and curate it."""
     from curation.classifier import model_dir
     from curation.demo import build_demo_corpus, train_demo_classifier, write_demo_recipe
+    from curation.evalsets import evalset_exists, register_evalset
     from curation.store import VersionStore
 
     target = VersionStore(store)
@@ -175,7 +178,12 @@ def demo(
     corpus = build_demo_corpus(root, seed=seed, scale=scale)
     console.print("training the demo's fastText quality classifier (human sources vs. the raw crawl) ...")
     model = train_demo_classifier(corpus, model_dir(target, f"demo-seed{seed}-scale{scale:g}"), seed=seed)
-    recipe_path = write_demo_recipe(corpus, model)
+    evalset = f"demo-heldout-seed{seed}-scale{scale:g}"
+    if not evalset_exists(target, evalset):
+        info = register_evalset(target, evalset, [str(corpus.heldout_path)], source_name="heldout")
+        console.print(f"registered evaluation set {evalset}: {info.docs} held-out human documents, "
+                      f"fingerprint {info.fingerprint[:12]}")
+    recipe_path = write_demo_recipe(corpus, model, evalset)
     console.print(f"demo corpus: {root} ({', '.join(f'{k} {v}' for k, v in sorted(corpus.counts.items()))})")
     if name is None:
         taken = set(target.names())

@@ -206,3 +206,16 @@ def test_one_and_two_processes_publish_the_same_dedup(tmp_path):
     assert store.manifest("one")["fingerprint"] == store.manifest("two")["fingerprint"]
     reasons = [sorted(store.read_table(n, "rejects").column("reason").to_pylist()) for n in ("one", "two")]
     assert reasons[0] == reasons[1] and len(reasons[0]) > 5
+
+
+def test_single_link_chains_never_remove_a_document_for_a_similarity_it_lacks():
+    # A~B 0.85 and B~C 0.85 join one component, but A~C is only 0.7: keeping A removes B, not C.
+    docs = [D.DocKey("A", 300), D.DocKey("B", 200), D.DocKey("C", 100)]
+    sims = {(0, 1): 0.85, (1, 2): 0.85, (0, 2): 0.7}
+    decision = D.resolve_clusters(docs, [(0, 1), (1, 2)], lambda i, j: sims[(min(i, j), max(i, j))], 0.8)
+    assert {k: (v.dup_of, v.jaccard) for k, v in decision.removals.items()} == {"B": ("A", 0.85)}
+    assert decision.cluster_sizes == {"A": 2, "B": 2}
+    # Published documents always win and are never removed.
+    docs = [D.DocKey("new", 900), D.DocKey("old", 10, published="v1")]
+    decision = D.resolve_clusters(docs, [(0, 1)], lambda i, j: 0.9, 0.8)
+    assert decision.removals["new"].dup_of == "old" and decision.removals["new"].in_version == "v1"

@@ -149,9 +149,13 @@ def test_scale_controls_size(corpus: DemoCorpus, tmp_path: Path) -> None:
 
 def test_counts_match_labels(corpus: DemoCorpus, labels: list[dict]) -> None:
     got = collections.Counter(lab["defect"] for lab in labels)
-    planted = {k: v for k, v in corpus.counts.items() if not k.startswith("clean_")}
+    planted = {k: v for k, v in corpus.counts.items() if not k.startswith("clean_") and k != "evalset_docs"}
     assert dict(got) == planted
-    assert set(DEFECT_COUNTS) | {"blank_line"} == set(got)
+    heldout = [json.loads(line) for line in corpus.heldout_path.read_text(encoding="utf-8").splitlines()]
+    assert len(heldout) == corpus.counts["evalset_docs"] > 0
+    input_ids = {r["id"] for path in corpus.inputs[:2] for r in _read_jsonl(path)}
+    assert input_ids and not input_ids & {doc["id"] for doc in heldout}  # held out: in no input file
+    assert set(DEFECT_COUNTS) | {"blank_line", "contaminated"} == set(got)
     assert all(v >= 1 for v in got.values())
     for lab in labels:
         assert set(lab) == {"id", "defect", "of", "file", "line"} and lab["file"] == "web_crawl.jsonl"

@@ -14,6 +14,7 @@ from curation.steps.base import (
     split,
 )
 from curation.steps.c4 import C4Quality
+from curation.steps.decontaminate import Decontaminate
 from curation.steps.dedup import ExactDedup, MinHashDedup
 from curation.steps.fineweb import FineWebQuality
 from curation.steps.gopher import GopherQuality, GopherRepetition
@@ -26,7 +27,7 @@ from curation.steps.quality_classifier import QualityClassifier
 
 REGISTRY: dict[str, type[Step]] = {cls.name: cls for cls in (
     Normalize, LengthFilter, GopherQuality, GopherRepetition, C4Quality, FineWebQuality, LanguageFilter, PIIRedactor,
-    QualityClassifier, ExactDedup, MinHashDedup, LineDedup,
+    QualityClassifier, ExactDedup, MinHashDedup, LineDedup, Decontaminate,
 )}
 
 __all__ = ["REGISTRY", "Collected", "FilterParams", "FilterStep", "Measurement", "Step", "StepOutput", "StepParams",

@@ -226,7 +226,7 @@ class ExactDedup(_DedupStep):
         order = np.lexsort((lo, hi))
         same = (hi[order][1:] == hi[order][:-1]) & (lo[order][1:] == lo[order][:-1])
         edges = [(int(order[k]), int(order[k + 1])) for k in np.flatnonzero(same)]
-        decision = D.resolve_clusters(docs, edges, {(min(i, j), max(i, j)): 1.0 for i, j in edges})
+        decision = D.resolve_clusters(docs, edges, lambda i, j: 1.0, threshold=1.0)  # a component: one hash
         decision.report.update({
             "documents": sum(1 for d in docs if not d.published), "against": list(self.params.against),  # type: ignore
             "removed": len(decision.removals),
@@ -270,14 +270,19 @@ class MinHashDedup(_DedupStep):
         return {"num_perm": p.num_perm, "shingle_words": p.shingle_words, "seed": p.seed, "bands": self.band_shape(),
                 "scheme": "affine32"}
 
-    def summarise(self, batch: pa.Table) -> dict[str, np.ndarray]:
+    def summarise(self, batch: pa.Table, chunk_docs: int = 1000) -> dict[str, np.ndarray]:
+        """Bands of every document, a chunk of documents at a time: shingling needs ~15x the text in
+        temporary arrays, so chunks bound it (~50 MB for 1,000 documents of 3 KB)."""
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
         texts = batch.column("text").to_pylist()
-        hashes, offsets = D.shingles(texts, p.shingle_words)
-        sigs = D.signatures(hashes, offsets, p.num_perm, p.seed)
         bands, rows = self.band_shape()
+        band = np.empty((len(texts), bands), dtype=np.uint64)
+        for start in range(0, len(texts), chunk_docs):
+            hashes, offsets = D.shingles(texts[start:start + chunk_docs], p.shingle_words)
+            band[start:start + chunk_docs] = D.band_hashes(D.signatures(hashes, offsets, p.num_perm, p.seed),
+                                                           bands, rows)
         return {"id": np.array(batch.column("id").to_pylist(), dtype=object), "length": _lengths(texts),
-                "quality": _quality(batch), "band": D.band_hashes(sigs, bands, rows)}
+                "quality": _quality(batch), "band": band}
 
     def collect(self, batch: pa.Table) -> dict[str, np.ndarray]:
         return self.summarise(batch)
@@ -297,12 +302,18 @@ class MinHashDedup(_DedupStep):
             texts = read_texts(where, involved)
             hashes, offsets = D.shingles([texts[i] for i in involved], p.shingle_words)
             sets = {doc: D.shingle_set(hashes, offsets, k) for k, doc in enumerate(involved)}
-            for i, j in pairs.tolist():
-                similarity[(i, j)] = D.jaccard(sets[i], sets[j])
-            edges = [pair for pair, sim in similarity.items() if sim >= p.threshold]
+
+            def measured(i: int, j: int) -> float:
+                key = (min(i, j), max(i, j))
+                if key not in similarity:
+                    similarity[key] = D.jaccard(sets[i], sets[j])
+                return similarity[key]
+
+            edges = [(i, j) for i, j in pairs.tolist() if measured(i, j) >= p.threshold]
+            decision = D.resolve_clusters(docs, edges, measured, p.threshold)
         else:
             edges = [tuple(pair) for pair in pairs.tolist()]
-        decision = D.resolve_clusters(docs, edges, similarity)
+            decision = D.resolve_clusters(docs, edges)
         decision.report.update({
             "documents": int((~published).sum()), "against": list(p.against),
             "threshold": p.threshold, "num_perm": p.num_perm, "shingle_words": p.shingle_words,
@@ -318,5 +329,7 @@ class MinHashDedup(_DedupStep):
 
     def _reason(self, removal: D.Removal) -> str:
         where = f" in {removal.in_version}" if removal.in_version else ""
+        if removal.jaccard != removal.jaccard:  # NaN: verification was off, only the LSH said so
+            return f"{self.name}:lsh_candidate dup_of={removal.dup_of}{where}"
         return (f"{self.name}:jaccard={removal.jaccard:.3f}>={self.params.threshold:g}"  # type: ignore[attr-defined]
                 f" dup_of={removal.dup_of}{where}")

@@ -23,6 +23,10 @@ def _mount_subcommands() -> None:
 
     app.add_typer(classifier_app, name="classifier", help="Train and use fastText quality classifiers.")
     app.add_typer(evalset_app, name="evalset", help="Frozen evaluation sets: register and list.")
+    from flows.cli_train import generate_command, train_command
+
+    app.command(name="train")(train_command)
+    app.command(name="generate")(generate_command)
 
 
 _mount_subcommands()

@@ -1,0 +1,107 @@
+"""`curate train` and `curate generate`: thin calls into training/.
+
+A run lives in `<store>/runs/<version>/<preset>-t<tokens>-s<seed>-<tokenizer hash>/`: plan.json,
+metrics.jsonl, loss.png, checkpoint.pt, result.json and a copy of the tokenizer. Launch with
+`torchrun --nproc_per_node N -m flows.cli train ...` for DDP.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_dir(store_root: str, version: str, preset: str, tokens: int | None, seed: int, tokenizer_hash: str) -> Path:
+    budget = f"t{tokens}" if tokens else "tchinchilla"
+    return Path(store_root) / "runs" / version / f"{preset}-{budget}-s{seed}-{tokenizer_hash[:12]}"
+
+
+def train_command(
+    version: Annotated[str, typer.Argument(help="Version to train on.")],
+    store: Annotated[str, typer.Option("--store", "-s", envvar="CURATE_STORE")] = "curate-store",
+    preset: Annotated[str, typer.Option(help="Model preset: tiny (~1 M), small (~10 M), gpt2 (124 M).")] = "tiny",
+    tokens: Annotated[int | None, typer.Option(help="Token budget (default: 20 per parameter).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation and the data order.")] = 0,
+    eval_set: Annotated[list[str] | None, typer.Option(help="Registered evaluation set(s) (default: all).")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="A tokenizer.json to use instead of training one.")] = None,
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary of the trained tokenizer.")] = 8192,
+    batch_size: Annotated[int, typer.Option(help="Sequences per optimiser step.")] = 16,
+    block_size: Annotated[int | None, typer.Option(help="Context length (default: the preset's).")] = None,
+    grad_accum: Annotated[int, typer.Option(help="Micro-steps per optimiser step.")] = 1,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps.")] = 50,
+    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+) -> None:
+    """Train a GPT on a version and evaluate it on the frozen evaluation sets."""
+    from curation.evalsets import evalset_names
+    from curation.store import StoreError, VersionStore
+    from training.data import tokenize_evalset, tokenize_version
+    from training.tokenizer import load_tokenizer, tokenizer_for_version
+    from training.trainer import TrainConfig, train
+
+    target = VersionStore(store)
+    try:
+        target.manifest(version)
+    except StoreError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    tok = load_tokenizer(tokenizer) if tokenizer else tokenizer_for_version(target, version, vocab_size)
+    train_tokens = tokenize_version(target, version, tok)
+    names = eval_set or evalset_names(target)
+    if not names and _is_main():
+        console.print("[yellow]warning:[/] no evaluation set is registered (`curate evalset register`): "
+                      "only the training loss will be reported")
+    evals = {name: tokenize_evalset(target, name, tok) for name in names}
+    cfg = TrainConfig(preset=preset, tokens=tokens, seed=seed, batch_size=batch_size, grad_accum=grad_accum,
+                      learning_rate=learning_rate, eval_every=eval_every, compile=compile, device=device,
+                      model={"block_size": block_size} if block_size else {})
+    out = run_dir(target.root, version, preset, tokens, seed, tok.hash)
+    if _is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tok.path, out / "tokenizer.json")
+    result = train(cfg, train_tokens, evals, out, log=console.print if _is_main() else (lambda *_: None))
+    if _is_main():
+        for name, values in result.final_eval.items():
+            console.print(f"eval {name}: loss {values['loss']:.4f}, {values['bpb']:.4f} bits/byte")
+        console.print(f"trained {result.tokens_trained:,} tokens ({result.epochs:.2f} epochs) in "
+                      f"{result.seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s); run: {out}")
+
+
+def generate_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint.pt (its folder holds the tokenizer).")],
+    prompt: Annotated[str, typer.Argument(help="Text to continue.")],
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 100,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.8,
+    top_k: Annotated[int | None, typer.Option(help="Sample from the k most likely tokens.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling: smallest set with probability >= p.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Continue a prompt with a trained model; stops at end-of-text."""
+    import torch
+
+    from training.tokenizer import load_tokenizer
+    from training.trainer import load_model
+
+    if not checkpoint.exists():
+        console.print(f"[bold red]error:[/] {checkpoint}: no such checkpoint")
+        raise typer.Exit(2)
+    tok = load_tokenizer(checkpoint.parent / "tokenizer.json")
+    model, _ = load_model(checkpoint)
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.tensor([tok.encode(prompt) or [tok.eot_id]], dtype=torch.long)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                         eot_id=tok.eot_id, generator=generator)
+    ids = [i for i in out[0, idx.shape[1]:].tolist() if i != tok.eot_id]
+    console.print(prompt + tok.decode(ids), markup=False, highlight=False)

@@ -1,0 +1,170 @@
+"""The trainer: exact resume, DDP equivalence, the planner, and the CLI (CPU, tiny configs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+
+from curation.evalsets import register_evalset
+from curation.record import conform
+from curation.store import VersionStore
+from training.data import tokenize_evalset, tokenize_version
+from training.tokenizer import train_tokenizer
+from training.trainer import TrainConfig, load_checkpoint, lr_at, train
+
+TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32}
+WORDS = ("river mill people morning trade grain news weather roads prices health families village market "
+         "harvest winter summer children school teacher letter window garden kitchen bread water").split()
+
+
+def sentences(seed: int, n: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))) + "." for _ in range(n)]
+
+
+def publish(store: VersionStore, name: str, texts: list[str], source: str = "web") -> None:
+    staging = store.begin(name)
+    n = len(texts)
+    table = conform(pa.table({
+        "id": [f"{name}-{i}" for i in range(n)], "text": pa.array(texts, pa.large_string()), "source": [source] * n,
+        "origin": ["human"] * n, "generation": pa.array([0] * n, pa.int32()),
+        "generator": pa.array([None] * n, pa.string())}))
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, staging.sub("data", "part-0.parquet"), filesystem=store.fs)
+    store.publish(staging, {"steps": [{"name": "ingest", "in": n, "kept": n, "rejected": 0,
+                                       "rejected_by_reason": {}}], "parents": [], "created_at": "x"})
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    store = VersionStore(root / "store")
+    publish(store, "v1", sentences(1, 300))
+    heldout = root / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"id": f"h{i}", "text": t}) + "\n" for i, t in enumerate(sentences(2, 40))))
+    register_evalset(store, "held", [str(heldout)])
+    tok = train_tokenizer(sentences(1, 300), root / "tok", vocab_size=300)
+    return store, tok, tokenize_version(store, "v1", tok), {"held": tokenize_evalset(store, "held", tok)}
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(model=TINY, tokens=40 * 8 * 32, batch_size=8, learning_rate=3e-3, eval_every=10, eval_tokens=512,
+                checkpoint_every=1000, seed=3)
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_training_lowers_eval_loss_and_writes_its_artefacts(corpus, tmp_path):
+    store, tok, tokens, evals = corpus
+    result = train(config(), tokens, evals, tmp_path / "run", log=lambda *_: None)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == result.steps == 40
+    assert rows[-1]["eval/held/loss"] < rows[0]["eval/held/loss"] < 6.0  # ln(300) = 5.7 at init
+    assert result.final_eval["held"]["bpb"] > 0
+    assert result.final_eval["held/heldout"]["loss"] == pytest.approx(result.final_eval["held"]["loss"], rel=0.05)
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["meta"]["tokenizer_hash"] == tok.hash and saved["tokens_trained"] == 40 * 8 * 32
+
+
+def test_stop_and_resume_equals_one_uninterrupted_run(corpus, tmp_path):
+    _, _, tokens, evals = corpus
+    straight = train(config(), tokens, evals, tmp_path / "straight", log=lambda *_: None)
+    train(config(), tokens, evals, tmp_path / "resumed", stop_at_step=20, log=lambda *_: None)
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 20
+    resumed = train(config(), tokens, evals, tmp_path / "resumed", log=lambda *_: None)
+    assert resumed.train_loss == pytest.approx(straight.train_loss, rel=1e-6)
+    assert resumed.final_eval["held"]["loss"] == pytest.approx(straight.final_eval["held"]["loss"], rel=1e-6)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_same_seed_same_run_other_seed_other_run(corpus, tmp_path):
+    _, _, tokens, evals = corpus
+    one = train(config(tokens=10 * 8 * 32), tokens, evals, tmp_path / "a", log=lambda *_: None)
+    two = train(config(tokens=10 * 8 * 32), tokens, evals, tmp_path / "b", log=lambda *_: None)
+    other = train(config(tokens=10 * 8 * 32, seed=4), tokens, evals, tmp_path / "c", log=lambda *_: None)
+    assert one.train_loss == two.train_loss and one.train_loss != other.train_loss
+
+
+def test_planner_defaults_to_chinchilla_and_warns_about_repeats(corpus, tmp_path):
+    _, _, tokens, evals = corpus
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(config(tokens=None), tokens, evals, tmp_path / "chin", stop_at_step=1, log=lambda *_: None)
+    plan = result.plan
+    assert plan["requested_tokens"] == 20 * plan["params"]
+    assert plan["epochs"] > 2 and any("repeats the data" in str(w.message) for w in caught)
+    assert plan["state_bytes"] == 16 * plan["params"]
+
+
+def test_learning_rate_warms_up_then_decays():
+    cfg = TrainConfig(learning_rate=1.0, warmup_fraction=0.1, min_lr_ratio=0.1)
+    rates = [lr_at(step, 100, cfg) for step in range(100)]
+    assert rates[0] < rates[9] == pytest.approx(1.0) and rates[-1] == pytest.approx(0.1, abs=0.01)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+
+
+DDP_SCRIPT = """
+import json, sys
+from pathlib import Path
+from training.data import TokenFile
+from training.trainer import TrainConfig, train
+args = json.loads(sys.argv[1])
+tokens = TokenFile.open(args["tokens"])
+result = train(TrainConfig(**args["config"]), tokens, {}, Path(args["out"]), log=lambda *_: None)
+if __import__("os").environ.get("RANK", "0") == "0":
+    Path(args["out"], "loss.json").write_text(json.dumps(result.train_loss))
+"""
+
+
+@pytest.mark.e2e
+def test_ddp_on_two_cpu_processes_matches_one_process(corpus, tmp_path):
+    _, _, tokens, _ = corpus
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    cfg = {**config(tokens=12 * 8 * 32).to_dict(), "eval_every": 100}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    losses = {}
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        args = json.dumps({"config": cfg, "tokens": str(tokens.path.parent), "out": str(out)})
+        command = ([sys.executable, str(script), args] if procs == 1 else
+                   [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+                    str(script), args])
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        losses[procs] = json.loads((out / "loss.json").read_text())
+        weights = load_checkpoint(out / "checkpoint.pt")["model"]
+        losses[f"w{procs}"] = weights["tok_emb.weight"]
+    assert losses[2] == pytest.approx(losses[1], rel=1e-4)
+    assert torch.allclose(losses["w1"], losses["w2"], atol=1e-4)
+
+
+@pytest.mark.e2e
+def test_cli_train_then_generate(corpus, tmp_path):
+    store, _, _, _ = corpus
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
+    cli = str(Path(sys.executable).with_name("curate"))
+    done = subprocess.run([cli, "train", "v1", "--store", store.url, "--tokens", "4096", "--batch-size", "8",
+                           "--block-size", "32", "--vocab-size", "300", "--eval-every", "8"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "eval held: loss" in done.stdout and "bits/byte" in done.stdout
+    checkpoint = next(Path(store.root, "runs", "v1").glob("*/checkpoint.pt"))
+    greedy = [subprocess.run([cli, "generate", str(checkpoint), "The river", "--temperature", "0",
+                              "--max-new-tokens", "12"], capture_output=True, text=True, env=env, timeout=300)
+              for _ in range(2)]
+    assert all(g.returncode == 0 for g in greedy), greedy[0].stderr
+    assert greedy[0].stdout == greedy[1].stdout and greedy[0].stdout.startswith("The river")

@@ -169,9 +169,11 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the noise injector.")] = 0,
     name: Annotated[str | None, typer.Option(help="Version name (default: demo, demo-2, ...).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
+    train_tokens: Annotated[int, typer.Option(help="Train the tiny GPT on the curated version for this many "
+                                                   "tokens (0: skip).")] = 409_600,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Build the built-in demo corpus (real installed text + planted defects) and curate it."""
+    """Build the built-in demo corpus (real installed text + planted defects), curate it, train on it."""
     from curation.classifier import model_dir
     from curation.demo import build_demo_corpus, train_demo_classifier, write_demo_recipe
     from curation.evalsets import evalset_exists, register_evalset
@@ -193,6 +195,13 @@ def demo(
         taken = set(target.names())
         name = next(n for n in ("demo", *(f"demo-{i}" for i in range(2, 10_000))) if n not in taken)
     _run(recipe_path, store, name, [], workers, verbose)
+    if train_tokens:
+        from flows.cli_train import sample, train_version
+
+        console.rule(f"training the tiny GPT on {name} ({train_tokens:,} tokens)")
+        _, run = train_version(target, name, preset="tiny", tokens=train_tokens, seed=seed, eval_sets=[evalset])
+        console.print("sample: " + sample(run / "checkpoint.pt", "And God said", 40, temperature=0.8, top_k=40),
+                      markup=False, highlight=False)
 
 
 @app.command()

@@ -45,11 +45,7 @@ def train_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
 ) -> None:
     """Train a GPT on a version and evaluate it on the frozen evaluation sets."""
-    from curation.evalsets import evalset_names
     from curation.store import StoreError, VersionStore
-    from training.data import tokenize_evalset, tokenize_version
-    from training.tokenizer import load_tokenizer, tokenizer_for_version
-    from training.trainer import TrainConfig, train
 
     target = VersionStore(store)
     try:
@@ -57,9 +53,24 @@ def train_command(
     except StoreError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None
+    train_version(target, version, preset=preset, tokens=tokens, seed=seed, eval_sets=eval_set, tokenizer=tokenizer,
+                  vocab_size=vocab_size, batch_size=batch_size, block_size=block_size, grad_accum=grad_accum,
+                  learning_rate=learning_rate, eval_every=eval_every, compile=compile, device=device)
+
+
+def train_version(target, version: str, *, preset: str = "tiny", tokens: int | None = None, seed: int = 0,
+                  eval_sets: list[str] | None = None, tokenizer: Path | None = None, vocab_size: int = 8192,
+                  batch_size: int = 16, block_size: int | None = None, grad_accum: int = 1,
+                  learning_rate: float = 2e-3, eval_every: int = 50, compile: bool = False, device: str = "auto"):
+    """Tokenise (cached), train and evaluate; returns (result, run folder)."""
+    from curation.evalsets import evalset_names
+    from training.data import tokenize_evalset, tokenize_version
+    from training.tokenizer import load_tokenizer, tokenizer_for_version
+    from training.trainer import TrainConfig, train
+
     tok = load_tokenizer(tokenizer) if tokenizer else tokenizer_for_version(target, version, vocab_size)
     train_tokens = tokenize_version(target, version, tok)
-    names = eval_set or evalset_names(target)
+    names = eval_sets or evalset_names(target)
     if not names and _is_main():
         console.print("[yellow]warning:[/] no evaluation set is registered (`curate evalset register`): "
                       "only the training loss will be reported")
@@ -77,6 +88,24 @@ def train_command(
             console.print(f"eval {name}: loss {values['loss']:.4f}, {values['bpb']:.4f} bits/byte")
         console.print(f"trained {result.tokens_trained:,} tokens ({result.epochs:.2f} epochs) in "
                       f"{result.seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s); run: {out}")
+    return result, out
+
+
+def sample(checkpoint: Path, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
+           top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> str:
+    """The prompt continued by a trained model (its folder holds the tokenizer)."""
+    import torch
+
+    from training.tokenizer import load_tokenizer
+    from training.trainer import load_model
+
+    tok = load_tokenizer(checkpoint.parent / "tokenizer.json")
+    model, _ = load_model(checkpoint)
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.tensor([tok.encode(prompt) or [tok.eot_id]], dtype=torch.long)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                         eot_id=tok.eot_id, generator=generator)
+    return prompt + tok.decode([i for i in out[0, idx.shape[1]:].tolist() if i != tok.eot_id])
 
 
 def generate_command(
@@ -89,19 +118,8 @@ def generate_command(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Continue a prompt with a trained model; stops at end-of-text."""
-    import torch
-
-    from training.tokenizer import load_tokenizer
-    from training.trainer import load_model
-
     if not checkpoint.exists():
         console.print(f"[bold red]error:[/] {checkpoint}: no such checkpoint")
         raise typer.Exit(2)
-    tok = load_tokenizer(checkpoint.parent / "tokenizer.json")
-    model, _ = load_model(checkpoint)
-    generator = torch.Generator().manual_seed(seed)
-    idx = torch.tensor([tok.encode(prompt) or [tok.eot_id]], dtype=torch.long)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                         eot_id=tok.eot_id, generator=generator)
-    ids = [i for i in out[0, idx.shape[1]:].tolist() if i != tok.eot_id]
-    console.print(prompt + tok.decode(ids), markup=False, highlight=False)
+    text = sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    console.print(text, markup=False, highlight=False)

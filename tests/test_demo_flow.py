@@ -32,7 +32,8 @@ def demo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "COLUMNS": "160"}
     store = tmp / "store"
-    result = curate("demo", "--store", str(store), "--scale", "0.1", "--workers", "2", env=env)
+    result = curate("demo", "--store", str(store), "--scale", "0.1", "--workers", "2", "--train-tokens", "16384",
+                    env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     return store, env, result.stdout
 
@@ -156,3 +157,14 @@ def test_demo_filter_stack_catches_planted_defects_and_reports_it(demo_run):
     assert reached, "no planted PII document reached pii_redact"
     for doc_id, text in reached.items():
         assert "@example." not in text and "<EMAIL>" in text, (doc_id, text[:300])
+
+
+@pytest.mark.e2e
+def test_demo_trains_on_the_curated_version_and_evaluates_on_the_held_out_set(demo_run):
+    store_path, _, stdout = demo_run
+    result = json.loads(next((store_path / "runs" / "demo").glob("*/result.json")).read_text())
+    evalset = next(iter(result["final_eval"]))
+    assert evalset.startswith("demo-heldout") and 0 < result["final_eval"][evalset]["bpb"] < 10
+    assert result["tokens_trained"] == 16384 and result["meta"]["fingerprint"] == VersionStore(store_path).manifest(
+        "demo")["fingerprint"]
+    assert "sample: And God said" in stdout

@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,8 +164,12 @@ class VersionStore:
         if self.fs.exists(staging.path):
             self.fs.rm(staging.path, recursive=True)
 
-    def publish(self, staging: Staging, manifest: dict[str, Any]) -> str:
-        """Seal a staged version: harmonise schemas, checksum, fingerprint, account, then make it visible."""
+    def publish(self, staging: Staging, manifest: dict[str, Any],
+                extras: Callable[[Staging, dict[str, Any]], list[str]] | None = None) -> str:
+        """Seal a staged version: harmonise schemas, checksum, fingerprint, account, then make it visible.
+
+        `extras(staging, manifest)` may write more files into the staging folder once the manifest is
+        final (statistics, reports) and return their names; they are checksummed and listed too."""
         self.fs.rm(staging.sub("work"), recursive=True) if self.fs.exists(staging.sub("work")) else None
         files = []
         for kind in ("data", "rejects"):
@@ -190,6 +195,11 @@ class VersionStore:
         if not manifest["accounting"]["ok"]:
             raise AccountingError(f"version {staging.name!r} not published: "
                                   + "; ".join(manifest["accounting"]["failures"]))
+        if extras is not None:
+            for extra in extras(staging, manifest):
+                path = staging.sub(extra)
+                files.append({"path": extra, "kind": "report", "rows": None, "bytes": self.fs.size(path),
+                              "sha256": _sha256(self.fs, path)})
         target = self.version_path(staging.name)
         _write_json(self.fs, staging.sub(MANIFEST), manifest)
         self.fs.makedirs(self._versions_dir(), exist_ok=True)

@@ -7,10 +7,12 @@ spreads the shard tasks over every core with a process pool.
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
@@ -88,7 +90,41 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
         raise
     result = store.manifest(name)
     result["path"] = path
+    publish_artifacts(result)
     return result
+
+
+def artifact_key(name: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"curate-{name}".lower()).strip("-")
+
+
+def publish_artifacts(manifest: dict[str, Any]) -> None:
+    """The version's summary and per-step table, shown by the Prefect UI on the flow run."""
+    steps = [{"step": s["name"], "in": s["in"], "kept": s["kept"], "rejected": s["rejected"],
+              "top reasons": ", ".join(f"{k} {v}" for k, v in sorted(s["rejected_by_reason"].items(),
+                                                                    key=lambda kv: -kv[1])[:3])}
+             for s in manifest["steps"]]
+    create_table_artifact(steps, key=artifact_key(f"{manifest['name']}-steps"),
+                          description=f"What each step of version {manifest['name']} kept and removed")
+    lines = [f"# Version `{manifest['name']}`", "",
+             f"- records: **{manifest['rows']:,}** kept, {manifest['rejected_rows']:,} rejected "
+             f"(accounting {'ok' if manifest['accounting']['ok'] else 'FAILED'})",
+             f"- characters: {manifest['size']['chars']:,}; fingerprint `{manifest['fingerprint'][:16]}`",
+             f"- parents: {', '.join(manifest['parents']) or 'none'}; path: `{manifest.get('path', '')}`"]
+    stats = manifest.get("stats_summary")
+    if stats:
+        lines += ["", "## Statistics", ""] + [f"- {k}: {v}" for k, v in stats.items()]
+    planted = manifest.get("planted_defects")
+    if planted:
+        lines += ["", "## Planted defects", "", "| defect | planted | caught | recall |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['planted']} | {v['caught']} | {v['recall']:.0%} |"
+                  for k, v in planted["classes"].items()]
+        clean = planted["clean"]
+        lines.append(f"| clean text (false positives) | {clean['docs']} | {clean['rejected']} | "
+                     f"{(clean['false_positive_rate'] or 0):.1%} |")
+    create_markdown_artifact("\n".join(lines), key=artifact_key(f"{manifest['name']}-summary"),
+                             description=f"Summary of version {manifest['name']}")
 
 
 def task_runner(workers: int | None) -> ProcessPoolTaskRunner | ThreadPoolTaskRunner:

@@ -111,3 +111,17 @@ def test_fsspec_url_store(tmp_path, prefect_harness):
 def test_bad_version_names_are_refused(tmp_path):
     with pytest.raises(StoreError, match="invalid version name"):
         VersionStore(tmp_path).begin("../escape")
+
+
+def test_flow_publishes_prefect_artifacts(tmp_path, prefect_harness):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    run_curation(recipe_for(tmp_path, ROWS), str(tmp_path / "store"), "art", workers=1)
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["curate-art-steps", "curate-art-summary"])))
+    by_key = {a.key: a for a in found}
+    assert set(by_key) == {"curate-art-steps", "curate-art-summary"}
+    assert "length_filter" in str(by_key["curate-art-steps"].data)
+    assert "Version `art`" in by_key["curate-art-summary"].data and "accounting ok" in by_key["curate-art-summary"].data

@@ -297,5 +297,84 @@ def thresholds(
         console.print("suggestions: " + ", ".join(f"{k} = {v:.4g}" for k, v in curve.suggestions.items()))
 
 
+@app.command()
+def stats(
+    version: Annotated[str, typer.Argument(help="Version name.")],
+    store: StoreOption = DEFAULT_STORE,
+    as_json: Annotated[bool, typer.Option("--json", help="Print stats.json as it is.")] = False,
+) -> None:
+    """A version's statistics: size, lengths, lexical and semantic diversity, coverage."""
+    from curation.store import StoreError, VersionStore
+
+    target = VersionStore(store)
+    try:
+        target.manifest(version)
+        with target.fs.open(f"{target.version_path(version)}/stats.json") as handle:
+            data = json.load(handle)
+    except StoreError as exc:
+        _fail(str(exc))
+    except FileNotFoundError:
+        _fail(f"version {version!r} has no stats.json (published before statistics existed)")
+    if as_json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    size = data["size"]
+    console.print(f"[bold]{version}[/]: {size['docs']:,} documents, {size['chars']:,} characters, "
+                  f"{size['words']:,} words" + (f", {size['tokens']:,} tokens" if size.get("tokens") else ""))
+    sources = Table(title="by source", title_justify="left")
+    for column in ("source", "docs", "chars", "words"):
+        sources.add_column(column, justify="left" if column == "source" else "right")
+    for source, s in size["by_source"].items():
+        sources.add_row(source, f"{s['docs']:,}", f"{s['chars']:,}", f"{s['words']:,}")
+    console.print(sources)
+    q = data["length"]["quantiles"]
+    console.print("length (chars): " + ", ".join(f"p{k} {v:,.0f}" for k, v in q.items()))
+    sample = data.get("sample", {})
+    lexical = data.get("lexical", {})
+    console.print(f"lexical diversity (sample of {sample.get('size')} docs, seed {sample.get('seed')}, first "
+                  f"{sample.get('words_per_doc')} words): " + ", ".join(
+                      f"{k} {v:.4g}" for k, v in lexical.items() if isinstance(v, int | float)))
+    semantic = data.get("semantic") or {}
+    if semantic:
+        entropy, vendi = semantic.get("cluster_entropy", 0.0), semantic.get("vendi_score", 0.0)
+        console.print(f"semantic ({semantic.get('method')}, k={semantic.get('k')}): cluster entropy "
+                      f"{entropy:.3f} bits, Vendi score {vendi:.2f}")
+        clusters = Table(title="topic clusters", title_justify="left")
+        for column in ("id", "share", "top terms"):
+            clusters.add_column(column, justify="right" if column != "top terms" else "left")
+        for c in semantic.get("clusters", []):
+            clusters.add_row(str(c["id"]), f"{c['share']:.1%}", ", ".join(c["top_terms"][:8]))
+        console.print(clusters)
+    coverage = data.get("coverage")
+    if coverage:
+        lost = "; ".join(f"#{c['id']} ({', '.join(c['top_terms'][:4])})" for c in coverage["lost"]) or "none"
+        console.print(f"coverage of {coverage['reference']}'s clusters: {coverage['covered_share']:.0%}; lost: {lost}")
+
+
+@app.command()
+def report(
+    version: Annotated[str, typer.Argument(help="Version name.")],
+    store: StoreOption = DEFAULT_STORE,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open it in the default browser.")] = False,
+) -> None:
+    """Path of a version's self-contained HTML report (made when it was published)."""
+    from curation.store import StoreError, VersionStore
+
+    target = VersionStore(store)
+    try:
+        target.manifest(version)
+    except StoreError as exc:
+        _fail(str(exc))
+    path = f"{target.version_path(version)}/report.html"
+    if not target.fs.exists(path):
+        _fail(f"version {version!r} has no report.html (published before reports existed)")
+    console.print(path)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(Path(path).resolve().as_uri() if target.local else path)
+
+
 if __name__ == "__main__":
     app()

@@ -27,6 +27,10 @@ def _mount_subcommands() -> None:
 
     app.command(name="train")(train_command)
     app.command(name="generate")(generate_command)
+    from flows.cli_inspect import diff_command, why_command
+
+    app.command(name="diff")(diff_command)
+    app.command(name="why")(why_command)
 
 
 _mount_subcommands()

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DEFECT_COUNTS", "CLEAN_WEB_DOCS", "EVAL_DOCS", "DemoCorpus", "build_demo_corpus", "load_labels",
-           "write_demo_recipe"]
+           "write_demo_recipe", "write_raw_recipe"]
 
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
 
@@ -983,3 +983,17 @@ def train_demo_classifier(corpus: DemoCorpus, out_dir: Path, seed: int = 0) -> P
     positives = [TextSource.parse(str(corpus.root / STDLIB_FILE)), TextSource.parse(str(corpus.root / KJV_FILE))]
     train_quality_classifier(positives, [TextSource.parse(str(corpus.root / WEB_FILE))], out_dir, seed=seed)
     return out_dir
+
+
+def write_raw_recipe(recipe_path: Path) -> Path:
+    """The demo's inputs with no curation beyond ingestion and Unicode normalisation: the baseline
+    the curated version is compared with (diff, coverage, and later the loss ablation)."""
+    import yaml
+
+    recipe = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
+    recipe["name"] = f"{recipe.get('name', 'demo')}-raw"
+    recipe["description"] = "The demo inputs as they are: ingestion and Unicode normalisation only."
+    recipe["steps"] = [{"step": "normalize"}]
+    target = Path(recipe_path).with_name("recipe-raw.yaml")
+    _write_atomic(target, yaml.safe_dump(recipe, sort_keys=False).encode("utf-8"))
+    return target

@@ -11,6 +11,7 @@ Every function takes and returns plain, picklable values, so it can run in anoth
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -375,3 +376,58 @@ def planted_defects(recipe: Recipe, store_url: str, staging: str) -> dict[str, A
         load_labels(path), read_staged(store_url, staging, "data", ["id", "source"]),
         read_staged(store_url, staging, "rejects", ["id", "source", "step", "source_file", "source_line", "dup_of"]))
     return {"labels": str(path), **report}
+
+
+STATS_COLUMNS = ("id", "text", "source", "lang", "lang_score", "quality_score", "dup_cluster_size", "instruction",
+                 "input", "output")
+
+
+def version_extras(store_url: str, parents: list[str]):
+    """The publish hook: statistics (stats.json, and the semantic model a later version measures its
+    coverage against, compared here with the first parent's) and the HTML report with its JSON twin."""
+    from curation.report import removed_examples, version_report, write_report
+    from curation.stats import compute_stats
+    from curation.store import VersionStore
+
+    def extras(staging, manifest: dict[str, Any]) -> list[str]:
+        store = VersionStore(store_url)
+        fs = store.fs
+        parts = sorted(p for p in fs.ls(f"{staging.path}/data", detail=False) if p.endswith(".parquet"))
+
+        def batches():
+            for part in parts:
+                with fs.open(part, "rb") as handle:
+                    parquet = pq.ParquetFile(handle)
+                    columns = [c for c in STATS_COLUMNS if c in parquet.schema_arrow.names]
+                    for batch in parquet.iter_batches(batch_size=4096, columns=columns):
+                        yield pa.Table.from_batches([batch])
+
+        reference = next((p for p in parents if fs.exists(f"{store.version_path(p)}/stats_model.npz")), None)
+        def url(path: str) -> str:  # what fsspec.open accepts for a path on the store's filesystem
+            return path if store.local else fs.unstrip_protocol(path)
+
+        reference_path = url(f"{store.version_path(reference)}/stats_model.npz") if reference else None
+        stats, model = compute_stats(batches(), reference_model=reference_path, reference_name=reference)
+        _write_text(fs, staging.sub("stats.json"), json.dumps(stats, indent=1))
+        model.save(url(staging.sub("stats_model.npz")))
+        lexical, semantic = stats.get("lexical") or {}, stats.get("semantic") or {}
+        manifest["stats_summary"] = {
+            "documents": stats["size"]["docs"], "words": stats["size"]["words"],
+            "distinct_2": lexical.get("distinct_2"), "compression_ratio": lexical.get("compression_ratio"),
+            "cluster_entropy_bits": semantic.get("cluster_entropy"), "vendi_score": semantic.get("vendi_score"),
+            **({"coverage_of_" + reference: stats["coverage"]["covered_share"]} if stats.get("coverage") else {}),
+        }
+        rejects = read_staged(store_url, staging.path, "rejects",
+                              ["id", "text", "step", "reason", "raw", "source_file", "source_line"])
+        html, twin = version_report(manifest, stats, examples=removed_examples(rejects))
+        write_report(fs, staging.path, html, twin)
+        return ["stats.json", "stats_model.npz", "report.html", "report.json"]
+
+    return extras
+
+
+def _write_text(fs: fsspec.AbstractFileSystem, path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "w") as handle:
+        handle.write(text)
+    fs.mv(tmp, path)

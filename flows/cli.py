@@ -179,7 +179,7 @@ def demo(
 ) -> None:
     """Build the built-in demo corpus (real installed text + planted defects), curate it, train on it."""
     from curation.classifier import model_dir
-    from curation.demo import build_demo_corpus, train_demo_classifier, write_demo_recipe
+    from curation.demo import build_demo_corpus, train_demo_classifier, write_demo_recipe, write_raw_recipe
     from curation.evalsets import evalset_exists, register_evalset
     from curation.store import VersionStore
 
@@ -197,8 +197,18 @@ def demo(
     console.print(f"demo corpus: {root} ({', '.join(f'{k} {v}' for k, v in sorted(corpus.counts.items()))})")
     if name is None:
         taken = set(target.names())
-        name = next(n for n in ("demo", *(f"demo-{i}" for i in range(2, 10_000))) if n not in taken)
-    _run(recipe_path, store, name, [], workers, verbose)
+        name = next(n for n in ("demo", *(f"demo-{i}" for i in range(2, 10_000)))
+                    if n not in taken and f"{n}-raw" not in taken)
+    raw_path = write_raw_recipe(recipe_path)
+    console.rule(f"{name}-raw: the inputs as they are (ingest and Unicode normalisation only)")
+    _run(raw_path, store, f"{name}-raw", [], workers, verbose)
+    console.rule(f"{name}: the curated version, derived from {name}-raw")
+    _run(recipe_path, store, name, [f"{name}-raw"], workers, verbose)
+    from flows.cli_inspect import diff_command
+
+    console.rule(f"what curation changed: curate diff {name}-raw {name}")
+    diff_command(f"{name}-raw", name, store, False, 3)
+    console.print(f"reports: {target.version_path(name)}/report.html, {target.version_path(name + '-raw')}/report.html")
     if train_tokens:
         from flows.cli_train import sample, train_version
 

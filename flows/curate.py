@@ -84,7 +84,7 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
         planted = pipeline.planted_defects(recipe, store.url, staging.path)
         manifest = pipeline.build_manifest(recipe, plan, ingested, sum(len(d) for d in drops.values()), processed,
                                            parents or [], time.perf_counter() - started, planted, reports)
-        path = store.publish(staging, manifest)
+        path = store.publish(staging, manifest, extras=pipeline.version_extras(store.url, parents or []))
     except BaseException:
         store.abandon(staging)
         raise

@@ -168,3 +168,31 @@ def test_demo_trains_on_the_curated_version_and_evaluates_on_the_held_out_set(de
     assert result["tokens_trained"] == 16384 and result["meta"]["fingerprint"] == VersionStore(store_path).manifest(
         "demo")["fingerprint"]
     assert "sample: And God said" in stdout
+
+
+@pytest.mark.e2e
+def test_demo_publishes_raw_and_curated_versions_with_stats_diff_and_report(demo_run):
+    store_path, env, stdout = demo_run
+    store = VersionStore(store_path)
+    assert store.manifest("demo")["parents"] == ["demo-raw"]
+    for name in ("demo-raw", "demo"):
+        files = {f["path"]: f for f in store.manifest(name)["files"] if f["kind"] == "report"}
+        assert set(files) == {"stats.json", "stats_model.npz", "report.html", "report.json"}
+    stats = json.loads((store_path / "versions" / "demo" / "stats.json").read_text())
+    raw_stats = json.loads((store_path / "versions" / "demo-raw" / "stats.json").read_text())
+    assert stats["size"]["docs"] == store.manifest("demo")["rows"]
+    assert stats["coverage"]["reference"] == "demo-raw" and 0 < stats["coverage"]["covered_share"] <= 1
+    assert stats["lexical"]["near_dup_density"] < raw_stats["lexical"]["near_dup_density"]  # dedup shows
+    assert "what curation changed" in stdout and "removals by step and reason" in stdout
+    diff = curate("diff", "demo-raw", "demo", "--store", str(store_path), "--json", env=env)
+    assert diff.returncode == 0, diff.stderr
+    report = json.loads(diff.stdout)
+    removed = set(store.read_table("demo-raw", columns=["id"]).column("id").to_pylist()) - set(
+        store.read_table("demo", columns=["id"]).column("id").to_pylist())
+    assert report["removed"]["count"] == len(removed) > 0
+    assert sum(r["count"] for r in report["removed"]["by_reason"]) == len(removed)
+    some = sorted(removed)[0]
+    why = curate("why", "demo", some, "--store", str(store_path), "--json", env=env)
+    assert why.returncode == 0 and json.loads(why.stdout)["status"] == "removed"
+    html = (store_path / "versions" / "demo" / "report.html").read_text()
+    assert "Planted defects" in html and "data:image/png;base64," in html

@@ -40,7 +40,10 @@ def test_publish_list_show_and_load_with_datasets(tmp_path, prefect_harness):
     for entry in manifest["files"]:
         path = f"{store.version_path('v1')}/{entry['path']}"
         assert store_module._sha256(store.fs, path) == entry["sha256"]
-        assert pq.read_metadata(path).num_rows == entry["rows"]
+        if entry["kind"] in ("data", "rejects"):
+            assert pq.read_metadata(path).num_rows == entry["rows"]
+    assert {f["path"] for f in manifest["files"] if f["kind"] == "report"} == {
+        "stats.json", "stats_model.npz", "report.html", "report.json"}
     ds = datasets.load_dataset("parquet", data_files=store.files("v1"), split="train")
     assert ds.num_rows == 30 and set(ds.column_names) >= {"id", "text", "source", "origin", "generation"}
     assert store.load("v1", "rejects")["reason"] == ["length_filter:chars=9<30"]

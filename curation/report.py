@@ -877,3 +877,30 @@ def write_report(fs, folder: str, html: str, twin: dict, stem: str = "report") -
         fs.mv(tmp, path)
         paths.append(path)
     return paths[0], paths[1]
+
+
+def diff_report_input(diff: dict) -> dict:
+    """`curation.diff.diff_versions` output in the shape `diff_report` renders."""
+    def examples(part: dict) -> list[dict]:
+        out = []
+        for e in part.get("examples", []):
+            if "a_text" in e:  # a changed document: both sides
+                out.append({"id": e["id"], "a": e.get("a_text", ""), "b": e.get("b_text", "")})
+            else:
+                out.append({"id": e.get("id"), "text": e.get("text", "")})
+        return out
+
+    stats = diff.get("stats") or {}
+    return {
+        "a": diff.get("a"), "b": diff.get("b"), "lineage": diff.get("lineage"),
+        "counts": {k: (diff[k]["count"] if isinstance(diff.get(k), dict) else diff.get(k, 0))
+                   for k in ("added", "removed", "changed", "unchanged")},
+        "examples": {k: examples(diff.get(k) or {}) for k in ("added", "removed", "changed")},
+        "removals_by_reason": [{"step": r.get("step"), "reason": r.get("reason"), "count": r.get("count", 0),
+                                "examples": [{"id": e.get("id"), "text": e.get("text", "")}
+                                             for e in r.get("examples", [])]}
+                               for r in (diff.get("removed") or {}).get("by_reason", [])],
+        "stats": stats.get("metrics", {}),
+        "distances": {k: (stats.get(k) or {}).get("value") for k in ("unigram_js", "length_ks")},
+        "notes": list(diff.get("notes", [])) + list(stats.get("notes", [])),
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -110,6 +111,8 @@ def diff_command(
     store: StoreOption = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole diff as JSON.")] = False,
     examples: Annotated[int, typer.Option("--examples", "-n", min=0, help="Example ids per category.")] = 5,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write the diff as a self-contained HTML "
+                                                              "report (and its JSON twin) into this folder.")] = None,
 ) -> None:
     """Documents added, removed (with the step and reason that removed them) and changed from A to B,
     and their statistics side by side."""
@@ -120,6 +123,16 @@ def diff_command(
         result = diff_versions(VersionStore(store), a, b, examples=examples)
     except StoreError as exc:
         _fail(str(exc))
+    if html is not None:
+        import fsspec
+
+        from curation.report import diff_report, diff_report_input, write_report
+
+        page, twin = diff_report(diff_report_input(result))
+        html.mkdir(parents=True, exist_ok=True)
+        paths = write_report(fsspec.filesystem("file"), str(html.resolve()), page, twin, stem=f"diff-{a}-{b}")
+        if not as_json:
+            err.print(f"diff report: {paths[0]}")
     if as_json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")

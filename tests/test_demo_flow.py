@@ -184,9 +184,12 @@ def test_demo_publishes_raw_and_curated_versions_with_stats_diff_and_report(demo
     assert stats["coverage"]["reference"] == "demo-raw" and 0 < stats["coverage"]["covered_share"] <= 1
     assert stats["lexical"]["near_dup_density"] < raw_stats["lexical"]["near_dup_density"]  # dedup shows
     assert "what curation changed" in stdout and "removals by step and reason" in stdout
-    diff = curate("diff", "demo-raw", "demo", "--store", str(store_path), "--json", env=env)
+    diff = curate("diff", "demo-raw", "demo", "--store", str(store_path), "--json", "--html",
+                  str(store_path / "diffs"), env=env)
     assert diff.returncode == 0, diff.stderr
     report = json.loads(diff.stdout)
+    page = (store_path / "diffs" / "diff-demo-raw-demo.html").read_text()
+    assert "demo-raw" in page and "gopher_quality:alpha_words" in page  # removals with their reasons
     removed = set(store.read_table("demo-raw", columns=["id"]).column("id").to_pylist()) - set(
         store.read_table("demo", columns=["id"]).column("id").to_pylist())
     assert report["removed"]["count"] == len(removed) > 0

@@ -81,6 +81,17 @@ class _DedupStep(FilterStep):
     def report(self, decision: D.DedupDecision) -> dict[str, Any]:
         return decision.report
 
+    def finish(self, decision: D.DedupDecision, docs: list[D.DocKey], where: list[tuple]) -> D.DedupDecision:
+        """What both kinds report: documents, removals (and how many matched earlier versions), examples."""
+        decision.report.update({
+            "documents": sum(1 for d in docs if not d.published), "against": list(self.params.against),  # type: ignore
+            "removed": len(decision.removals),
+            "removed_matching_earlier_versions": sum(1 for r in decision.removals.values() if r.in_version),
+        })
+        if decision.removals:
+            decision.report["examples"] = _examples(decision, docs, where)
+        return decision
+
     # ---- earlier versions ---------------------------------------------------------------------
     def params_key(self) -> str:
         return hashlib.sha256(json.dumps(self.index_params(), sort_keys=True).encode()).hexdigest()[:16]
@@ -227,14 +238,7 @@ class ExactDedup(_DedupStep):
         same = (hi[order][1:] == hi[order][:-1]) & (lo[order][1:] == lo[order][:-1])
         edges = [(int(order[k]), int(order[k + 1])) for k in np.flatnonzero(same)]
         decision = D.resolve_clusters(docs, edges, lambda i, j: 1.0, threshold=1.0)  # a component: one hash
-        decision.report.update({
-            "documents": sum(1 for d in docs if not d.published), "against": list(self.params.against),  # type: ignore
-            "removed": len(decision.removals),
-            "removed_matching_earlier_versions": sum(1 for r in decision.removals.values() if r.in_version),
-        })
-        if decision.removals:
-            decision.report["examples"] = _examples(decision, docs, where)
-        return decision
+        return self.finish(decision, docs, where)
 
     def _reason(self, removal: D.Removal) -> str:
         where = f" in {removal.in_version}" if removal.in_version else ""
@@ -315,17 +319,12 @@ class MinHashDedup(_DedupStep):
             edges = [tuple(pair) for pair in pairs.tolist()]
             decision = D.resolve_clusters(docs, edges)
         decision.report.update({
-            "documents": int((~published).sum()), "against": list(p.against),
             "threshold": p.threshold, "num_perm": p.num_perm, "shingle_words": p.shingle_words,
             "bands": bands, "rows": rows, "s_curve": D.s_curve(bands, rows),
             "index_bytes_per_doc": bands * 8, "candidate_pairs": int(len(pairs)),
             "verified_pairs": len(edges), "rejected_by_verification": int(len(pairs)) - len(edges) if p.verify else 0,
-            "removed": len(decision.removals),
-            "removed_matching_earlier_versions": sum(1 for r in decision.removals.values() if r.in_version),
         })
-        if decision.removals:
-            decision.report["examples"] = _examples(decision, docs, where)
-        return decision
+        return self.finish(decision, docs, where)
 
     def _reason(self, removal: D.Removal) -> str:
         where = f" in {removal.in_version}" if removal.in_version else ""

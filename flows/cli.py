@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail
 
 app = typer.Typer(help="Curate LLM training data into versioned, fully accounted datasets.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
 
 
 def _mount_subcommands() -> None:
@@ -34,11 +34,7 @@ def _mount_subcommands() -> None:
 
 
 _mount_subcommands()
-err = Console(stderr=True)
 
-StoreOption = Annotated[str, typer.Option("--store", "-s", envvar="CURATE_STORE",
-                                          help="Version store: a folder or any fsspec URL.")]
-DEFAULT_STORE = "curate-store"
 
 
 def _prefect_env(verbose: bool) -> None:
@@ -48,10 +44,6 @@ def _prefect_env(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
 
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
 
 
 def _summary(manifest: dict[str, Any]) -> Table:
@@ -123,17 +115,17 @@ def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], wo
         recipe = load_recipe(recipe_path)
         name = name or recipe.name
         if not name:
-            _fail(f"{recipe_path}: the recipe has no `name:`; pass --name")
+            fail(f"{recipe_path}: the recipe has no `name:`; pass --name")
         target = VersionStore(store)
         if target.exists(name):
-            _fail(f"version {name!r} already exists in {target.url}; versions are immutable, pick another name")
+            fail(f"version {name!r} already exists in {target.url}; versions are immutable, pick another name")
         for parent in parents:
             target.manifest(parent)
         from curation.pipeline import plan_ingest
 
         plan = plan_ingest(recipe)
     except (RecipeError, IngestError, StoreError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"[bold]curate[/] {name}: {len(recipe.inputs)} input(s), {len(plan.units)} ingest task(s), "
                   f"{plan.nbytes / 1e6:,.1f} MB, steps: {', '.join(s.instance_name for s in recipe.steps) or 'none'}")
     from flows.curate import run_curation
@@ -141,7 +133,7 @@ def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], wo
     try:
         manifest = run_curation(recipe, store, name, parents=parents, workers=workers, show_progress=True)
     except (RecipeError, IngestError, StoreError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(_summary(manifest))
     if "planted_defects" in manifest:
         console.print(_planted_table(manifest["planted_defects"]))
@@ -246,7 +238,7 @@ def show(
     try:
         manifest = target.manifest(version)
     except StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         json.dump(manifest, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -289,7 +281,7 @@ def thresholds(
         params = recipe_params(target.manifest(version)["recipe"], rule)
         curves = rule_retention(table, rule, signal or None, params)
     except (StoreError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         json.dump([c.as_dict() for c in curves], sys.stdout, indent=2, default=float)
         sys.stdout.write("\n")
@@ -326,9 +318,9 @@ def stats(
         with target.fs.open(f"{target.version_path(version)}/stats.json") as handle:
             data = json.load(handle)
     except StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except FileNotFoundError:
-        _fail(f"version {version!r} has no stats.json (published before statistics existed)")
+        fail(f"version {version!r} has no stats.json (published before statistics existed)")
     if as_json:
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -379,10 +371,10 @@ def report(
     try:
         target.manifest(version)
     except StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     path = f"{target.version_path(version)}/report.html"
     if not target.fs.exists(path):
-        _fail(f"version {version!r} has no report.html (published before reports existed)")
+        fail(f"version {version!r} has no report.html (published before reports existed)")
     console.print(path)
     if open_browser:
         import webbrowser

@@ -9,22 +9,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail
 
 classifier_app = typer.Typer(help="Train and use fastText quality classifiers (DCLM-style).",
                              no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
-err = Console(stderr=True)
-
-DEFAULT_STORE = "curate-store"
-StoreOption = Annotated[str, typer.Option("--store", "-s", envvar="CURATE_STORE",
-                                          help="Version store: a local folder (models live under models/quality/).")]
 
 
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
 
 
 def _fmt(value: float | None) -> str:
@@ -62,7 +54,7 @@ def train(
                                         holdout=holdout, quantize=not no_quantize, threads=threads, store=target,
                                         overwrite=overwrite, **options)
     except (ClassifierError, IngestError, StoreError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     m = info.metrics
     table = Table(title=f"classifier {name}: held out, threshold 0.5", title_justify="left")
     table.add_column("metric")
@@ -93,7 +85,7 @@ def score(
         path = Path(model) if Path(model).exists() else model_dir(store, model)
         scores = QualityModel.load(path).score(texts)
     except ClassifierError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if len(texts) == 1:
         typer.echo(f"{scores[0]:.4f}")
         return

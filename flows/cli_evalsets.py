@@ -8,22 +8,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail
 
 evalset_app = typer.Typer(help="Frozen evaluation sets: held-out text, registered once, hashed, never curated.",
                           no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
-err = Console(stderr=True)
-
-DEFAULT_STORE = "curate-store"
-StoreOption = Annotated[str, typer.Option("--store", "-s", envvar="CURATE_STORE",
-                                          help="Version store: a folder or fsspec URL (sets live under evalsets/).")]
 
 
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
 
 
 @evalset_app.command()
@@ -47,7 +39,7 @@ def register(
         info = register_evalset(store, name, sources, text_field=text_field, max_docs=max_docs, seed=seed,
                                 source_name=source_name)
     except (EvalSetError, IngestError, StoreError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     sampled = f" (sampled from {info.docs_available:,}, seed {info.seed})" if info.docs < info.docs_available else ""
     console.print(f"[bold]eval set[/] {info.name}: {info.docs:,} docs{sampled}, {info.chars:,} chars")
     if info.skipped:
@@ -66,7 +58,7 @@ def list_(store: StoreOption = DEFAULT_STORE) -> None:
     try:
         infos = list_evalsets(store)
     except (EvalSetError, StoreError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not infos:
         console.print(f"no eval sets in {store} (register one with `curate evalset register NAME SOURCE`)")
         return

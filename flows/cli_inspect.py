@@ -13,21 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True)
-
-DEFAULT_STORE = "curate-store"
-StoreOption = Annotated[str, typer.Option("--store", "-s", envvar="CURATE_STORE",
-                                          help="Version store: a folder or any fsspec URL.")]
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(2)
+from flows.cli_common import DEFAULT_STORE, StoreOption, console, err, fail
 
 
 def _number(value: Any) -> str:
@@ -122,7 +111,7 @@ def diff_command(
     try:
         result = diff_versions(VersionStore(store), a, b, examples=examples)
     except StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if html is not None:
         import fsspec
 
@@ -178,11 +167,11 @@ def why_command(
     try:
         result = why(VersionStore(store), version, doc_id)
     except StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif result["status"] != "unknown":
         _print_why(result)
     if result["status"] == "unknown":
-        _fail(result["message"])
+        fail(result["message"])

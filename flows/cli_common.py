@@ -1,0 +1,22 @@
+"""What every `curate` command shares: the consoles, the `--store` option, and failing clearly."""
+
+from __future__ import annotations
+
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_STORE = "curate-store"
+StoreOption = Annotated[str, typer.Option("--store", "-s", envvar="CURATE_STORE",
+                                          help="Version store: a folder or any fsspec URL.")]
+
+
+def fail(message: str) -> NoReturn:
+    """Print the error (names the file, key or version at fault) and exit with status 2."""
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(2)

@@ -131,6 +131,17 @@ class VersionStore:
             raise StoreError(f"version {name!r} has no {kind} files")
         return pa.concat_tables(tables, promote_options="permissive")
 
+    def iter_batches(self, name: str, columns: list[str], kind: str = "data", batch_rows: int = 2048):
+        """A version's records (or rejects) as Arrow record batches, file by file in stored order, without
+        reading the whole version into memory."""
+        base = self.version_path(name)
+        paths = [f"{base}/{f['path']}" for f in self.manifest(name)["files"] if f["kind"] == kind]
+        if not paths:
+            raise StoreError(f"version {name!r} has no {kind} files")
+        for path in paths:
+            with self.fs.open(path, "rb") as handle:
+                yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns)
+
     def schema(self, name: str, kind: str = "data") -> pa.Schema:
         """The (harmonised) schema of a version's files, read from one Parquet footer."""
         base = self.version_path(name)
@@ -219,6 +230,29 @@ class VersionStore:
             _write_json(self.fs, f"{target}/{MANIFEST}", manifest)  # last: the commit marker
             self.fs.rm(staging.path, recursive=True)
         return self._uri(target)
+
+
+    def publish_table(self, name: str, table: pa.Table, parents: list[str] | None = None,
+                      description: str | None = None) -> str:
+        """Publish records that need no curation run (a table made elsewhere, generated data) as a version:
+        one data file, every row counted in by an `ingest` step, and the same checks as any version
+        (no statistics or report: those come with a curation run)."""
+        from datetime import datetime, timezone
+
+        from curation.record import conform
+
+        staging = self.begin(name)
+        try:
+            pq.write_table(conform(table), staging.sub("data", "part-0.parquet"), filesystem=self.fs,
+                           compression="zstd")
+            n = table.num_rows
+            return self.publish(staging, {
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "parents": list(parents or []),
+                "description": description,
+                "steps": [{"name": "ingest", "in": n, "kept": n, "rejected": 0, "rejected_by_reason": {}}]})
+        except BaseException:
+            self.abandon(staging)
+            raise
 
 
 def _write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:

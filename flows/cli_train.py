@@ -1,34 +1,28 @@
 """`curate train` and `curate generate`: thin calls into training/.
 
-A run lives in `<store>/runs/<version>/<preset>-t<tokens>-s<seed>-<tokenizer hash>/`: plan.json,
-metrics.jsonl, loss.png, checkpoint.pt, result.json and a copy of the tokenizer. Launch with
+Runs live in the store and are found again by what they computed (`training/runs.py`): training the
+same version, tokenizer and configuration twice reuses the finished run. Launch with
 `torchrun --nproc_per_node N -m flows.cli train ...` for DDP.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from flows.cli_common import console
+from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail
 
 
 def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def run_dir(store_root: str, version: str, preset: str, tokens: int | None, seed: int, tokenizer_hash: str) -> Path:
-    budget = f"t{tokens}" if tokens else "tchinchilla"
-    return Path(store_root) / "runs" / version / f"{preset}-{budget}-s{seed}-{tokenizer_hash[:12]}"
-
-
 def train_command(
     version: Annotated[str, typer.Argument(help="Version to train on.")],
-    store: Annotated[str, typer.Option("--store", "-s", envvar="CURATE_STORE")] = "curate-store",
+    store: StoreOption = DEFAULT_STORE,
     preset: Annotated[str, typer.Option(help="Model preset: tiny (~1 M), small (~10 M), gpt2 (124 M).")] = "tiny",
     tokens: Annotated[int | None, typer.Option(help="Token budget (default: 20 per parameter).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the initialisation and the data order.")] = 0,
@@ -45,49 +39,39 @@ def train_command(
 ) -> None:
     """Train a GPT on a version and evaluate it on the frozen evaluation sets."""
     from curation.store import StoreError, VersionStore
+    from training.trainer import TrainConfig
 
     target = VersionStore(store)
     try:
         target.manifest(version)
     except StoreError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    train_version(target, version, preset=preset, tokens=tokens, seed=seed, eval_sets=eval_set, tokenizer=tokenizer,
-                  vocab_size=vocab_size, batch_size=batch_size, block_size=block_size, grad_accum=grad_accum,
-                  learning_rate=learning_rate, eval_every=eval_every, compile=compile, device=device)
+        fail(str(exc))
+    cfg = TrainConfig(preset=preset, tokens=tokens, seed=seed, batch_size=batch_size, grad_accum=grad_accum,
+                      learning_rate=learning_rate, eval_every=eval_every, compile=compile, device=device,
+                      model={"block_size": block_size} if block_size else {})
+    train_version(target, version, cfg, eval_sets=eval_set, tokenizer=tokenizer, vocab_size=vocab_size)
 
 
-def train_version(target, version: str, *, preset: str = "tiny", tokens: int | None = None, seed: int = 0,
-                  eval_sets: list[str] | None = None, tokenizer: Path | None = None, vocab_size: int = 8192,
-                  batch_size: int = 16, block_size: int | None = None, grad_accum: int = 1,
-                  learning_rate: float = 2e-3, eval_every: int = 50, compile: bool = False, device: str = "auto"):
-    """Tokenise (cached), train and evaluate; returns (result, run folder)."""
+def train_version(target, version: str, cfg, *, eval_sets: list[str] | None = None, tokenizer: Path | None = None,
+                  vocab_size: int = 8192):
+    """Tokenise (cached), train and evaluate, or reuse the finished run; prints the results."""
     from curation.evalsets import evalset_names
-    from training.data import tokenize_evalset, tokenize_version
+    from training.runs import train_version as train_or_reuse
     from training.tokenizer import load_tokenizer, tokenizer_for_version
-    from training.trainer import TrainConfig, train
 
     tok = load_tokenizer(tokenizer) if tokenizer else tokenizer_for_version(target, version, vocab_size)
-    train_tokens = tokenize_version(target, version, tok)
     names = eval_sets or evalset_names(target)
     if not names and _is_main():
         console.print("[yellow]warning:[/] no evaluation set is registered (`curate evalset register`): "
                       "only the training loss will be reported")
-    evals = {name: tokenize_evalset(target, name, tok) for name in names}
-    cfg = TrainConfig(preset=preset, tokens=tokens, seed=seed, batch_size=batch_size, grad_accum=grad_accum,
-                      learning_rate=learning_rate, eval_every=eval_every, compile=compile, device=device,
-                      model={"block_size": block_size} if block_size else {})
-    out = run_dir(target.root, version, preset, tokens, seed, tok.hash)
+    run = train_or_reuse(target, version, cfg, tok, names, log=console.print)
     if _is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tok.path, out / "tokenizer.json")
-    result = train(cfg, train_tokens, evals, out, log=console.print if _is_main() else (lambda *_: None))
-    if _is_main():
-        for name, values in result.final_eval.items():
+        for name, values in run.final_eval.items():
             console.print(f"eval {name}: loss {values['loss']:.4f}, {values['bpb']:.4f} bits/byte")
-        console.print(f"trained {result.tokens_trained:,} tokens ({result.epochs:.2f} epochs) in "
-                      f"{result.seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s); run: {out}")
-    return result, out
+        how = "found finished in the store (same data, tokenizer and config)" if run.cached else (
+            f"in {run.seconds:.1f} s ({run.tokens_per_second:,.0f} tokens/s)")
+        console.print(f"trained {run.tokens_trained:,} tokens ({run.epochs:.2f} epochs) {how}; run: {run.dir}")
+    return run
 
 
 def sample(checkpoint: Path, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,

@@ -42,6 +42,17 @@ def write_jsonl(path: Path, rows: list[dict | bytes | str]) -> Path:
     return path
 
 
+def publish_rows(store, name: str, rows: list[tuple[str, str]], ids: list[str] | None = None) -> None:
+    """A version published without a curation run: rows of (source, text), ids `<name>-<i>` unless given."""
+    import pyarrow as pa
+
+    n = len(rows)
+    store.publish_table(name, pa.table({
+        "id": ids or [f"{name}-{i}" for i in range(n)], "text": pa.array([t for _, t in rows], pa.large_string()),
+        "source": [s for s, _ in rows], "origin": ["human"] * n, "generation": pa.array([0] * n, pa.int32()),
+        "generator": pa.array([None] * n, pa.string())}))
+
+
 def doc(i: int, words: int = 40) -> str:
     """A plausible English document of about `words` words, different for each i."""
     base = ("the river ran past the old mill where people met each morning to trade grain and news "

@@ -9,12 +9,11 @@ import sys
 import warnings
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 import torch
+from conftest import publish_rows
 
 from curation.evalsets import register_evalset
-from curation.record import conform
 from curation.store import VersionStore
 from training.data import tokenize_evalset, tokenize_version
 from training.tokenizer import train_tokenizer
@@ -32,25 +31,11 @@ def sentences(seed: int, n: int) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))) + "." for _ in range(n)]
 
 
-def publish(store: VersionStore, name: str, texts: list[str], source: str = "web") -> None:
-    staging = store.begin(name)
-    n = len(texts)
-    table = conform(pa.table({
-        "id": [f"{name}-{i}" for i in range(n)], "text": pa.array(texts, pa.large_string()), "source": [source] * n,
-        "origin": ["human"] * n, "generation": pa.array([0] * n, pa.int32()),
-        "generator": pa.array([None] * n, pa.string())}))
-    import pyarrow.parquet as pq
-
-    pq.write_table(table, staging.sub("data", "part-0.parquet"), filesystem=store.fs)
-    store.publish(staging, {"steps": [{"name": "ingest", "in": n, "kept": n, "rejected": 0,
-                                       "rejected_by_reason": {}}], "parents": [], "created_at": "x"})
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     store = VersionStore(root / "store")
-    publish(store, "v1", sentences(1, 300))
+    publish_rows(store, "v1", [("web", t) for t in sentences(1, 300)])
     heldout = root / "heldout.jsonl"
     heldout.write_text("".join(json.dumps({"id": f"h{i}", "text": t}) + "\n" for i, t in enumerate(sentences(2, 40))))
     register_evalset(store, "held", [str(heldout)])
@@ -162,7 +147,7 @@ def test_cli_train_then_generate(corpus, tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "eval held: loss" in done.stdout and "bits/byte" in done.stdout
-    checkpoint = next(Path(store.root, "runs", "v1").glob("*/checkpoint.pt"))
+    checkpoint = next(Path(store.root, "runs").glob("*/*/checkpoint.pt"))
     greedy = [subprocess.run([cli, "generate", str(checkpoint), "The river", "--temperature", "0",
                               "--max-new-tokens", "12"], capture_output=True, text=True, env=env, timeout=300)
               for _ in range(2)]

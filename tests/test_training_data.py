@@ -10,14 +10,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import doc, write_jsonl
+from conftest import doc, publish_rows, write_jsonl
 
 from curation.evalsets import register_evalset
-from curation.record import conform
 from curation.store import VersionStore
 from training import data as D
 from training import tokenizer as T
@@ -62,20 +59,6 @@ def tok(tmp_path_factory) -> Tokenizer:
                            corpus={"kind": "test"})
 
 
-def _publish(store: VersionStore, name: str, rows: list[tuple[str, str]]) -> None:
-    """A version without Prefect: rows of (source, text)."""
-    n = len(rows)
-    table = conform(pa.table({
-        "id": [f"{name}-{i}" for i in range(n)], "text": [t for _, t in rows], "source": [s for s, _ in rows],
-        "origin": ["human"] * n, "generation": pa.array([0] * n, pa.int32()),
-        "generator": pa.array([None] * n, pa.string()),
-    }))
-    st = store.begin(name)
-    pq.write_table(table, st.sub("data", "part-0.parquet"), filesystem=store.fs)
-    store.publish(st, {"steps": [{"name": "ingest", "in": n, "kept": n, "rejected": 0, "rejected_by_reason": {}}],
-                       "parents": [], "created_at": "x"})
-
-
 # Sources in runs: a a a b b a (three runs), with Unicode in some documents.
 ROWS = ([("a", doc(i, 60)) for i in range(3)] + [("b", UNICODE_SAMPLES[4] + doc(10 + i, 50)) for i in range(2)]
         + [("a", UNICODE_SAMPLES[5] + doc(20, 80))])
@@ -84,7 +67,7 @@ ROWS = ([("a", doc(i, 60)) for i in range(3)] + [("b", UNICODE_SAMPLES[4] + doc(
 @pytest.fixture
 def store(tmp_path) -> VersionStore:
     store = VersionStore(tmp_path / "store")
-    _publish(store, "v1", ROWS)
+    publish_rows(store, "v1", ROWS)
     return store
 
 
@@ -200,7 +183,7 @@ def test_tokenizer_for_version_trains_once(store, monkeypatch):
 
 def test_version_text_sample_is_deterministic(tmp_path):
     store = VersionStore(tmp_path / "s")
-    _publish(store, "big", [("a", doc(i, 100)) for i in range(200)])
+    publish_rows(store, "big", [("a", doc(i, 100)) for i in range(200)])
     total = store.manifest("big")["size"]["bytes"]
     first = list(T.sample_version_text(store, "big", max_bytes=total // 4))
     again = list(T.sample_version_text(store, "big", max_bytes=total // 4))
@@ -464,7 +447,8 @@ def test_per_source_eval_windows(store, tok):
 
 
 def test_training_never_imports_prefect_or_curation_steps():
-    code = ("import sys, training.tokenizer, training.data\n"
+    code = ("import sys, training.tokenizer, training.data, training.runs, training.ablation\n"
+            "import training.ablation_report\n"
             "bad = [m for m in sys.modules if m.split('.')[0] == 'prefect' or m.startswith('curation.steps')"
             " or m in ('curation.dedup', 'curation.pipeline', 'curation.classifier', 'flows')]\n"
             "assert not bad, bad\n")
@@ -477,7 +461,7 @@ def test_remote_store_needs_a_local_cache_dir(tok, tmp_path):
     import uuid
 
     store = VersionStore(f"memory://train-{uuid.uuid4().hex}")
-    _publish(store, "m", ROWS)
+    publish_rows(store, "m", ROWS)
     with pytest.raises(Exception, match="cache_dir"):
         tokenize_version(store, "m", tok)
     tf = tokenize_version(store, "m", tok, cache_dir=tmp_path / "cache")

@@ -48,9 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
-import pyarrow.parquet as pq
 
 from curation.store import StoreError, VersionStore
 
@@ -361,13 +359,7 @@ def iter_version_batches(store: VersionStore, version: str, columns: list[str],
                          batch_rows: int = 2048) -> Iterator[Any]:
     """A version's records as Arrow record batches, file by file in stored order, without reading the
     whole version into memory (the files come from `VersionStore.files`)."""
-    files = store.files(version)
-    if not files:
-        raise StoreError(f"version {version!r} has no data files")
-    for url in files:
-        with fsspec.open(url, "rb") as handle:
-            reader = pq.ParquetFile(handle)
-            yield from reader.iter_batches(batch_size=batch_rows, columns=columns)
+    yield from store.iter_batches(version, columns, batch_rows=batch_rows)
 
 
 def sample_version_text(store: VersionStore, version: str, max_bytes: int = SAMPLE_BYTES,

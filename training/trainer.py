@@ -296,6 +296,18 @@ def train(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenF
         (out_dir / "plan.json").write_text(json.dumps({"plan": budget, "config": cfg.to_dict(), "meta": meta},
                                                       indent=2))
     metrics_path = out_dir / "metrics.jsonl"
+
+    def evaluate_all() -> dict[str, dict[str, float]]:
+        """Loss and bits per byte on every evaluation set, overall and per source."""
+        out: dict[str, dict[str, float]] = {}
+        for name, ew in evals.items():
+            loss_value = ddp.mean(evaluate(model, ew, device, ctx), device)
+            out[name] = {"loss": loss_value, "bpb": bits_per_byte(loss_value, eval_sets[name])}
+            for source, sw in per_source[name].items():
+                sl = ddp.mean(evaluate(model, sw, device, ctx), device)
+                out[f"{name}/{source}"] = {"loss": sl, "bpb": bits_per_byte(sl, eval_sets[name], source)}
+        return out
+
     sampler = EpochSampler(len(windows), cfg.seed)
     started = time.perf_counter()
     last_time, last_step = started, start_step
@@ -332,16 +344,14 @@ def train(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenF
                                       "tokens_per_second": tokens_per_second}
             if peak:
                 record["mfu"] = model.estimate_mfu(tokens_per_second / ddp.world_size, peak)
-            for name, ew in evals.items():
-                loss_value = ddp.mean(evaluate(model, ew, device, ctx), device)
-                record[f"eval/{name}/loss"] = loss_value
-                record[f"eval/{name}/bpb"] = bits_per_byte(loss_value, eval_sets[name])
-                if is_last:
-                    final_eval[name] = {"loss": loss_value, "bpb": record[f"eval/{name}/bpb"]}
-                    for source, sw in per_source[name].items():
-                        sl = ddp.mean(evaluate(model, sw, device, ctx), device)
-                        final_eval[f"{name}/{source}"] = {"loss": sl,
-                                                          "bpb": bits_per_byte(sl, eval_sets[name], source)}
+            if is_last:
+                final_eval = evaluate_all()
+                record.update({f"eval/{k}/{m}": v for k, e in final_eval.items() if "/" not in k for m, v in e.items()})
+            else:
+                for name, ew in evals.items():
+                    loss_value = ddp.mean(evaluate(model, ew, device, ctx), device)
+                    record[f"eval/{name}/loss"] = loss_value
+                    record[f"eval/{name}/bpb"] = bits_per_byte(loss_value, eval_sets[name])
             if ddp.main:
                 with open(metrics_path, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
@@ -352,6 +362,8 @@ def train(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenF
             break
     seconds = time.perf_counter() - started
     steps_run = min(total_steps, stop_at_step or total_steps)
+    if start_step >= total_steps:  # resumed from the last step's checkpoint: nothing to train, still measure
+        final_eval = evaluate_all()
     tokens_trained = steps_run * cfg.batch_size * model_cfg.block_size
     result = TrainResult(str(out_dir), steps_run, tokens_trained, tokens_trained / max(train_tokens.n_tokens, 1),
                          final_eval, train_loss, seconds,

@@ -1,0 +1,136 @@
+"""Training runs kept beside the versions, and found again by what they computed.
+
+A run's key is a sha256 over everything that decides its numbers: the version's content fingerprint
+(not its name: a renamed or re-published identical version reuses the run), the tokenizer hash, the
+training configuration (every `TrainConfig` field but the device plumbing: `device`, `compile`,
+`checkpoint_every`), the evaluation sets' fingerprints, and the device type (a CPU run and a bf16 GPU
+run are not the same computation). The run lives in
+
+    <cache root>/runs/<fingerprint[:16]>/<preset>-t<tokens>-s<seed>-<key[:12]>/
+        run.json         the key and what it was computed from (written first)
+        plan.json, metrics.jsonl, checkpoint.pt, loss.png, tokenizer.json
+        result.json      written by the trainer after the last step: the run is finished
+
+so a folder with `result.json` is reused without training, and a folder with only a checkpoint (a
+crashed or interrupted run) resumes from it. The cache root is the store's folder (or `cache_dir` for
+a remote store, as for token files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curation.evalsets import evalset_names, read_info
+from curation.store import VersionStore
+from training.data import tokenize_evalset, tokenize_version
+from training.tokenizer import Tokenizer, cache_root
+from training.trainer import TrainConfig, pick_device, train
+
+RUNS_DIR = "runs"
+RUN_FILE = "run.json"
+RESULT_FILE = "result.json"
+# TrainConfig fields that change how a run is executed, not what it computes.
+NOT_IN_KEY = ("device", "compile", "checkpoint_every")
+
+
+@dataclass
+class RunRecord:
+    """One finished run: what it trained on and what it measured."""
+
+    version: str
+    fingerprint: str
+    seed: int
+    key: str
+    dir: str
+    cached: bool  # found finished in the store; nothing was trained
+    final_eval: dict[str, dict[str, float]]
+    epochs: float
+    tokens_trained: int
+    unique_tokens: int
+    seconds: float
+    tokens_per_second: float
+    device: str
+    tokenizer_hash: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def config_for_key(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_KEY}
+
+
+def run_key(fingerprint: str, tokenizer_hash: str, cfg: TrainConfig, eval_fingerprints: dict[str, str],
+            device_type: str) -> str:
+    body = {"fingerprint": fingerprint, "tokenizer": tokenizer_hash, "config": config_for_key(cfg),
+            "eval_sets": dict(sorted(eval_fingerprints.items())), "device_type": device_type}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_dir(root: Path, fingerprint: str, cfg: TrainConfig, key: str) -> Path:
+    budget = f"t{cfg.tokens}" if cfg.tokens else "tchinchilla"
+    return Path(root) / RUNS_DIR / fingerprint[:16] / f"{cfg.preset}-{budget}-s{cfg.seed}-{key[:12]}"
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def find_run(folder: Path, key: str) -> dict[str, Any] | None:
+    """The finished run's result.json in `folder` when its key is `key`, else None."""
+    try:
+        stored = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+        result = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return result if stored.get("key") == key and result.get("final_eval") is not None else None
+
+
+def train_version(store: VersionStore, version: str, cfg: TrainConfig, tok: Tokenizer,
+                  eval_sets: list[str] | None = None, *, cache_dir: str | os.PathLike[str] | None = None,
+                  log=print) -> RunRecord:
+    """Train `cfg` on `version` with tokenizer `tok` and evaluate on the frozen `eval_sets` (default:
+    every registered set), or return the finished run with the same key from the store."""
+    manifest = store.manifest(version)
+    fingerprint = manifest["fingerprint"]
+    train_tokens = tokenize_version(store, version, tok, cache_dir=cache_dir)
+    names = list(eval_sets) if eval_sets is not None else evalset_names(store)
+    evals = {name: tokenize_evalset(store, name, tok, cache_dir=cache_dir) for name in names}
+    eval_fingerprints = {name: read_info(store, name).fingerprint for name in names}
+    device = pick_device(cfg.device)
+    key = run_key(fingerprint, tok.hash, cfg, eval_fingerprints, device.split(":")[0])
+    out = run_dir(cache_root(store, cache_dir), fingerprint, cfg, key)
+
+    def record(result: dict[str, Any], cached: bool) -> RunRecord:
+        return RunRecord(version=version, fingerprint=fingerprint, seed=cfg.seed, key=key, dir=str(out), cached=cached,
+                         final_eval=result["final_eval"], epochs=float(result["epochs"]),
+                         tokens_trained=int(result["tokens_trained"]), unique_tokens=train_tokens.n_tokens,
+                         seconds=float(result["seconds"]), tokens_per_second=float(result["tokens_per_second"]),
+                         device=str(result.get("meta", {}).get("device", device)), tokenizer_hash=tok.hash,
+                         config=cfg.to_dict())
+
+    found = find_run(out, key)
+    if found is not None:
+        return record(found, cached=True)
+    if _is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / RUN_FILE, {"key": key, "version": version, "fingerprint": fingerprint,
+                                     "tokenizer_hash": tok.hash, "config": config_for_key(cfg),
+                                     "eval_sets": eval_fingerprints, "device_type": device.split(":")[0]})
+        shutil.copyfile(tok.path, out / "tokenizer.json")
+    result = train(cfg, train_tokens, evals, out, log=log if _is_main() else (lambda *_: None))
+    return record(result.to_dict(), cached=False)
+

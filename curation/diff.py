@@ -179,9 +179,25 @@ def ancestors(store: VersionStore, name: str, max_depth: int = MAX_DEPTH) -> tup
     return order, missing
 
 
+def _steps_without_labels(recipe: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in step.items() if k != "stage"} for step in recipe.get("steps") or []]
+
+
+def extends_recipe(manifest_a: dict[str, Any], manifest_b: dict[str, Any]) -> bool:
+    """True when B's recipe is A's recipe with more steps: the same inputs and settings, A's steps first
+    (stage labels aside). B's run then saw every document A kept, and its rejects say where they went."""
+    ra, rb = manifest_a.get("recipe") or {}, manifest_b.get("recipe") or {}
+    settings = ("inputs", "shard_size_mb", "on_unreadable")
+    if not ra or not rb or any(ra.get(k) != rb.get(k) for k in settings):
+        return False
+    steps_a, steps_b = _steps_without_labels(ra), _steps_without_labels(rb)
+    return len(steps_a) < len(steps_b) and steps_b[:len(steps_a)] == steps_a
+
+
 def lineage(store: VersionStore, a: str, b: str) -> dict[str, Any]:
     """How B relates to A: `parent` (A in B's parents), `input` (B's inputs read A's folder),
-    `ancestor` (A further up), `same`, or `unrelated`; with the versions whose rejects explain removals."""
+    `ancestor` (A further up), `extends` (B's recipe is A's with more steps, on the same inputs),
+    `same`, or `unrelated`; with the versions whose rejects explain removals."""
     if a == b:
         return {"lineage": "same", "via": [b]}
     manifest = store.manifest(b)
@@ -192,6 +208,8 @@ def lineage(store: VersionStore, a: str, b: str) -> dict[str, Any]:
     found, _ = ancestors(store, b)
     names = [n for n, _ in found]
     if a not in names:
+        if extends_recipe(store.manifest(a), manifest):
+            return {"lineage": "extends", "via": [b]}
         return {"lineage": "unrelated", "via": []}
     # Every version between A and B (B first, nearest to B next) may have removed what A had.
     between = [n for n in names if n != a and a in {x for x, _ in ancestors(store, n)[0]}]
@@ -630,3 +648,28 @@ def why(store: VersionStore, version: str, doc_id: str) -> dict[str, Any]:
     if missing:
         out["missing_ancestors"] = missing
     return out
+
+
+# ---- a diff in a few numbers ------------------------------------------------------------------------
+
+# The statistics shown beside a loss delta (curate ablate): size, lexical and semantic diversity, coverage.
+SUMMARY_METRICS = ("size.docs", "size.chars", "size.words", "lexical.distinct_4", "lexical.near_dup_density",
+                   "semantic.vendi_score", "coverage.covered_share")
+
+
+def summarize_diff(diff: dict[str, Any], top: int = 5) -> dict[str, Any]:
+    """`diff_versions` output cut to what an ablation shows beside a loss delta: documents added,
+    removed and changed, the `top` removal reasons, a few statistics side by side, and the distances."""
+    removed = diff.get("removed") or {}
+    reasons = sorted(removed.get("by_reason") or [], key=lambda g: -g["count"])
+    metrics = (diff.get("stats") or {}).get("metrics") or {}
+    stats = diff.get("stats") or {}
+    return {
+        "a": diff["a"], "b": diff["b"], "lineage": diff["lineage"], "docs": diff["docs"],
+        "added": diff["added"]["count"], "removed": removed.get("count", 0), "changed": diff["changed"]["count"],
+        "top_reasons": [{"step": g["step"], "reason": g["reason"], "count": g["count"]} for g in reasons[:top]],
+        "other_reasons": sum(g["count"] for g in reasons[top:]),
+        "stats": {k: metrics[k] for k in SUMMARY_METRICS if k in metrics},
+        "unigram_js": (stats.get("unigram_js") or {}).get("value"),
+        "length_ks": (stats.get("length_ks") or {}).get("value"),
+    }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,19 @@ from curation.steps import REGISTRY, Step
 DEFAULT_SHARD_SIZE_MB = 64.0
 
 
+RAW_STAGE = "raw"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Consecutive steps of a recipe compared as one change; `end`: the recipe's first `end` steps
+    make the cumulative output after this stage."""
+
+    label: str
+    steps: tuple[str, ...]
+    end: int
+
+
 class RecipeError(ValueError):
     """A recipe that cannot run; the message names the bad key and the valid ones."""
 
@@ -40,6 +54,10 @@ class StepSpec(BaseModel):
 
     step: str
     name: str | None = None
+    # The stage the step belongs to when the recipe's cumulative outputs are compared (`stages()`);
+    # default: the step's category (transform, filter, dedup). A label, not a parameter: it does not
+    # change what the run does, so it is not part of the recipe's content hash.
+    stage: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 
     @property
     def params(self) -> dict[str, Any]:
@@ -48,6 +66,10 @@ class StepSpec(BaseModel):
     @property
     def instance_name(self) -> str:
         return self.name or self.step
+
+    @property
+    def stage_label(self) -> str:
+        return self.stage or REGISTRY[self.step].category
 
     def build(self, store_url: str | None = None) -> Step:
         """The configured step; a step that reads from the store (e.g. evaluation sets) gets the run's
@@ -88,6 +110,12 @@ class Recipe(BaseModel):
             if spec.instance_name in seen or spec.instance_name == "ingest":
                 raise ValueError(f"{where}: step name {spec.instance_name!r} is used twice; give one a `name:`")
             seen.add(spec.instance_name)
+        labels = [s.stage_label for s in self.steps]
+        first_other = next((i for i, label in enumerate(labels) if label != RAW_STAGE), len(labels))
+        late = [s.instance_name for s in self.steps[first_other:] if s.stage_label == RAW_STAGE]
+        if late:
+            raise ValueError(f"steps labelled `stage: {RAW_STAGE}` (part of the baseline) must come before every "
+                             f"other step; {', '.join(late)} follow other steps")
         return self
 
     def build_steps(self, store_url: str | None = None) -> list[tuple[str, Step]]:
@@ -95,8 +123,30 @@ class Recipe(BaseModel):
 
     def content_hash(self) -> str:
         """What the run does, not what it is called: inputs, steps and output settings."""
-        body = self.model_dump(mode="json", exclude={"name", "description"})
+        labels = {"name": True, "description": True, "steps": {"__all__": {"stage"}}}
+        body = self.model_dump(mode="json", exclude=labels)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+    def stages(self) -> list[Stage]:
+        """The recipe as cumulative stages: consecutive steps with the same stage label form one stage.
+        The first stage is the baseline: ingestion plus the steps labelled `raw` (they must come first),
+        so a recipe without `raw` labels starts from its inputs as ingested."""
+        raw = 0
+        while raw < len(self.steps) and self.steps[raw].stage_label == RAW_STAGE:
+            raw += 1
+        out = [Stage(RAW_STAGE, tuple(s.instance_name for s in self.steps[:raw]), raw)]
+        for end in range(raw, len(self.steps)):
+            spec = self.steps[end]
+            if end > raw and spec.stage_label == self.steps[end - 1].stage_label:
+                last = out[-1]
+                out[-1] = Stage(last.label, (*last.steps, spec.instance_name), end + 1)
+            else:
+                out.append(Stage(spec.stage_label, (spec.instance_name,), end + 1))
+        return out
+
+    def prefix(self, end: int) -> Recipe:
+        """The same recipe with only its first `end` steps: the cumulative output after them."""
+        return self.model_copy(update={"steps": list(self.steps[:end])})
 
     @property
     def base(self) -> Path | None:

@@ -61,6 +61,9 @@ class Step:
 
     name: ClassVar[str]
     Params: ClassVar[type[StepParams]] = StepParams
+    # What kind of change the step makes: the default stage label when a recipe's cumulative outputs
+    # are compared (`Recipe.stages`, `curate ablate --steps`).
+    category: ClassVar[str] = "transform"
 
     def __init__(self, params: StepParams | None = None, **kwargs: object) -> None:
         self.params = params if params is not None else self.Params(**kwargs)
@@ -97,6 +100,7 @@ class FilterStep(Step):
     """A step that measures each document and rejects those outside its thresholds."""
 
     Params: ClassVar[type[StepParams]] = FilterParams
+    category: ClassVar[str] = "filter"
     # signal -> {"min"|"max": parameter that bounds it}, for threshold views and reports.
     signal_bounds: ClassVar[dict[str, dict[str, str]]] = {}
 

@@ -47,6 +47,7 @@ class _DedupStep(FilterStep):
     """What exact and near dedup share: the decision's shape, how it is applied, and the index."""
 
     kind: str = ""
+    category = "dedup"
 
     def is_global(self) -> bool:
         return True

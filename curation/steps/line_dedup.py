@@ -110,6 +110,7 @@ def normalise(unit: str) -> str:
 class LineDedup(Step):
     name = "line_dedup"
     Params = LineDedupParams
+    category = "dedup"
 
     def is_global(self) -> bool:
         return True

@@ -314,3 +314,17 @@ class Decontaminate(FilterStep):
         reasons = first_failure([(pc.greater_equal(ngrams, p.min_overlaps),
                                   threshold_reason(self.name, "ngrams", ngrams, ">=", p.min_overlaps))], n_rows)
         return Measurement(reasons, signals={"ngrams": ngrams}, annotations={NGRAMS_COLUMN: ngrams, SET_COLUMN: sets})
+
+
+def version_overlap(store: VersionStore, version: str, evalsets: list[str], ngram: int = DEFAULT_NGRAM
+                    ) -> dict[str, int]:
+    """How many of a version's documents share at least one `ngram`-gram with the eval sets (the
+    step's own measure, streamed over the version): training on evaluation text flatters that loss,
+    so the ablation shows this beside every version's numbers."""
+    step = Decontaminate(evalsets=evalsets, store=store.url, ngram=ngram, mode="annotate")
+    docs = contaminated = 0
+    for batch in store.iter_batches(version, ["id", "text"], batch_rows=CHUNK_DOCS):
+        measured = step.measure(pa.Table.from_batches([batch]))
+        docs += batch.num_rows
+        contaminated += int(pc.sum(pc.greater_equal(measured.signals["ngrams"], 1)).as_py() or 0)
+    return {"docs": docs, "contaminated": contaminated, "ngram": ngram}

@@ -31,7 +31,7 @@ import random
 import re
 import sysconfig
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ STDLIB_FILE = "stdlib_docs.jsonl"
 KJV_FILE = "kjv.jsonl.gz"
 WEB_FILE = "web_crawl.jsonl"
 LABELS_FILE = "labels.jsonl"
-HELDOUT_FILE = "heldout.jsonl"
+HELDOUT_DIR = "heldout"  # one file per human source, so evaluation is reported per domain
 
 _MIN_STDLIB_WORDS = 50
 _SKIP_DIRS = frozenset(
@@ -89,7 +89,8 @@ class DemoCorpus:
     inputs: list[Path]
     labels_path: Path
     counts: dict[str, int]
-    heldout_path: Path | None = None  # the frozen evaluation set: human documents in no input
+    # The frozen evaluation set: human documents in no input, a file per source (named like its input).
+    heldout_files: list[Path] = field(default_factory=list)
 
 
 def load_labels(path: Path) -> list[dict]:
@@ -887,6 +888,9 @@ def build_demo_corpus(root: Path, *, seed: int = 0, scale: float = 1.0) -> DemoC
     eval_rng = _rng(seed, "evalset")
     eval_idx = set(eval_rng.sample(remaining, min(_scaled(EVAL_DOCS, scale), len(remaining) // 4)))
     evalset = [combined[i][1] for i in sorted(eval_idx)]
+    eval_sources = {"stdlib": [], "kjv": []}
+    for i in sorted(eval_idx):
+        eval_sources[combined[i][0]].append(combined[i][1])
     stdlib_keep = [d for i, (src, d) in enumerate(combined)
                    if src == "stdlib" and i not in hold_set and i not in eval_idx]
     kjv_keep = [d for i, (src, d) in enumerate(combined) if src == "kjv" and i not in hold_set and i not in eval_idx]
@@ -911,15 +915,19 @@ def build_demo_corpus(root: Path, *, seed: int = 0, scale: float = 1.0) -> DemoC
     _write_atomic(kjv_path, gzip.compress(jsonl(kjv_keep), compresslevel=6, mtime=0))
     _write_atomic(web_path, web_bytes)
     _write_atomic(labels_path, "".join(_dumps(lab) + "\n" for lab in labels).encode("utf-8"))
-    heldout_path = root / HELDOUT_FILE
-    _write_atomic(heldout_path, jsonl(evalset))
+    heldout_files = []
+    for source, stem in (("stdlib", STDLIB_FILE.split(".")[0]), ("kjv", KJV_FILE.split(".")[0])):
+        if eval_sources[source]:
+            heldout_files.append(root / HELDOUT_DIR / f"{stem}.jsonl")
+            heldout_files[-1].parent.mkdir(exist_ok=True)
+            _write_atomic(heldout_files[-1], jsonl(eval_sources[source]))
 
     return DemoCorpus(
         root=root,
         inputs=[stdlib_path, kjv_path, web_path],
         labels_path=labels_path,
         counts=dict(sorted(counts.items())),
-        heldout_path=heldout_path,
+        heldout_files=heldout_files,
     )
 
 

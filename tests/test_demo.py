@@ -151,7 +151,8 @@ def test_counts_match_labels(corpus: DemoCorpus, labels: list[dict]) -> None:
     got = collections.Counter(lab["defect"] for lab in labels)
     planted = {k: v for k, v in corpus.counts.items() if not k.startswith("clean_") and k != "evalset_docs"}
     assert dict(got) == planted
-    heldout = [json.loads(line) for line in corpus.heldout_path.read_text(encoding="utf-8").splitlines()]
+    assert corpus.heldout_files and {p.name for p in corpus.heldout_files} <= {"stdlib_docs.jsonl", "kjv.jsonl"}
+    heldout = [json.loads(line) for p in corpus.heldout_files for line in p.read_text(encoding="utf-8").splitlines()]
     assert len(heldout) == corpus.counts["evalset_docs"] > 0
     input_ids = {r["id"] for path in corpus.inputs[:2] for r in _read_jsonl(path)}
     assert input_ids and not input_ids & {doc["id"] for doc in heldout}  # held out: in no input file

@@ -160,14 +160,28 @@ def test_demo_filter_stack_catches_planted_defects_and_reports_it(demo_run):
 
 
 @pytest.mark.e2e
-def test_demo_trains_on_the_curated_version_and_evaluates_on_the_held_out_set(demo_run):
+def test_demo_measures_what_each_curation_stage_did_to_held_out_loss(demo_run):
     store_path, _, stdout = demo_run
-    result = json.loads(next((store_path / "runs" / "demo").glob("*/result.json")).read_text())
-    evalset = next(iter(result["final_eval"]))
-    assert evalset.startswith("demo-heldout") and 0 < result["final_eval"][evalset]["bpb"] < 10
-    assert result["tokens_trained"] == 16384 and result["meta"]["fingerprint"] == VersionStore(store_path).manifest(
-        "demo")["fingerprint"]
-    assert "sample: And God said" in stdout
+    folder = store_path / "ablations" / "demo-stages"
+    result = json.loads((folder / "ablation.json").read_text())
+    assert [(r["label"], r["stage"]) for r in result["waterfall"]] == [
+        ("raw", "demo-raw"), ("quality", "demo.1-quality"), ("dedup", "demo")]
+    assert VersionStore(store_path).manifest("demo.1-quality")["parents"] == ["demo-raw"]
+    assert len(result["runs"]) == 9 and {r["tokens_trained"] for r in result["runs"]} == {16384}
+    evalset = result["primary"]
+    assert evalset.startswith("demo-heldout")
+    held = {p.stem for p in next((store_path / "demo-inputs").glob("*")).joinpath("heldout").glob("*.jsonl")}
+    domains = [f"{evalset}/{s}" for s in ("stdlib_docs", "kjv") if s in held] if len(held) > 1 else []
+    assert result["analysis"]["eval_keys"] == [evalset, *domains]  # per domain when the set has two sources
+    assert any(w.startswith("demo-raw:") and "13-gram" in w for w in result["warnings"])  # planted contamination
+    assert result["versions"]["demo"]["overlap"]["contaminated"] == 0  # decontaminated
+    # demo reuses the full recipe's version (parent demo-raw); its rejects still explain the dedup stage.
+    dedup = result["diffs"][1]
+    assert (dedup["a"], dedup["b"], dedup["lineage"]) == ("demo.1-quality", "demo", "extends")
+    assert dedup["removed"] > 0 and {r["step"] for r in dedup["top_reasons"]} <= {"exact_dedup", "minhash_dedup",
+                                                                                   "line_dedup"}
+    assert (folder / "report.html").stat().st_size > 10_000 and (folder / "curves.png").exists()
+    assert "waterfall" in stdout and "sample from the model trained on demo (seed 0): And God said" in stdout
 
 
 @pytest.mark.e2e

@@ -23,11 +23,9 @@ Nothing here imports Prefect.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
-import platform
 import random
 import secrets
 import shutil
@@ -42,6 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from curation.glibc import M_PERTURB, mallopt
 from curation.ingest import IngestError, InputSpec, preflight, read_input, resolve_files
 from curation.store import VersionStore, check_name
 
@@ -501,26 +500,17 @@ def _fasttext_version() -> str:
 # of 1e14). Measured here: 26-30 of 30 runs broken for a 5-word model, 0 of 30 with the fix. On glibc,
 # M_PERTURB=0xff makes malloc hand out zero-filled memory (allocated bytes are set to ~0xff), which restores
 # upstream's behaviour; it is switched on only while fastText allocates, and costs nothing measurable.
-_M_PERTURB = -6
 _ALLOC_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
 def _zeroed_allocations() -> Iterator[None]:
-    libc = None
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-        except OSError:
-            libc = None
     with _ALLOC_LOCK:
-        if libc is not None:
-            libc.mallopt(_M_PERTURB, 0xFF)
+        mallopt(M_PERTURB, 0xFF)
         try:
             yield
         finally:
-            if libc is not None:
-                libc.mallopt(_M_PERTURB, int(os.environ.get("MALLOC_PERTURB_") or 0))
+            mallopt(M_PERTURB, int(os.environ.get("MALLOC_PERTURB_") or 0))
 
 
 def _check_finite(model: Any) -> None:

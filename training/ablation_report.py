@@ -159,6 +159,13 @@ def _waterfall_figure(rows: Sequence[Mapping[str, Any]]):
 # ---- sections -------------------------------------------------------------------------------------
 
 
+def _runs_line(runs: Sequence[Mapping[str, Any]]) -> str:
+    cached = sum(1 for r in runs if r["cached"])
+    seconds = sum(r["seconds"] for r in runs)
+    return (f"{len(runs)}: {len(runs) - cached} trained now, {cached} found in the store; {seconds:,.0f} s of "
+            "training in all")
+
+
 def _header(result: Mapping[str, Any]) -> str:
     spec = result["spec"]
     rows = [
@@ -172,7 +179,8 @@ def _header(result: Mapping[str, Any]) -> str:
         ("evaluation sets", ", ".join(f"<code>{_e(n)}</code> ({_e(fp[:12])})" for n, fp in result["eval_sets"].items())
          + f"; {spec['eval_tokens']:,} fixed tokens each"),
         ("ranking", " &lt; ".join(f"<code>{_e(v)}</code>" for v in result["ranking"]) + " (lowest loss first)"),
-        ("wall time", f"{result.get('wall_seconds', 0):,.0f} s"),
+        ("runs", _runs_line(result["runs"])),
+        ("wall time", f"{result.get('wall_seconds', 0):,.0f} s (this invocation)"),
     ]
     body = _table(None, [[k, v] for k, v in rows], classes="meta")
     if result["warnings"]:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from curation.glibc import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MAX_INT, mallopt
 from training.data import EpochSampler, TokenFile, Windows, fixed_eval_windows, per_source_eval_windows
 from training.model import GPT, GPTConfig
 
@@ -99,6 +100,15 @@ class Distributed:
         tensor = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
         return float(tensor.item()) / self.world_size
+
+
+def keep_freed_memory() -> bool:
+    """On the CPU every step frees and re-allocates the same large tensors (logits and their gradients).
+    glibc returns each freed block above its mmap threshold to the OS at once and page-faults a fresh one in
+    on the next step; keeping freed memory in the heap instead cut a tiny-preset demo run (409,600 tokens,
+    one thread, 2 cores busy) from 70 s to 57 s and its kernel time from ~18 s to under 1 s. The process
+    keeps its peak memory rather than handing it back. No-op off glibc."""
+    return mallopt(M_MMAP_THRESHOLD, MAX_INT) and mallopt(M_TRIM_THRESHOLD, MAX_INT)
 
 
 def autocast_context(device: str, dtype: str):
@@ -236,6 +246,8 @@ def train(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenF
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     ctx = autocast_context(device, cfg.dtype)
+    if device == "cpu":
+        keep_freed_memory()
     if ddp.main:
         out_dir.mkdir(parents=True, exist_ok=True)
 

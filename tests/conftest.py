@@ -42,6 +42,27 @@ def write_jsonl(path: Path, rows: list[dict | bytes | str]) -> Path:
     return path
 
 
+def curate(*args: str, env: dict[str, str]):
+    """The `curate` CLI in a subprocess (the real entry point, its own Prefect server)."""
+    import subprocess
+    import sys
+
+    cli = Path(sys.executable).with_name("curate")
+    return subprocess.run([str(cli), *args], capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`curate demo` once per session (scale 0.1, a short ablation): (store path, env, stdout)."""
+    tmp = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "COLUMNS": "160"}
+    store = tmp / "store"
+    result = curate("demo", "--store", str(store), "--scale", "0.1", "--workers", "2", "--train-tokens", "16384",
+                    env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return store, env, result.stdout
+
+
 def publish_rows(store, name: str, rows: list[tuple[str, str]], ids: list[str] | None = None) -> None:
     """A version published without a curation run: rows of (source, text), ids `<name>-<i>` unless given."""
     import pyarrow as pa

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -135,24 +132,21 @@ def test_calibration_then_an_effect_size_warning(human, prefect_harness):
     store = human
     spec = AblationSpec(tokens=20 * 8 * 64, seeds=(0, 1, 2, 3), batch_size=8, block_size=64, eval_tokens=2048)
     calibration = run_ablation(store.url, ["clean"], spec, "noise", vocab_size=1024, eval_sets=[EVALSET],
-                               calibrate=True, effect=0.001, parallel=2)
+                               calibrate=True, effect=0.001, parallel=1)
     noise = calibration["noise"]
     assert noise["runs"]["n"] == 4 and noise["sd_single_run"] > 0
     assert noise["seeds_needed"] is None or noise["seeds_needed"] > 4
     assert Path(calibration["paths"]["calibration"]).exists()
     ablation = run_ablation(store.url, ["clean", "junk"], AblationSpec(**{**spec.to_dict(), "seeds": (0, 1)}), "small",
-                            vocab_size=1024, eval_sets=[EVALSET], effect=0.001, parallel=2)
+                            vocab_size=1024, eval_sets=[EVALSET], effect=0.001, parallel=1)
     assert ablation["noise"]["calibration"]["version"] == "clean"
     assert any("detect effects of about" in w and "not 0.001" in w for w in ablation["warnings"])
 
 
-def curate(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    cli = Path(sys.executable).with_name("curate")
-    return subprocess.run([str(cli), *args], capture_output=True, text=True, env=env, timeout=900)
-
-
 @pytest.mark.e2e
-def test_steps_publish_each_stage_and_draw_a_waterfall(human, tmp_path):
+def test_steps_publish_each_stage_and_draw_a_waterfall(human, tmp_path, prefect_harness, capsys):
+    from flows.cli_ablate import ablate  # what `curate ablate --steps` runs (the demo runs it through the CLI)
+
     store = human
     corpus = next(Path(store.root).parent.glob("corpus"))
     recipe = tmp_path / "recipe.yaml"
@@ -166,14 +160,11 @@ steps:
   - {{step: gopher_repetition}}
   - {{step: exact_dedup}}
 """)
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
-    args = ["ablate", "--steps", str(recipe), "--store", store.url, "--tokens", str(20 * 8 * 64), "--seeds", "2",
-            "--batch-size", "8", "--block-size", "64", "--vocab-size", "1024", "--eval-set", EVALSET,
-            "--workers", "1", "--parallel", "1"]
-    done = curate(*args, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "publishing stages.1-filter" in done.stdout and "waterfall" in done.stdout
-    result = json.loads(next(Path(store.root, "ablations").glob("stages.0-raw-vs-*/ablation.json")).read_text())
+    options = dict(steps=recipe, tokens=20 * 8 * 64, seeds=2, batch_size=8, block_size=64, vocab_size=1024,
+                   eval_set=[EVALSET], workers=1, parallel=1)
+    result = ablate([], store.url, **options)
+    out = capsys.readouterr().out
+    assert "publishing stages.1-filter" in out and "waterfall" in out
     rows = result["waterfall"]
     assert [r["label"] for r in rows] == ["raw", "filter", "dedup"]
     assert [r["stage"] for r in rows] == ["stages.0-raw", "stages.1-filter", "stages.2-dedup"]
@@ -185,8 +176,9 @@ steps:
     assert [d["b"] for d in result["diffs"]] == ["stages.1-filter", "stages.2-dedup"]
     assert result["diffs"][0]["removed"] > 0 and result["diffs"][0]["top_reasons"][0]["step"] in (
         "length_filter", "gopher_repetition")
+    assert Path(result["paths"]["result"]).exists()
 
-    # Run again: the stage versions are found by recipe content and every run in the store.
-    again = curate(*args, env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "publishing" not in again.stdout and again.stdout.count("found in the store") == 6
+    # Again: the stage versions are found by recipe content and every run in the store.
+    again = ablate([], store.url, **options)
+    assert "publishing" not in capsys.readouterr().out and all(r["cached"] for r in again["runs"])
+    assert again["waterfall"][1]["step"]["deltas"] == rows[1]["step"]["deltas"]

@@ -80,8 +80,9 @@ def test_minimum_detectable_effect_has_the_power_it_claims():
     for n in (3, 5):
         mde = minimum_detectable_effect(0.04, n)
         assert power(mde, 0.04, n) == pytest.approx(0.8, abs=1e-6)
-        hits = sum(stats.ttest_1samp(rng.normal(mde, 0.04, n), 0.0).pvalue < 0.05 for _ in range(4000))
-        assert hits / 4000 == pytest.approx(0.8, abs=0.025)
+        draws = rng.normal(mde, 0.04, (20_000, n))
+        hits = (stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05).mean()
+        assert hits == pytest.approx(0.8, abs=0.015)
     assert minimum_detectable_effect(0.04, 1) is None
     assert minimum_detectable_effect(0.04, 10) < minimum_detectable_effect(0.04, 3)
 
@@ -151,4 +152,6 @@ def test_spec_budget_and_curve_points():
     assert spec.steps(4096) == 200  # 409,600 / (8 x 256)
     cfg = spec.config(seed=2, vocab_size=4096)
     assert cfg.seed == 2 and cfg.eval_every == 20 and cfg.tokens == 409_600 and cfg.eval_tokens == spec.eval_tokens
+    short = AblationSpec(tokens=8 * 8 * 256, batch_size=8)  # 8 steps: evaluating 32,768 tokens each would dwarf them
+    assert short.config(0, 4096).eval_every == 16
     assert AblationSpec(tokens=None).steps(8192) == math.ceil(20 * 987_360 / (16 * 256))  # Chinchilla default

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
 import pytest
+from conftest import curate
 
 from curation.demo import load_labels
 from curation.store import VersionStore
@@ -20,22 +18,6 @@ from curation.store import VersionStore
 INGEST_DEFECTS = {"malformed_json": "malformed_json", "invalid_utf8": "invalid_utf8", "nul_byte": "nul_byte",
                   "missing_text": "missing_field", "non_string_text": "non_string_text", "empty_text": "empty_text",
                   "duplicate_id": "duplicate_id"}
-
-
-def curate(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    cli = Path(sys.executable).with_name("curate")
-    return subprocess.run([str(cli), *args], capture_output=True, text=True, env=env, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("demo")
-    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "COLUMNS": "160"}
-    store = tmp / "store"
-    result = curate("demo", "--store", str(store), "--scale", "0.1", "--workers", "2", "--train-tokens", "16384",
-                    env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return store, env, result.stdout
 
 
 def _lines(path: Path) -> int:

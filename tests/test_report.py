@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import fsspec
@@ -280,13 +279,8 @@ def test_report_renders_in_headless_chromium(tmp_path):
 
 
 @pytest.mark.e2e
-def test_report_of_the_real_demo_version(tmp_path):
-    store = tmp_path / "store"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "CURATE_STORE": str(store)}
-    result = subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--scale", "0.05", "--store", str(store),
-                             "--train-tokens", "0", "--workers", "2"],
-                            capture_output=True, text=True, env=env, timeout=900, cwd=Path(__file__).parents[1])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def test_report_of_the_real_demo_version(demo_run, tmp_path):
+    store = demo_run[0]
     from curation.store import VersionStore
 
     target = VersionStore(str(store))

@@ -78,11 +78,18 @@ class AblationSpec:
         return max(1, math.ceil(tokens / (self.batch_size * model_cfg.block_size)))
 
     def config(self, seed: int, vocab_size: int) -> TrainConfig:
-        eval_every = self.eval_every or max(1, self.steps(vocab_size) // CURVE_POINTS)
+        eval_every = self.eval_every or self.default_eval_every(vocab_size)
         return TrainConfig(preset=self.preset, model=self.model_overrides(), tokens=self.tokens,
                            batch_size=self.batch_size, learning_rate=self.learning_rate, seed=seed,
                            eval_every=eval_every, eval_tokens=self.eval_tokens, device=self.device,
                            compile=self.compile)
+
+    def default_eval_every(self, vocab_size: int) -> int:
+        """About CURVE_POINTS evaluations per run, but never more evaluated than trained tokens between two
+        of them (a short run is evaluated once, at its end)."""
+        block = GPTConfig.from_preset(self.preset, vocab_size=vocab_size, **self.model_overrides()).block_size
+        return max(math.ceil(self.steps(vocab_size) / CURVE_POINTS), math.ceil(self.eval_tokens / (self.batch_size
+                                                                                                     * block)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -127,17 +127,20 @@ class Recipe(BaseModel):
         body = self.model_dump(mode="json", exclude=labels)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
-    def stages(self) -> list[Stage]:
-        """The recipe as cumulative stages: consecutive steps with the same stage label form one stage.
-        The first stage is the baseline: ingestion plus the steps labelled `raw` (they must come first),
-        so a recipe without `raw` labels starts from its inputs as ingested."""
+    def stages(self, each_step: bool = False) -> list[Stage]:
+        """The recipe as cumulative stages: consecutive steps with the same stage label form one stage
+        (`each_step`: every step is a stage of its own, named after it). The first stage is the baseline:
+        ingestion plus the steps labelled `raw` (they must come first), so a recipe without `raw` labels
+        starts from its inputs as ingested."""
         raw = 0
         while raw < len(self.steps) and self.steps[raw].stage_label == RAW_STAGE:
             raw += 1
         out = [Stage(RAW_STAGE, tuple(s.instance_name for s in self.steps[:raw]), raw)]
         for end in range(raw, len(self.steps)):
             spec = self.steps[end]
-            if end > raw and spec.stage_label == self.steps[end - 1].stage_label:
+            if each_step:
+                out.append(Stage(spec.instance_name, (spec.instance_name,), end + 1))
+            elif end > raw and spec.stage_label == self.steps[end - 1].stage_label:
                 last = out[-1]
                 out[-1] = Stage(last.label, (*last.steps, spec.instance_name), end + 1)
             else:

@@ -191,7 +191,7 @@ def run_ablation(store_url: str, versions: list[str], spec: AblationSpec, name: 
 
 
 def stage_versions(recipe_path: Path, store_url: str, prefix: str | None = None, workers: int | None = None,
-                   show_progress: bool = False) -> tuple[list[str], list[dict[str, Any]]]:
+                   show_progress: bool = False, each_step: bool = False) -> tuple[list[str], list[dict[str, Any]]]:
     """Publish (or find) a version for each cumulative stage of the recipe: the baseline (ingestion and
     the steps labelled `raw`), then each stage added. A version of the store made by the same recipe
     content is reused whatever its name; new ones are named `<prefix>.<i>-<label>`, each the parent of
@@ -209,7 +209,7 @@ def stage_versions(recipe_path: Path, store_url: str, prefix: str | None = None,
             by_hash.setdefault(manifest.get("recipe_hash", ""), manifest["name"])
     names: list[str] = []
     described: list[dict[str, Any]] = []
-    for i, stage in enumerate(recipe.stages()):
+    for i, stage in enumerate(recipe.stages(each_step)):
         partial = recipe.prefix(stage.end)
         steps = ", ".join(stage.steps) or "ingestion only"
         existing = by_hash.get(partial.content_hash())

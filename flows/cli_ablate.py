@@ -107,6 +107,7 @@ def ablate_command(
     store: StoreOption = DEFAULT_STORE,
     steps: Annotated[Path | None, typer.Option("--steps", help="A recipe: publish and compare its cumulative stages "
                                                                 "(raw, +filters, +dedup, ...).")] = None,
+    each_step: Annotated[bool, typer.Option("--each-step", help="With --steps: every step its own stage.")] = False,
     calibrate: Annotated[str | None, typer.Option(help="Measure the seed-to-seed noise of this version.")] = None,
     baseline: Annotated[str | None, typer.Option(help="The version the others are compared with.")] = None,
     preset: Annotated[str, typer.Option(help="Model preset: tiny (~1 M), small (~10 M), gpt2 (124 M).")] = "tiny",
@@ -128,13 +129,14 @@ def ablate_command(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
     """Train the same model on each version with the same seeds; loss deltas with 95% intervals and verdicts."""
-    ablate(versions or [], store, steps=steps, calibrate=calibrate, baseline=baseline, preset=preset, tokens=tokens,
-           seeds=seeds, effect=effect, eval_set=eval_set, tokenizer=tokenizer, vocab_size=vocab_size,
-           batch_size=batch_size, learning_rate=learning_rate, block_size=block_size, name=name, parallel=parallel,
-           workers=workers, device=device, compile=compile, verbose=verbose)
+    ablate(versions or [], store, steps=steps, each_step=each_step, calibrate=calibrate, baseline=baseline,
+           preset=preset, tokens=tokens, seeds=seeds, effect=effect, eval_set=eval_set, tokenizer=tokenizer,
+           vocab_size=vocab_size, batch_size=batch_size, learning_rate=learning_rate, block_size=block_size,
+           name=name, parallel=parallel, workers=workers, device=device, compile=compile, verbose=verbose)
 
 
-def ablate(versions: list[str], store: str, *, steps: Path | None = None, calibrate: str | None = None,
+def ablate(versions: list[str], store: str, *, steps: Path | None = None, each_step: bool = False,
+           calibrate: str | None = None,
            baseline: str | None = None, preset: str = "tiny", tokens: int | None = None, seeds: int = 3,
            effect: float | None = None, eval_set: list[str] | None = None, tokenizer: Path | None = None,
            vocab_size: int = 8192, batch_size: int = 16, learning_rate: float = 2e-3, block_size: int | None = None,
@@ -168,7 +170,8 @@ def ablate(versions: list[str], store: str, *, steps: Path | None = None, calibr
         if steps is not None:
             from flows.ablate import stage_versions
 
-            versions, stages = stage_versions(steps, store, stage_prefix, workers=workers, show_progress=True)
+            versions, stages = stage_versions(steps, store, stage_prefix, workers=workers, show_progress=True,
+                                              each_step=each_step)
         elif calibrate is not None:
             versions = [calibrate]
         for version in versions:

@@ -23,6 +23,13 @@ def test_consecutive_steps_of_one_category_form_a_stage():
         ("transform", ("pii_redact",), 4), ("dedup", ("exact_dedup", "minhash_dedup"), 6)]
 
 
+def test_each_step_can_be_its_own_stage():
+    labelled = [{**STEPS[0], "stage": "raw"}, *STEPS[1:]]
+    stages = recipe(labelled).stages(each_step=True)
+    assert [(s.label, s.steps, s.end) for s in stages] == [
+        ("raw", ("normalize",), 1), *((s["step"], (s["step"],), i + 2) for i, s in enumerate(STEPS[1:]))]
+
+
 def test_labels_override_categories_and_raw_steps_join_the_baseline():
     labelled = [{**STEPS[0], "stage": "raw"}, *({**s, "stage": "quality"} for s in STEPS[1:4]), *STEPS[4:]]
     stages = recipe(labelled).stages()

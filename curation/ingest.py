@@ -65,6 +65,9 @@ class InputSpec(BaseModel):
     generation: int = Field(0, ge=0)
     generator: str | None = None
     max_doc_bytes: int = Field(DEFAULT_MAX_DOC_BYTES, gt=0)
+    # Columnar inputs: a column whose non-null values mark rows already rejected upstream (failed
+    # generations, say); those rows become ingest rejects with that reason, and the column is dropped.
+    reject_field: str | None = None
 
     @property
     def source_name(self) -> str:
@@ -519,6 +522,10 @@ def _arrow_chunks(spec: InputSpec, file: str, batches: Iterator[pa.RecordBatch |
         if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
             raise IngestError(f"{file}: column {spec.text_field!r} has type {text.type}, expected a string")
         reasons = _vector_reasons(spec, text)
+        if spec.reject_field and spec.reject_field in table.column_names:
+            upstream = table.column(spec.reject_field).combine_chunks().cast(pa.string())
+            reasons = pc.coalesce(upstream, reasons)
+            table = table.drop_columns([spec.reject_field])
         bad = pc.is_valid(reasons)
         rejects = None
         if pc.any(bad).as_py():

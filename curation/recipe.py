@@ -24,6 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from curation.ingest import InputSpec
 from curation.steps import REGISTRY, Step
+from curation.synth.spec import (
+    GPTBackendSpec,
+    HFBackendSpec,
+    OpenAIBackendSpec,
+    ProgrammaticBackendSpec,
+    SamplingSpec,
+    SynthSpec,
+)
 
 # Our choice: 64 MB shards are large enough for efficient Parquet row groups and small enough that
 # one shard's work fits comfortably in memory on every core of a small machine.
@@ -85,7 +93,9 @@ class Recipe(BaseModel):
 
     name: str | None = None
     description: str | None = None
-    inputs: list[InputSpec] = Field(min_length=1)
+    inputs: list[InputSpec] = Field(default_factory=list)
+    # A synthesis recipe (`curate synthesize`): its input is a generator instead of files.
+    synthesize: SynthSpec | None = None
     steps: list[StepSpec] = Field(default_factory=list)
     shard_size_mb: float = Field(DEFAULT_SHARD_SIZE_MB, gt=0)
     # A source that cannot be opened at all: stop before any work ("error"), or record it as one
@@ -97,6 +107,10 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _check_steps(self) -> Recipe:
+        if not self.inputs and self.synthesize is None:
+            raise ValueError("missing required key 'inputs' (or 'synthesize' for a synthesis recipe)")
+        if self.inputs and self.synthesize is not None:
+            raise ValueError("a synthesis recipe takes no 'inputs': its input is the generator")
         seen: set[str] = set()
         for i, spec in enumerate(self.steps):
             where = f"steps[{i}]"
@@ -124,7 +138,13 @@ class Recipe(BaseModel):
     def content_hash(self) -> str:
         """What the run does, not what it is called: inputs, steps and output settings."""
         labels = {"name": True, "description": True, "steps": {"__all__": {"stage"}}}
-        body = self.model_dump(mode="json", exclude=labels)
+        body = self.model_dump(mode="json", exclude=labels, by_alias=True)
+        # Options that are unset leave the hash as it was before they existed (stage versions stay reusable).
+        if body.get("synthesize") is None:
+            body.pop("synthesize", None)
+        for spec in body["inputs"]:
+            if spec.get("reject_field") is None:
+                spec.pop("reject_field", None)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
     def stages(self, each_step: bool = False) -> list[Stage]:
@@ -188,14 +208,31 @@ def parse_recipe(data: Any, base_dir: Path | None = None, origin: str = "recipe"
             if err["type"] == "value_error":
                 messages.append(str(err["ctx"]["error"]) if "ctx" in err else err["msg"])
             elif err["type"] == "extra_forbidden":
-                model = InputSpec if loc and loc[0] == "inputs" else Recipe
-                valid = [k for k in model.model_fields if k != "base_dir"]
+                model = _model_at(loc)
+                valid = [(f.alias or k) for k, f in model.model_fields.items() if k != "base_dir"]
                 messages.append(f"unknown key {key!r}; valid keys: {', '.join(valid)}")
             elif err["type"] == "missing":
                 messages.append(f"missing required key {key!r}")
             else:
                 messages.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
         raise RecipeError(f"{origin}: " + "; ".join(messages)) from None
+
+
+_BACKENDS = {"openai": OpenAIBackendSpec, "gpt": GPTBackendSpec, "hf": HFBackendSpec,
+             "programmatic": ProgrammaticBackendSpec}
+
+
+def _model_at(loc: list[Any]) -> type[BaseModel]:
+    """The model whose key `loc` names (for listing the valid keys)."""
+    if loc and loc[0] == "inputs":
+        return InputSpec
+    if loc and loc[0] == "synthesize":
+        if len(loc) > 3 and loc[1] == "backend" and loc[2] in _BACKENDS:
+            return _BACKENDS[loc[2]]
+        if len(loc) > 2 and loc[1] == "sampling":
+            return SamplingSpec
+        return SynthSpec
+    return Recipe
 
 
 def _loc(loc: list[Any]) -> str:

@@ -18,6 +18,7 @@ from curation.steps.decontaminate import Decontaminate
 from curation.steps.dedup import ExactDedup, MinHashDedup
 from curation.steps.fineweb import FineWebQuality
 from curation.steps.gopher import GopherQuality, GopherRepetition
+from curation.steps.instruction import InstructionFilter, RougeNovelty
 from curation.steps.langid import LanguageFilter
 from curation.steps.length import LengthFilter
 from curation.steps.line_dedup import LineDedup
@@ -27,7 +28,7 @@ from curation.steps.quality_classifier import QualityClassifier
 
 REGISTRY: dict[str, type[Step]] = {cls.name: cls for cls in (
     Normalize, LengthFilter, GopherQuality, GopherRepetition, C4Quality, FineWebQuality, LanguageFilter, PIIRedactor,
-    QualityClassifier, ExactDedup, MinHashDedup, LineDedup, Decontaminate,
+    QualityClassifier, ExactDedup, MinHashDedup, LineDedup, Decontaminate, InstructionFilter, RougeNovelty,
 )}
 
 __all__ = ["REGISTRY", "Collected", "FilterParams", "FilterStep", "Measurement", "Step", "StepOutput", "StepParams",

@@ -39,6 +39,7 @@ __all__ = ["DEFECT_COUNTS", "CLEAN_WEB_DOCS", "EVAL_DOCS", "DemoCorpus", "build_
            "write_demo_recipe", "write_raw_recipe"]
 
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
+DEMO_SYNTH_RECIPE = Path(__file__).parent / "recipes" / "demo-instruct.yaml"
 
 # Planted-defect class -> count at scale=1.0 (every class keeps at least one document at any scale).
 DEFECT_COUNTS: dict[str, int] = {
@@ -977,6 +978,37 @@ def write_demo_recipe(corpus: DemoCorpus, quality_model: Path | None = None, eva
     target = corpus.root / "recipe.yaml"
     header = "".join(line + "\n" for line in DEMO_RECIPE.read_text(encoding="utf-8").splitlines()
                      if line.startswith("#") and not line.startswith("# ---"))
+    _write_atomic(target, (header + yaml.safe_dump(recipe, sort_keys=False)).encode("utf-8"))
+    return target
+
+
+def write_synth_recipe(corpus: DemoCorpus, source: str, checkpoint: Path | None, evalset: str | None,
+                       records: int) -> Path:
+    """The packaged synthesis recipe, grounded in `source`, written by the GPT `checkpoint` (the programmatic
+    backend when there is none), decontaminated against `evalset` (the step is dropped when there is none)."""
+    import yaml
+
+    recipe = yaml.safe_load(DEMO_SYNTH_RECIPE.read_text(encoding="utf-8"))
+    synth = recipe["synthesize"]
+    synth.update(source=source, records=records)
+    if checkpoint is None:
+        synth["backend"] = {"kind": "programmatic"}
+        synth["tasks"] = ["continue", "summarize", "keywords", "cloze"]
+    else:
+        synth["backend"] = {**synth["backend"], "checkpoint": str(checkpoint)}
+    steps = []
+    for step in recipe["steps"]:
+        if step["step"] == "decontaminate":
+            if evalset is None:
+                continue
+            step = {**step, "evalsets": [evalset]}
+        if step["step"] == "minhash_dedup":
+            step = {**step, "against": [source]}
+        steps.append(step)
+    recipe["steps"] = steps
+    target = corpus.root / "recipe-instruct.yaml"
+    lines = DEMO_SYNTH_RECIPE.read_text(encoding="utf-8").splitlines()
+    header = "".join(line + "\n" for line in lines[:next(i for i, x in enumerate(lines) if not x.startswith("#"))])
     _write_atomic(target, (header + yaml.safe_dump(recipe, sort_keys=False)).encode("utf-8"))
     return target
 

@@ -30,6 +30,9 @@ def _mount_subcommands() -> None:
     from flows.cli_inspect import diff_command, why_command
 
     app.command(name="ablate")(ablate_command)
+    from flows.cli_synthesize import synthesize_command
+
+    app.command(name="synthesize")(synthesize_command)
 
     app.command(name="diff")(diff_command)
     app.command(name="why")(why_command)
@@ -108,6 +111,8 @@ def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], wo
 
     try:
         recipe = load_recipe(recipe_path)
+        if recipe.synthesize is not None:
+            fail(f"{recipe_path}: a synthesis recipe; run it with `curate synthesize`")
         name = name or recipe.name
         if not name:
             fail(f"{recipe_path}: the recipe has no `name:`; pass --name")
@@ -163,6 +168,8 @@ def demo(
     train_tokens: Annotated[int, typer.Option(help="Token budget of each ablation run: the tiny GPT trained on "
                                                    "every stage of the recipe (0: skip the ablation).")] = 409_600,
     seeds: Annotated[int, typer.Option(help="Seeds of the ablation (each stage is trained with every seed).")] = 3,
+    synth_records: Annotated[int, typer.Option(help="Instruction records to synthesise from the curated version "
+                                                    "with the trained GPT (0: skip).")] = 96,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Build the built-in demo corpus (real installed text + planted defects), curate it, and measure what each
@@ -211,9 +218,21 @@ def demo(
                         stage_prefix=name)
         final = result["waterfall"][-1]["stage"]
         run = next(r for r in result["runs"] if r["version"] == final and r["seed"] == 0)
+        checkpoint = Path(run["dir"]) / "checkpoint.pt"
         console.print(f"sample from the model trained on {final} (seed 0): "
-                      + sample(Path(run["dir"]) / "checkpoint.pt", "And God said", 40, temperature=0.8, top_k=40),
+                      + sample(checkpoint, "And God said", 40, temperature=0.8, top_k=40),
                       markup=False, highlight=False)
+    else:
+        checkpoint = None
+    if synth_records:
+        from curation.demo import write_synth_recipe
+        from flows.cli_synthesize import synthesize_command
+
+        synth_path = write_synth_recipe(corpus, name, checkpoint, evalset, synth_records)
+        who = "the GPT trained on it" if checkpoint else "the programmatic backend (no trained model)"
+        console.rule(f"{name}-instruct: instruction records grounded in {name}, written by {who}: "
+                     f"curate synthesize {synth_path.name}")
+        synthesize_command(synth_path, store, f"{name}-instruct", workers, verbose)
 
 
 @app.command()
@@ -254,6 +273,11 @@ def show(
     console.print(f"recipe hash {manifest['recipe_hash'][:12]}  fingerprint {manifest['fingerprint'][:12]}  "
                   f"accounting {'ok' if manifest['accounting']['ok'] else 'FAILED'}")
     console.print(_summary(manifest))
+    synthesis = manifest.get("synthesis")
+    if synthesis:
+        console.print(f"synthesised: {synthesis['attempts']:,} attempts by {synthesis['generator']} (method "
+                      f"{synthesis['method']}, schema {synthesis['schema']}, generation {synthesis['generation']}, "
+                      f"prompt templates {', '.join(synthesis['prompt_templates'])}); {manifest['rows']:,} accepted")
     sources = Table(title="by source", title_justify="left")
     for column in ("source", "records", "chars", "bytes"):
         sources.add_column(column, justify="left" if column == "source" else "right")

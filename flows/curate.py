@@ -35,8 +35,9 @@ def shard_task(recipe: Recipe, shard: str, drops: list[tuple[int, str]], store_u
 
 @flow(name="curate", log_prints=True)
 def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | None = None,
-                show_progress: bool = False) -> dict[str, Any]:
-    """Run `recipe` over its inputs and publish the result as version `name` of the store."""
+                show_progress: bool = False, manifest_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run `recipe` over its inputs and publish the result as version `name` of the store
+    (`manifest_extra`: entries a calling flow adds to, or puts in place of, the manifest's own)."""
     started = time.perf_counter()
     store = VersionStore(store_url)
     plan = pipeline.plan_ingest(recipe)  # bad inputs and name clashes fail here, before any work
@@ -84,6 +85,7 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
         planted = pipeline.planted_defects(recipe, store.url, staging.path)
         manifest = pipeline.build_manifest(recipe, plan, ingested, sum(len(d) for d in drops.values()), processed,
                                            parents or [], time.perf_counter() - started, planted, reports)
+        manifest.update(manifest_extra or {})
         path = store.publish(staging, manifest, extras=pipeline.version_extras(store.url, parents or []))
     except BaseException:
         store.abandon(staging)
@@ -134,6 +136,7 @@ def task_runner(workers: int | None) -> ProcessPoolTaskRunner | ThreadPoolTaskRu
 
 
 def run_curation(recipe: Recipe, store_url: str, name: str, parents: list[str] | None = None,
-                 workers: int | None = None, show_progress: bool = False) -> dict[str, Any]:
+                 workers: int | None = None, show_progress: bool = False,
+                 manifest_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return curate_flow.with_options(task_runner=task_runner(workers))(
-        recipe, store_url, name, parents=parents, show_progress=show_progress)
+        recipe, store_url, name, parents=parents, show_progress=show_progress, manifest_extra=manifest_extra)

@@ -195,3 +195,52 @@ def test_demo_publishes_raw_and_curated_versions_with_stats_diff_and_report(demo
     assert why.returncode == 0 and json.loads(why.stdout)["status"] == "removed"
     html = (store_path / "versions" / "demo" / "report.html").read_text()
     assert "Planted defects" in html and "data:image/png;base64," in html
+
+
+@pytest.mark.e2e
+def test_demo_synthesizes_schema_valid_instructions_with_its_own_gpt(demo_run):
+    from curation.synth.schemas import ALPACA
+
+    store_path, _, stdout = demo_run
+    store = VersionStore(store_path)
+    manifest = store.manifest("demo-instruct")
+    synthesis = manifest["synthesis"]
+    assert (synthesis["backend"], synthesis["method"], synthesis["attempts"]) == ("gpt", "grounded", 24)
+    assert synthesis["generation"] == 1  # the model was trained on human data (generation 0)
+    assert manifest["accounting"]["ok"] and manifest["rows"] + manifest["rejected_rows"] == 24
+    assert manifest["parents"] == ["demo"]
+    demo_ids = set(store.read_table("demo", columns=["id"]).column("id").to_pylist())
+    rows = store.read_table("demo-instruct").to_pylist()
+    assert rows, "the tiny GPT wrote no usable record"
+    for row in rows:
+        record = ALPACA.decode(row["record"])  # every published record is schema-valid
+        assert record["instruction"] == "Continue the passage." and record["output"].strip()
+        assert len(record["output"].split()) >= 3  # the recipe's response_words bound
+        assert (row["origin"], row["generation"]) == ("synthetic", 1) and row["generator"].startswith("gpt:")
+        assert row["parent_ids"][0] in demo_ids
+    reasons = store.read_table("demo-instruct", "rejects", columns=["step", "reason"]).to_pylist()
+    assert all(r["reason"].startswith("generate:") for r in reasons if r["step"] == "ingest")
+    files = {f["path"] for f in manifest["files"] if f["kind"] == "report"}
+    assert {"stats.json", "report.html"} <= files
+    assert "every attempt, accepted or rejected" in stdout
+
+
+@pytest.mark.e2e
+def test_the_gpt_backend_is_reproducible_and_honest_about_cuts(demo_run):
+    from curation.synth.backends import CompletionRequest
+    from curation.synth.gpt_backend import GPTCompletionBackend
+
+    store_path, _, _ = demo_run
+    checkpoint = next(store_path.glob("runs/*/*/checkpoint.pt"))
+    backend = GPTCompletionBackend(checkpoint)
+    request = CompletionRequest("And God said unto Moses", max_tokens=12, seed=7)
+    first, again = backend.complete([request, request])
+    assert first.text == again.text and first.finish_reason == "length"
+    assert first.usage["completion_tokens"] == 12
+    greedy = backend.complete([CompletionRequest("And God said", max_tokens=20, temperature=0.0)])[0]
+    assert len(greedy.text) > 8
+    stop = greedy.text[len(greedy.text) // 2:][:3]
+    cut = backend.complete([CompletionRequest("And God said", max_tokens=20, temperature=0.0, stop=(stop,))])[0]
+    assert cut.finish_reason == "stop" and stop not in cut.text and greedy.text.startswith(cut.text)
+    with pytest.raises(FileNotFoundError, match="no such GPT checkpoint"):
+        GPTCompletionBackend(store_path / "nope.pt")

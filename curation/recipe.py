@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from curation.guards import GuardConfig
 from curation.ingest import InputSpec
 from curation.steps import REGISTRY, Step
 from curation.synth.spec import (
@@ -103,6 +104,8 @@ class Recipe(BaseModel):
     on_unreadable: Literal["error", "quarantine"] = "error"
     # Planted-defect labels (JSONL: id, defect, file, line) to measure what each step catches.
     labels: str | None = None
+    # Model-collapse guards: thresholds, which are hard, the human reference (curation/guards.py).
+    guards: GuardConfig = Field(default_factory=GuardConfig)
     base_dir: str | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
@@ -137,7 +140,7 @@ class Recipe(BaseModel):
 
     def content_hash(self) -> str:
         """What the run does, not what it is called: inputs, steps and output settings."""
-        labels = {"name": True, "description": True, "steps": {"__all__": {"stage"}}}
+        labels = {"name": True, "description": True, "steps": {"__all__": {"stage"}}, "guards": True}
         body = self.model_dump(mode="json", exclude=labels, by_alias=True)
         # Options that are unset leave the hash as it was before they existed (stage versions stay reusable).
         if body.get("synthesize") is None:
@@ -226,6 +229,8 @@ def _model_at(loc: list[Any]) -> type[BaseModel]:
     """The model whose key `loc` names (for listing the valid keys)."""
     if loc and loc[0] == "inputs":
         return InputSpec
+    if loc and loc[0] == "guards":
+        return GuardConfig
     if loc and loc[0] == "synthesize":
         if len(loc) > 3 and loc[1] == "backend" and loc[2] in _BACKENDS:
             return _BACKENDS[loc[2]]

@@ -55,6 +55,7 @@ SECTION_TITLES = {
     "examples": "Removed documents",
     "planted": "Planted defects",
     "dedup": "Deduplication",
+    "guards": "Model-collapse guards",
     "stats": "Statistics",
 }
 DIFF_SECTION_TITLES = {
@@ -261,6 +262,8 @@ def version_report(manifest: dict, stats: dict | None, *, examples: dict | None 
     dedup = _dedup(manifest.get("step_reports") or {}, twin, plots)
     if dedup:
         sections.append(("dedup", SECTION_TITLES["dedup"], dedup))
+    if manifest.get("guards"):
+        sections.append(("guards", SECTION_TITLES["guards"], _guards(manifest, twin)))
     sections.append(("stats", SECTION_TITLES["stats"], _stats(stats, twin, plots)))
     twin["sections"] = [k for k, _, _ in sections]
     twin["plots"] = plots.names
@@ -397,6 +400,33 @@ def removed_examples(rejects: Any, per_reason: int = 3, chars: int = TEXT_CHARS)
             example["where"] = f"{row['source_file']}:{row.get('source_line') or '?'}"
         bucket.append(example)
     return out
+
+
+def _guards(manifest: dict, twin: dict) -> str:
+    report = manifest["guards"]
+    rows = []
+    for g in report.get("guards", []):
+        if g.get("passed") is None:
+            verdict = "not measured" if g.get("value") is None else "not applied"
+            cls = "muted"
+        elif g["passed"]:
+            verdict, cls = "pass", "ok"
+        else:
+            verdict, cls = ("FAIL (hard)", "failed") if g.get("hard") else ("warn", "failed")
+        threshold = f"{_e(g.get('op'))} {_num(g.get('threshold'))}" if g.get("threshold") is not None else ""
+        rows.append([_e(g["name"]), _num(g.get("value")), threshold, f'<span class="{cls}">{verdict}</span>',
+                     _e(g.get("detail", "")), f'<span class="muted">{_e(g.get("source", ""))}</span>'])
+    reference = (report.get("reference") or {}).get("name") or "none"
+    intro = (f"<p>{_e(report.get('mix', ''))} mix; human reference: {_e(reference)}; generations: "
+             + ", ".join(f"{_e(k)}: {_num(v)}" for k, v in (report.get("generation_histogram") or {}).items())
+             + "</p>")
+    override = manifest.get("guard_override")
+    if override:
+        intro += (f'<p class="failed">Published despite failing {_e(", ".join(override["overridden"]))}: '
+                  f'{_e(override["reason"])}</p>')
+    twin["guards"] = {"passed": report.get("passed"), "failures": report.get("failures"),
+                      "override": override}
+    return intro + _table(["guard", "value", "threshold", "verdict", "detail", "source"], rows, numeric=[1])
 
 
 def _planted(report: dict, twin: dict) -> str:

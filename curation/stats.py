@@ -408,10 +408,19 @@ def _mattr(ids: np.ndarray, window: int) -> float:
     return float(distinct.mean()) / window
 
 
-def near_dup_density(texts: Sequence[str], threshold: float = NEAR_DUP_THRESHOLD) -> float:
-    """Share of texts with a verified near duplicate (MinHash LSH candidate, exact Jaccard >= threshold)."""
+def near_dup_components(texts: Sequence[str], threshold: float = NEAR_DUP_THRESHOLD) -> np.ndarray:
+    """Component label per text: texts joined by a verified near-duplicate pair (MinHash LSH candidate,
+    exact shingle Jaccard >= threshold) share a label (union-find)."""
+    parent = np.arange(len(texts))
     if len(texts) < 2:
-        return 0.0
+        return parent
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
     hashes, offsets = D.shingles(texts)
     sigs = D.signatures(hashes, offsets)
     bands, rows = D.choose_bands(threshold, D.NUM_PERM)
@@ -423,13 +432,20 @@ def near_dup_density(texts: Sequence[str], threshold: float = NEAR_DUP_THRESHOLD
             sets[i] = D.shingle_set(hashes, offsets, i)
         return sets[i]
 
-    has_dup = np.zeros(len(texts), dtype=bool)
     for i, j in pairs.tolist():
-        if has_dup[i] and has_dup[j]:
-            continue
-        if D.jaccard(shingle_set(i), shingle_set(j)) >= threshold:
-            has_dup[i] = has_dup[j] = True
-    return float(has_dup.mean())
+        a, b = find(i), find(j)
+        if a != b and D.jaccard(shingle_set(i), shingle_set(j)) >= threshold:
+            parent[max(a, b)] = min(a, b)
+    return np.array([find(i) for i in range(len(texts))])
+
+
+def near_dup_density(texts: Sequence[str], threshold: float = NEAR_DUP_THRESHOLD) -> float:
+    """Share of texts with a verified near duplicate (in a component of two or more)."""
+    if len(texts) < 2:
+        return 0.0
+    labels = near_dup_components(texts, threshold)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return float((counts[inverse] > 1).mean())
 
 
 def lexical_stats(texts: Sequence[str], words_per_doc: int) -> dict[str, Any]:

@@ -33,6 +33,9 @@ def _mount_subcommands() -> None:
     from flows.cli_synthesize import synthesize_command
 
     app.command(name="synthesize")(synthesize_command)
+    from flows.cli_inspect import guards_command
+
+    app.command(name="guards")(guards_command)
 
     app.command(name="diff")(diff_command)
     app.command(name="why")(why_command)
@@ -53,6 +56,26 @@ def _summary(manifest: dict[str, Any]) -> Table:
         top = ", ".join(f"{k} {v:,}" for k, v in reasons[:4]) + (" …" if len(reasons) > 4 else "")
         table.add_row(step["name"], f"{step['in']:,}", f"{step['kept']:,}", f"{step['rejected']:,}", top)
     return table
+
+
+def print_guards(manifest: dict[str, Any]) -> None:
+    """The model-collapse guards: failures in full, the rest as one line."""
+    from flows.curate import guard_rows
+
+    report = manifest.get("guards")
+    if not report:
+        return
+    rows = guard_rows(report)
+    flagged = [r for r in rows if r["verdict"] not in ("pass", "not measured", "not applied")]
+    passed = ", ".join(f"{r['guard']} {r['value']}" for r in rows if r["verdict"] == "pass")
+    console.print(f"guards ({report['mix']} mix, reference {(report.get('reference') or {}).get('name') or 'none'}): "
+                  f"passed {passed or 'none'}")
+    for r in flagged:
+        colour = "red" if r["verdict"].startswith("FAIL") else "yellow"
+        console.print(f"  [{colour}]{r['verdict']}[/] {r['guard']} = {r['value']} ({r['threshold']}; {r['detail']})")
+    override = manifest.get("guard_override")
+    if override:
+        console.print(f"  [red]published despite[/] {', '.join(override['overridden'])}: {override['reason']}")
 
 
 def _planted_table(report: dict[str, Any]) -> Table:
@@ -103,8 +126,9 @@ def _dedup_reports(manifest: dict[str, Any]) -> None:
 
 
 def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], workers: int | None,
-         verbose: bool) -> dict[str, Any]:
+         verbose: bool, override_guards: str | None = None) -> dict[str, Any]:
     prefect_env(verbose)
+    from curation.guards import GuardError
     from curation.ingest import IngestError
     from curation.recipe import RecipeError, load_recipe
     from curation.store import StoreError, VersionStore
@@ -131,12 +155,14 @@ def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], wo
     from flows.curate import run_curation
 
     try:
-        manifest = run_curation(recipe, store, name, parents=parents, workers=workers, show_progress=True)
-    except (RecipeError, IngestError, StoreError) as exc:
+        manifest = run_curation(recipe, store, name, parents=parents, workers=workers, show_progress=True,
+                                override_guards=override_guards)
+    except (RecipeError, IngestError, StoreError, GuardError) as exc:
         fail(str(exc))
     console.print(_summary(manifest))
     if "planted_defects" in manifest:
         console.print(_planted_table(manifest["planted_defects"]))
+    print_guards(manifest)
     size = manifest["size"]
     console.print(f"[green]published[/] {manifest['name']}: {manifest['rows']:,} records, {size['chars']:,} chars, "
                   f"{manifest['rejected_rows']:,} rejects, in {manifest['run_seconds']:.1f} s, "
@@ -152,10 +178,12 @@ def run(
     name: Annotated[str | None, typer.Option(help="Version name (default: the recipe's name).")] = None,
     parent: Annotated[list[str] | None, typer.Option(help="Parent version(s) this one derives from.")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
+    override_guards: Annotated[str | None, typer.Option(help="Publish even if a hard model-collapse guard fails; "
+                                                             "the reason is recorded in the manifest.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
     """Run a recipe: ingest -> steps -> publish a new version."""
-    _run(recipe, store, name, parent or [], workers, verbose)
+    _run(recipe, store, name, parent or [], workers, verbose, override_guards)
 
 
 @app.command()
@@ -232,7 +260,7 @@ def demo(
         who = "the GPT trained on it" if checkpoint else "the programmatic backend (no trained model)"
         console.rule(f"{name}-instruct: instruction records grounded in {name}, written by {who}: "
                      f"curate synthesize {synth_path.name}")
-        synthesize_command(synth_path, store, f"{name}-instruct", workers, verbose)
+        synthesize_command(synth_path, store, f"{name}-instruct", workers=workers, verbose=verbose)
 
 
 @app.command()

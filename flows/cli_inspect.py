@@ -175,3 +175,40 @@ def why_command(
         _print_why(result)
     if result["status"] == "unknown":
         fail(result["message"])
+
+
+def guards_command(
+    version: Annotated[str, typer.Argument(help="Version to check.")],
+    store: StoreOption = DEFAULT_STORE,
+    reference: Annotated[str | None, typer.Option(help="Registered evaluation set used as the human reference "
+                                                       "(default: the first registered).")] = None,
+    reference_model: Annotated[Path | None, typer.Option(help="A GPT checkpoint.pt trained on human data, for the "
+                                                              "perplexity guard.")] = None,
+    parent: Annotated[str | None, typer.Option(help="Parent version (default: the version's first parent).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Model-collapse guards of a version, measured now (the version's own report is in `curate show --json`)."""
+    from curation.guards import GuardConfig, version_guards
+    from curation.store import StoreError, VersionStore
+    from flows.curate import guard_rows
+
+    target = VersionStore(store)
+    try:
+        config = GuardConfig(reference=reference, reference_model=str(reference_model) if reference_model else None)
+        report = version_guards(target, version, config, parent=parent)
+    except (StoreError, ValueError) as exc:
+        fail(str(exc))
+    if as_json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    table = Table(title=f"{version}: model-collapse guards ({report['mix']} mix, reference "
+                        f"{(report.get('reference') or {}).get('name') or 'none'})", title_justify="left")
+    for column in ("guard", "value", "threshold", "verdict", "detail"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for row in guard_rows(report):
+        style = "red" if row["verdict"].startswith("FAIL") else ("yellow" if row["verdict"] == "warn" else "")
+        table.add_row(row["guard"], _number(row["value"]), row["threshold"],
+                      f"[{style}]{row['verdict']}[/]" if style else row["verdict"], escape(row["detail"]))
+    console.print(table)
+    console.print("generations: " + ", ".join(f"{g}: {n:,}" for g, n in report["generation_histogram"].items()))

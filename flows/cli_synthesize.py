@@ -17,12 +17,15 @@ def synthesize_command(
     store: StoreOption = DEFAULT_STORE,
     name: Annotated[str | None, typer.Option(help="Version name (default: the recipe's name).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
+    override_guards: Annotated[str | None, typer.Option(help="Publish even if a hard model-collapse guard fails; "
+                                                             "the reason is recorded in the manifest.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> dict[str, Any]:
     """Generate schema-checked instruction records (Self-Instruct or document-grounded) with an OpenAI-compatible
     server, a local Hugging Face model, a GPT checkpoint of this project, or the programmatic baseline; every
     attempt ends as a record or a counted reject. Rerunning the same recipe resumes."""
     prefect_env(verbose)
+    from curation.guards import GuardError
     from curation.recipe import RecipeError, load_recipe
     from curation.store import StoreError
     from curation.synth.schemas import SchemaError
@@ -42,14 +45,17 @@ def synthesize_command(
     from flows.synthesize import rejects_by_reason, run_synthesis
 
     try:
-        manifest = run_synthesis(parsed, store, name, workers=workers, show_progress=True)
-    except (RecipeError, StoreError, SchemaError, ValueError, FileNotFoundError, ImportError) as exc:
+        manifest = run_synthesis(parsed, store, name, workers=workers, show_progress=True,
+                                 override_guards=override_guards)
+    except (RecipeError, StoreError, SchemaError, GuardError, ValueError, FileNotFoundError, ImportError) as exc:
         fail(str(exc))
     print_outcome(manifest, rejects_by_reason(manifest))
     return manifest
 
 
 def print_outcome(manifest: dict[str, Any], rejects: list[dict[str, Any]]) -> None:
+    from flows.cli import print_guards
+
     synthesis = manifest["synthesis"]
     table = Table(title=f"{manifest['name']}: every attempt, accepted or rejected", title_justify="left")
     for column in ("step", "reason", "records"):
@@ -59,6 +65,7 @@ def print_outcome(manifest: dict[str, Any], rejects: list[dict[str, Any]]) -> No
         table.add_row(row["step"], row["reason"], f"{row['records']:,}")
     table.add_row("[bold]total[/]", "", f"{synthesis['attempts']:,}")
     console.print(table)
+    print_guards(manifest)
     console.print(f"[green]published[/] {manifest['name']}: {manifest['rows']:,} of {synthesis['attempts']:,} attempts "
                   f"accepted (generator {synthesis['generator']}, generation {synthesis['generation']}); "
                   f"{synthesis['batches_resumed']} of {synthesis['batches']} batches and "

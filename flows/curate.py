@@ -17,6 +17,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from curation import pipeline
+from curation.guards import gate, staged_guards
 from curation.recipe import Recipe
 from curation.store import VersionStore
 from flows.progress import RunProgress
@@ -35,9 +36,11 @@ def shard_task(recipe: Recipe, shard: str, drops: list[tuple[int, str]], store_u
 
 @flow(name="curate", log_prints=True)
 def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | None = None,
-                show_progress: bool = False, manifest_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                show_progress: bool = False, manifest_extra: dict[str, Any] | None = None,
+                override_guards: str | None = None, synthesis: bool = False) -> dict[str, Any]:
     """Run `recipe` over its inputs and publish the result as version `name` of the store
-    (`manifest_extra`: entries a calling flow adds to, or puts in place of, the manifest's own)."""
+    (`manifest_extra`: entries a calling flow adds to, or puts in place of, the manifest's own). A version
+    that fails a hard model-collapse guard is not published unless `override_guards` gives a reason."""
     started = time.perf_counter()
     store = VersionStore(store_url)
     plan = pipeline.plan_ingest(recipe)  # bad inputs and name clashes fail here, before any work
@@ -86,6 +89,11 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
         manifest = pipeline.build_manifest(recipe, plan, ingested, sum(len(d) for d in drops.values()), processed,
                                            parents or [], time.perf_counter() - started, planted, reports)
         manifest.update(manifest_extra or {})
+        manifest["guards"] = staged_guards(store, staging.path, recipe.guards, recipe=recipe, parents=parents,
+                                           synthesis=synthesis)
+        override = gate(manifest["guards"], name, override_guards)
+        if override:
+            manifest["guard_override"] = override
         path = store.publish(staging, manifest, extras=pipeline.version_extras(store.url, parents or []))
     except BaseException:
         store.abandon(staging)
@@ -127,6 +135,22 @@ def publish_artifacts(manifest: dict[str, Any]) -> None:
                      f"{(clean['false_positive_rate'] or 0):.1%} |")
     create_markdown_artifact("\n".join(lines), key=artifact_key(f"{manifest['name']}-summary"),
                              description=f"Summary of version {manifest['name']}")
+    guards = manifest.get("guards")
+    if guards:
+        create_table_artifact(guard_rows(guards), key=artifact_key(f"{manifest['name']}-guards"),
+                              description=f"Model-collapse guards of version {manifest['name']}")
+
+
+def guard_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per guard: value, threshold, verdict (for artifacts and tables)."""
+    def verdict(g: dict[str, Any]) -> str:
+        if g["passed"] is None:
+            return "not measured" if g["value"] is None else "not applied"
+        return "pass" if g["passed"] else ("FAIL (hard)" if g["hard"] else "warn")
+
+    return [{"guard": g["name"], "value": g["value"], "threshold": f"{g['op']} {g['threshold']}"
+             if g["threshold"] is not None else "", "verdict": verdict(g), "detail": g["detail"]}
+            for g in report["guards"]]
 
 
 def task_runner(workers: int | None) -> ProcessPoolTaskRunner | ThreadPoolTaskRunner:
@@ -137,6 +161,7 @@ def task_runner(workers: int | None) -> ProcessPoolTaskRunner | ThreadPoolTaskRu
 
 def run_curation(recipe: Recipe, store_url: str, name: str, parents: list[str] | None = None,
                  workers: int | None = None, show_progress: bool = False,
-                 manifest_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                 manifest_extra: dict[str, Any] | None = None, override_guards: str | None = None) -> dict[str, Any]:
     return curate_flow.with_options(task_runner=task_runner(workers))(
-        recipe, store_url, name, parents=parents, show_progress=show_progress, manifest_extra=manifest_extra)
+        recipe, store_url, name, parents=parents, show_progress=show_progress, manifest_extra=manifest_extra,
+        override_guards=override_guards)

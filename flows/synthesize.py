@@ -75,7 +75,7 @@ def _generation(spec: SynthSpec, store: VersionStore) -> int:
 
 @flow(name="synthesize", log_prints=True)
 def synthesize_flow(recipe: Recipe, store_url: str, name: str, workers: int | None = None,
-                    show_progress: bool = False) -> dict[str, Any]:
+                    show_progress: bool = False, override_guards: str | None = None) -> dict[str, Any]:
     """Generate `recipe.synthesize.records` attempts and publish the curated result as version `name`."""
     started = time.perf_counter()
     spec = recipe.synthesize
@@ -150,7 +150,7 @@ def synthesize_flow(recipe: Recipe, store_url: str, name: str, workers: int | No
                         reject_field=G.REJECT_COLUMN, origin="synthetic", generation=generation,
                         generator=G.generator_name(spec))]
     curation = Recipe(name=name, inputs=inputs, steps=list(recipe.steps), shard_size_mb=recipe.shard_size_mb,
-                      base_dir=recipe.base_dir)
+                      guards=recipe.guards, base_dir=recipe.base_dir)
     parents = [spec.source] if spec.method == "grounded" else []
     extra = {"recipe": recipe.model_dump(mode="json", by_alias=True), "recipe_hash": recipe.content_hash(),
              "synthesis": summary}
@@ -158,7 +158,8 @@ def synthesize_flow(recipe: Recipe, store_url: str, name: str, workers: int | No
     # records in this process.
     curation_workers = 1 if summary["attempts"] < SMALL_RUN else workers
     manifest = curate_flow.with_options(task_runner=curation_runner(curation_workers))(
-        curation, store.url, name, parents=parents, show_progress=show_progress, manifest_extra=extra)
+        curation, store.url, name, parents=parents, show_progress=show_progress, manifest_extra=extra,
+        override_guards=override_guards, synthesis=True)
     publish_synthesis_artifact(manifest)
     return manifest
 
@@ -185,7 +186,7 @@ def publish_synthesis_artifact(manifest: dict[str, Any]) -> None:
 
 
 def run_synthesis(recipe: Recipe, store_url: str, name: str, workers: int | None = None,
-                  show_progress: bool = False) -> dict[str, Any]:
+                  show_progress: bool = False, override_guards: str | None = None) -> dict[str, Any]:
     spec = recipe.synthesize
     assert spec is not None
     # An HTTP backend runs one batch at a time, its own `concurrency` requests in flight (so that bound holds);
@@ -194,4 +195,5 @@ def run_synthesis(recipe: Recipe, store_url: str, name: str, workers: int | None
         ThreadPoolTaskRunner(max_workers=1) if (workers or os.cpu_count() or 1) == 1
         else ProcessPoolTaskRunner(max_workers=workers or os.cpu_count() or 1))
     return synthesize_flow.with_options(task_runner=runner)(recipe, store_url, name, workers=workers,
-                                                            show_progress=show_progress)
+                                                            show_progress=show_progress,
+                                                            override_guards=override_guards)

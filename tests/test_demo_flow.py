@@ -244,3 +244,29 @@ def test_the_gpt_backend_is_reproducible_and_honest_about_cuts(demo_run):
     assert cut.finish_reason == "stop" and stop not in cut.text and greedy.text.startswith(cut.text)
     with pytest.raises(FileNotFoundError, match="no such GPT checkpoint"):
         GPTCompletionBackend(store_path / "nope.pt")
+
+
+@pytest.mark.e2e
+def test_every_demo_version_carries_guards_and_the_perplexity_guard_flags_degenerate_text(demo_run):
+    import pyarrow as pa
+
+    from curation.guards import GuardConfig, version_guards
+
+    store_path, _, stdout = demo_run
+    store = VersionStore(store_path)
+    for name in ("demo-raw", "demo", "demo-instruct"):
+        report = store.manifest(name)["guards"]
+        assert report["passed"] and report["reference"]["name"].startswith("demo-heldout")
+    assert store.manifest("demo-instruct")["guards"]["mix"] == "instruction"
+    assert "guards (pretraining mix" in stdout
+    checkpoint = str(next(store_path.glob("runs/*/*/checkpoint.pt")))
+    n = 40
+    store.publish_table("degenerate", pa.table({
+        "id": [f"x{i}" for i in range(n)], "text": ["And the LORD said unto Moses, " * 40] * n, "source": ["gen"] * n,
+        "origin": ["synthetic"] * n, "generation": pa.array([1] * n, pa.int32()), "generator": ["loop"] * n}))
+    config = GuardConfig(reference_model=checkpoint)
+    degenerate = {g["name"]: g for g in version_guards(store, "degenerate", config)["guards"]}
+    assert degenerate["perplexity_spread"]["passed"] is False  # far below the human reference's range
+    assert degenerate["near_dup_cliff"]["passed"] is False and degenerate["distinct_2"]["passed"] is False
+    human = {g["name"]: g for g in version_guards(store, "demo-raw", config)["guards"]}
+    assert human["perplexity_spread"]["value"] < degenerate["perplexity_spread"]["value"]

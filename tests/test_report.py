@@ -26,6 +26,18 @@ def _step(name, n_in, reasons=None, counters=None):
             "rejected_by_reason": reasons, "counters": counters or {}}
 
 
+def _guard_report() -> dict:
+    """A real guard report of a small half-synthetic mix (no reference set)."""
+    import pyarrow as pa
+
+    from curation.guards import GuardConfig, compute_guards
+
+    table = pa.table({"id": ["a", "b", "c"], "text": ["human words here", "more human words", "model words"],
+                      "source": ["web", "web", "synth"], "origin": ["human", "human", "synthetic"],
+                      "generation": pa.array([0, 0, 2], pa.int32())})
+    return compute_guards([table], GuardConfig(max_synthetic_fraction=0.2))
+
+
 def make_manifest() -> dict:
     steps = [_step("ingest", 2178, {"malformed_json": 5, "duplicate_id": 3, "empty_text": 3, "invalid_utf8": 3,
                                     "missing_field": 3, "non_string_text": 3, "nul_byte": 3})]
@@ -55,6 +67,8 @@ def make_manifest() -> dict:
                  "by_source": {"kjv": {"rows": 644, "chars": 1876720, "bytes": 1876720}}},
         "accounting": {"ok": True, "failures": [], "records_in": 2178, "records_kept": kept,
                        "records_rejected": rejected},
+        "guards": _guard_report(),
+        "guard_override": {"reason": "known <synthetic> mix", "overridden": ["synthetic_fraction"]},
         "planted_defects": {
             "labels": "labels.jsonl",
             "classes": {
@@ -158,6 +172,8 @@ def test_version_report_sections_plots_escaping_and_twin():
         assert f"{step['kept']:,}" in page
     assert "accounting" in page and ">ok<" in page and "2,178 in" in page
     assert twin["planted_defects"]["classes"]["near_dup"]["recall"] == 0.72 and "72%" in page
+    assert twin["guards"]["failures"] == ["synthetic_fraction", "lineage_depth"]
+    assert "FAIL (hard)" in page and "known &lt;synthetic&gt; mix" in page and "generation 2: 1" in page
     assert twin["planted_defects"]["clean"]["false_positive_rate"] == pytest.approx(0.25688, abs=1e-5)
     assert "25.7% FP" in page
     assert twin["dedup"]["minhash_dedup"]["duplicate_rate"] == pytest.approx(147 / 1271)

@@ -1,0 +1,101 @@
+"""Model-collapse guards on crafted data with known verdicts, and the gate in the curation flow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import write_jsonl
+
+from curation.evalsets import register_evalset
+from curation.guards import GuardConfig, GuardError, compute_guards, version_guards
+from curation.recipe import parse_recipe
+from curation.store import VersionStore
+
+VOCAB = [f"w{i}" for i in range(4000)]
+
+
+def zipf_docs(n: int, seed: int, words: int = 150, top: int | None = None) -> list[str]:
+    """Documents whose words follow Zipf's law over VOCAB (human-like frequencies); `top` keeps only the
+    most frequent words (a model that has lost the tail)."""
+    rng = np.random.default_rng(seed)
+    size = top or len(VOCAB)
+    p = 1.0 / np.arange(1, size + 1)
+    p /= p.sum()
+    return [" ".join(VOCAB[i] for i in rng.choice(size, words, p=p)) + "." for _ in range(n)]
+
+
+def table(texts: list[str], origin: str = "human", generation: int = 0, source: str = "web",
+          prefix: str = "d") -> pa.Table:
+    n = len(texts)
+    return pa.table({"id": [f"{prefix}{i}" for i in range(n)], "text": texts, "source": [source] * n,
+                     "origin": [origin] * n, "generation": pa.array([generation] * n, pa.int32())})
+
+
+def verdicts(report: dict) -> dict[str, bool | None]:
+    return {g["name"]: g["passed"] for g in report["guards"]}
+
+
+def test_provenance_guards():
+    human, synthetic = table(["one two three four"] * 4), table(["five six"] * 10, "synthetic", 1, "gen", "s")
+    report = compute_guards([human, synthetic], GuardConfig())
+    fraction = next(g for g in report["guards"] if g["name"] == "synthetic_fraction")
+    assert fraction["value"] == pytest.approx(20 / 36, abs=1e-4) and fraction["passed"] is False
+    assert report["synthetic_by_source"]["gen"]["synthetic_fraction"] == 1.0
+    assert report["hard_failures"] == ["synthetic_fraction"] and not report["passed"]
+    # An instruction set is synthetic by design: reported, not capped.
+    assert verdicts(compute_guards([human, synthetic], GuardConfig(mix="instruction")))["synthetic_fraction"] is None
+    deep = compute_guards([human, table(["x y"], "synthetic", 2, prefix="z")], GuardConfig())
+    assert verdicts(deep)["lineage_depth"] is False and deep["generation_histogram"] == {"0": 4, "2": 1}
+    # Accumulate, do not replace: the parent's human records must be present or removed with a reason.
+    parent_ids = {"d0", "d1", "d2", "d3", "gone"}
+    kept = compute_guards([human], GuardConfig(), parent="p", parent_human_ids=parent_ids)
+    assert verdicts(kept)["parent_human_kept"] is False  # "gone" vanished without a reason
+    excused = compute_guards([human], GuardConfig(), parent="p", parent_human_ids=parent_ids, excused_ids={"gone"})
+    assert verdicts(excused)["parent_human_kept"] is True
+    replaced = compute_guards([synthetic], GuardConfig(), parent="p", parent_human_ids=parent_ids)
+    assert next(g for g in replaced["guards"] if g["name"] == "parent_human_kept")["value"] == 0.0
+
+
+def test_distribution_guards_pass_human_text_and_fail_a_collapsed_or_repetitive_one():
+    reference = zipf_docs(400, seed=0)
+    config = GuardConfig(sample_words=20_000)
+
+    def check(texts: list[str]) -> dict[str, bool | None]:
+        return verdicts(compute_guards([table(texts)], config, reference_name="ref", reference_texts=reference))
+
+    human = check(zipf_docs(200, seed=1))
+    assert all(human[n] for n in ("unigram_js", "bigram_js", "tail_coverage", "tail_mass", "distinct_2",
+                                  "near_dup_cliff")), human
+    assert human["perplexity_spread"] is None  # no reference model: not measured
+    collapsed = check(zipf_docs(200, seed=2, top=25))  # only the 25 most frequent words are left
+    assert collapsed["tail_mass"] is False and collapsed["tail_coverage"] is False
+    assert collapsed["unigram_js"] is False and collapsed["distinct_2"] is False
+    rng = np.random.default_rng(3)
+    base = zipf_docs(5, seed=4)
+    flood = [" ".join(w if rng.random() > 0.05 else "edit" for w in base[i % 5].split()) for i in range(200)]
+    assert check(flood)["near_dup_cliff"] is False  # paraphrases of five documents
+
+
+@pytest.mark.e2e
+def test_the_gate_refuses_a_failing_version_and_an_override_is_recorded(tmp_path, prefect_harness):
+    from flows.curate import run_curation
+
+    store = VersionStore(tmp_path / "store")
+    rows = [{"id": f"h{i}", "text": text} for i, text in enumerate(zipf_docs(20, seed=5))]
+    rows += [{"id": f"s{i}", "text": text, "origin": "synthetic", "generation": 1, "generator": "m"}
+             for i, text in enumerate(zipf_docs(40, seed=6))]
+    write_jsonl(tmp_path / "mix.jsonl", rows)
+    register_evalset(store, "ref", [str(write_jsonl(tmp_path / "ref.jsonl", [{"text": t} for t in zipf_docs(60, 7)]))])
+    recipe = parse_recipe({"inputs": [{"path": str(tmp_path / "mix.jsonl")}], "steps": []})
+    with pytest.raises(GuardError, match=r"synthetic_fraction = 0\.6\d* \(threshold <= 0\.5"):
+        run_curation(recipe, store.url, "mix", workers=1)
+    assert not store.exists("mix") and not list((tmp_path / "store" / ".staging").glob("mix.*"))
+    manifest = run_curation(recipe, store.url, "mix", workers=1, override_guards="a measured 2:1 mix")
+    assert manifest["guard_override"] == {"reason": "a measured 2:1 mix", "overridden": ["synthetic_fraction"]}
+    assert manifest["guards"]["reference"]["name"] == "ref"
+    # A recipe may allow more, with the same data.
+    looser = parse_recipe({"inputs": [{"path": str(tmp_path / "mix.jsonl")}],
+                           "guards": {"max_synthetic_fraction": 0.7}})
+    assert run_curation(looser, store.url, "mix-ok", workers=1)["guards"]["passed"]
+    assert version_guards(store, "mix-ok", GuardConfig())["hard_failures"] == ["synthetic_fraction"]

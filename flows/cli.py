@@ -36,6 +36,9 @@ def _mount_subcommands() -> None:
     from flows.cli_inspect import guards_command
 
     app.command(name="guards")(guards_command)
+    from flows.cli_collapse import collapse_command
+
+    app.command(name="collapse-sim")(collapse_command)
 
     app.command(name="diff")(diff_command)
     app.command(name="why")(why_command)

@@ -11,7 +11,9 @@ Provenance guards (read from the records' `origin` / `generation` columns):
   sets are synthetic by design: the share is reported, not capped.
 - parent_human_kept: share of the parent version's human records that are still present, or were removed
   by a named step of this run (a reject with its reason): accumulate, do not replace. >= 0.99 (our choice:
-  a few ids may be re-keyed). Not applied to instruction sets, whose parent is the grounding corpus.
+  a few ids may be re-keyed). Applied to versions that hold synthetic records (an all-human version, such as
+  an incremental batch of new documents, replaces nothing with generated text), and not to instruction
+  sets, whose parent is the grounding corpus.
 - lineage_depth: the histogram of `generation`; by default no record deeper than generation 1 (data made
   by a model trained on human data) enters training data (our choice, after Shumailov et al.).
 
@@ -278,9 +280,11 @@ def compute_guards(batches: Iterable[pa.Table], config: GuardConfig, *, synthesi
                  "removed by a named step"
     else:
         detail = "no parent with human records"
+    if synthetic_words == 0:
+        detail += "; not applied: no synthetic records replace them (an incremental or filtered human version)"
     guards.append(_guard("parent_human_kept", kept, config.min_parent_human_kept, ">=", config,
                          "accumulate, do not replace (Gerstgrasser et al. 2024); 0.99 our choice", detail,
-                         applies=mix == "pretraining"))
+                         applies=mix == "pretraining" and synthetic_words > 0))
     deepest = max(generations) if generations else 0
     guards.append(_guard("lineage_depth", deepest, config.max_generation, "<=", config,
                          "no data from models trained on generated data (after Shumailov et al. 2024); our choice",

@@ -250,7 +250,7 @@ def test_the_gpt_backend_is_reproducible_and_honest_about_cuts(demo_run):
 def test_every_demo_version_carries_guards_and_the_perplexity_guard_flags_degenerate_text(demo_run):
     import pyarrow as pa
 
-    from curation.guards import GuardConfig, version_guards
+    from curation.guards import GuardConfig
 
     store_path, _, stdout = demo_run
     store = VersionStore(store_path)
@@ -261,12 +261,21 @@ def test_every_demo_version_carries_guards_and_the_perplexity_guard_flags_degene
     assert "guards (pretraining mix" in stdout
     checkpoint = str(next(store_path.glob("runs/*/*/checkpoint.pt")))
     n = 40
-    store.publish_table("degenerate", pa.table({
-        "id": [f"x{i}" for i in range(n)], "text": ["And the LORD said unto Moses, " * 40] * n, "source": ["gen"] * n,
-        "origin": ["synthetic"] * n, "generation": pa.array([1] * n, pa.int32()), "generator": ["loop"] * n}))
+    loop = pa.table({"id": [f"x{i}" for i in range(n)], "text": ["And the LORD said unto Moses, " * 40] * n,
+                     "source": ["gen"] * n, "origin": ["synthetic"] * n, "generation": pa.array([1] * n, pa.int32())})
+    # The scale-0.1 demo's held-out set is too small for the perplexity guard's reference half: the raw
+    # version's text is the human reference here.
+    from curation.guards import GUARD_COLUMNS, compute_guards
+
+    reference = store.read_table("demo-raw", columns=["text"]).column("text").to_pylist()[:400]
     config = GuardConfig(reference_model=checkpoint)
-    degenerate = {g["name"]: g for g in version_guards(store, "degenerate", config)["guards"]}
+
+    def guards(batches) -> dict:
+        report = compute_guards(batches, config, reference_name="demo-raw", reference_texts=reference)
+        return {g["name"]: g for g in report["guards"]}
+
+    degenerate = guards([loop])
     assert degenerate["perplexity_spread"]["passed"] is False  # far below the human reference's range
     assert degenerate["near_dup_cliff"]["passed"] is False and degenerate["distinct_2"]["passed"] is False
-    human = {g["name"]: g for g in version_guards(store, "demo-raw", config)["guards"]}
+    human = guards(store.iter_batches("demo", GUARD_COLUMNS))
     assert human["perplexity_spread"]["value"] < degenerate["perplexity_spread"]["value"]

@@ -49,10 +49,16 @@ def test_provenance_guards():
     assert verdicts(deep)["lineage_depth"] is False and deep["generation_histogram"] == {"0": 4, "2": 1}
     # Accumulate, do not replace: the parent's human records must be present or removed with a reason.
     parent_ids = {"d0", "d1", "d2", "d3", "gone"}
-    kept = compute_guards([human], GuardConfig(), parent="p", parent_human_ids=parent_ids)
+    few = table(["x y"], "synthetic", 1, prefix="z")
+    kept = compute_guards([human, few], GuardConfig(max_synthetic_fraction=None), parent="p",
+                          parent_human_ids=parent_ids)
     assert verdicts(kept)["parent_human_kept"] is False  # "gone" vanished without a reason
-    excused = compute_guards([human], GuardConfig(), parent="p", parent_human_ids=parent_ids, excused_ids={"gone"})
+    excused = compute_guards([human, few], GuardConfig(), parent="p", parent_human_ids=parent_ids,
+                             excused_ids={"gone"})
     assert verdicts(excused)["parent_human_kept"] is True
+    # An all-human version (new documents only, say) replaces nothing with generated text: not applied.
+    assert verdicts(compute_guards([human], GuardConfig(), parent="p", parent_human_ids=parent_ids))[
+        "parent_human_kept"] is None
     replaced = compute_guards([synthetic], GuardConfig(), parent="p", parent_human_ids=parent_ids)
     assert next(g for g in replaced["guards"] if g["name"] == "parent_human_kept")["value"] == 0.0
 

@@ -156,7 +156,10 @@ def test_fasttext_backend_with_a_trained_model(tiny_lid: str):
     scores = out.kept.column("lang_score").to_pylist() + out.rejected.column("lang_score").to_pylist()
     assert 0.65 <= scores[0] <= 1.0 and 0.5 < scores[1] <= 1.0 and scores[2] == 0.0
     strict = LanguageFilter(backend="fasttext", model_path=tiny_lid, min_score=1.0).apply(batch(texts[:1]))
-    assert strict.rejected.column("reason")[0].as_py().startswith("language_filter:lang_score=")
+    if strict.rejected.num_rows:  # fastText can score a clear case exactly 1.0, which meets min_score 1.0
+        assert strict.rejected.column("reason")[0].as_py().startswith("language_filter:lang_score=")
+    else:
+        assert strict.kept.column("lang_score")[0].as_py() >= 1.0
     with pytest.raises(ValueError, match=r"fasttext model has no language\(s\) \['de'\]"):
         LanguageFilter(backend="fasttext", model_path=tiny_lid, languages=["de"]).apply(batch(texts))
 

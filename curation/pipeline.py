@@ -11,8 +11,10 @@ Every function takes and returns plain, picklable values, so it can run in anoth
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -58,6 +60,7 @@ class IngestResult:
     records: int
     rejected_by_reason: dict[str, int]
     bytes_read: int
+    resumed: bool = False  # read back from an interrupted run's finished work
 
 
 @dataclass
@@ -68,6 +71,7 @@ class ShardResult:
     duplicate_id_rejects: int = 0
     output: str | None = None  # intermediate shard for the next round, None when data was written
     collected: Any = None  # summary for the global step that the next round starts with
+    resumed: bool = False  # read back from an interrupted run's finished work
 
 
 def rounds(recipe: Recipe) -> list[tuple[int, int]]:
@@ -90,8 +94,18 @@ class Plan:
         return sum(u.nbytes for u in self.units)
 
 
-def plan_ingest(recipe: Recipe) -> Plan:
-    """Resolve every input and open every file once, so that bad sources fail before any work."""
+def file_identity(file: str) -> tuple[int, int] | None:
+    """(size, modification time in ns): how a later incremental run tells a file it has already seen."""
+    try:
+        stat = os.stat(file)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def plan_ingest(recipe: Recipe, seen: dict[str, list[int]] | None = None) -> Plan:
+    """Resolve every input and open every file once, so that bad sources fail before any work.
+    `seen` (path -> [size, mtime_ns]): files an earlier run ingested, skipped unless they changed."""
     units: list[IngestUnit] = []
     quarantined: list[tuple[str, str]] = []
     target = int(recipe.shard_size_mb * 1e6)
@@ -100,6 +114,8 @@ def plan_ingest(recipe: Recipe) -> Plan:
         group: list[str] = []
         group_bytes = 0
         for file in files:
+            if seen and file in seen and list(file_identity(file) or ()) == list(seen[file]):
+                continue
             try:
                 preflight(spec, file)
             except IngestError as exc:
@@ -117,6 +133,45 @@ def plan_ingest(recipe: Recipe) -> Plan:
         if group:
             units.append(IngestUnit(len(units), index, tuple(group), group_bytes))
     return Plan(units, quarantined)
+
+
+def run_key(recipe: Recipe, plan: Plan, parents: list[str], extra: str = "") -> str:
+    """What makes two runs the same run: the recipe's content, its input files as found (path, size,
+    modification time), the parents. A rerun with the same key resumes the first one's finished tasks."""
+    files = []
+    for unit in plan.units:
+        for file in unit.files:
+            stat = os.stat(file) if os.path.exists(file) else None
+            files.append((file, stat.st_size if stat else None, stat.st_mtime_ns if stat else None))
+    blob = json.dumps({"recipe": recipe.content_hash(), "files": files, "quarantined": plan.quarantined,
+                       "parents": list(parents), "extra": extra}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _done_path(staging: str, key: str) -> str:
+    return f"{staging}/work/done/{key}.pkl"
+
+
+def finished(fs: fsspec.AbstractFileSystem, staging: str, key: str) -> Any | None:
+    """A task's result, persisted by an earlier attempt of this run once all its files were written."""
+    path = _done_path(staging, key)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as handle:
+        result = pickle.load(handle)
+    result.resumed = True
+    return result
+
+
+def mark_finished(fs: fsspec.AbstractFileSystem, staging: str, key: str, result: Any) -> Any:
+    """Persist a task's result after its files (write then rename: a half-written marker never counts)."""
+    path = _done_path(staging, key)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "wb") as handle:
+        pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    fs.mv(tmp, path)
+    return result
 
 
 def quarantine_table(quarantined: list[tuple[str, str]]) -> pa.Table:
@@ -172,6 +227,9 @@ class _RollingWriter:
 
 def ingest_unit(recipe: Recipe, unit: IngestUnit, store_url: str, staging: str) -> IngestResult:
     fs, _ = fsspec.core.url_to_fs(store_url)
+    done = finished(fs, staging, f"ingest-{unit.unit:05d}")
+    if done is not None:
+        return done
     spec: InputSpec = recipe.inputs[unit.input_index]
     target = int(recipe.shard_size_mb * 1e6)
     shards = _RollingWriter(fs, f"{staging}/work/raw-{unit.unit:05d}-{{:05d}}.parquet", target)
@@ -189,11 +247,13 @@ def ingest_unit(recipe: Recipe, unit: IngestUnit, store_url: str, staging: str) 
                 rejects.add(chunk.rejects)
     shards.flush()
     rejects.flush()
-    return IngestResult(unit.unit, shards.paths, lines, records, dict(reasons), unit.nbytes)
+    return mark_finished(fs, staging, f"ingest-{unit.unit:05d}",
+                         IngestResult(unit.unit, shards.paths, lines, records, dict(reasons), unit.nbytes))
 
 
-def duplicate_ids(store_url: str, shards: list[str]) -> dict[str, list[tuple[int, str]]]:
-    """Rows whose id was already used earlier in the run: {shard: [(row, reason), ...]}.
+def duplicate_ids(store_url: str, shards: list[str], carried: str | None = None) -> dict[str, list[tuple[int, str]]]:
+    """Rows whose id was already used earlier in the run, or by the version the run carries over:
+    {shard: [(row, reason), ...]}.
 
     The first occurrence (in input order) keeps the id; later ones are ingest rejects that say
     where the id was first seen. Reads only the id and provenance columns.
@@ -208,20 +268,57 @@ def duplicate_ids(store_url: str, shards: list[str]) -> dict[str, list[tuple[int
         return {}
     table = pa.concat_tables(tables)
     table = table.append_column("pos", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    out: dict[str, list[tuple[int, str]]] = {}
+    taken = np.zeros(table.num_rows, bool)
+    if carried:
+        from curation.store import VersionStore
+
+        existing = VersionStore(store_url).read_table(carried, columns=["id"]).column("id")
+        taken = pc.is_in(table.column("id"), value_set=existing.combine_chunks()).to_numpy(zero_copy_only=False)
+        for index in np.flatnonzero(taken):
+            out.setdefault(shards[table.column("shard")[int(index)].as_py()], []).append(
+                (table.column("row")[int(index)].as_py(), f"duplicate_id={table.column('id')[int(index)].as_py()} "
+                                                          f"already in version {carried}"))
+        table = table.filter(pa.array(~taken))
     first = table.group_by("id").aggregate([("pos", "min"), ("pos", "count")])
     first = first.filter(pc.greater(first.column("pos_count"), 1))
-    if first.num_rows == 0:
-        return {}
-    dups = table.join(first, "id").filter(pc.not_equal(pc.field("pos"), pc.field("pos_min")))
-    out: dict[str, list[tuple[int, str]]] = {}
-    files = table.column("_source_file")
-    lines = table.column("_source_line")
-    for row in dups.select(["id", "shard", "row", "pos_min"]).to_pylist():
-        where = f"{files[row['pos_min']].as_py()}:{lines[row['pos_min']].as_py()}"
-        out.setdefault(shards[row["shard"]], []).append((row["row"], f"duplicate_id={row['id']} first at {where}"))
+    if first.num_rows:
+        dups = table.join(first, "id").filter(pc.not_equal(pc.field("pos"), pc.field("pos_min")))
+        positions = table.column("pos").to_numpy()
+        files = table.column("_source_file")
+        lines = table.column("_source_line")
+        for row in dups.select(["id", "shard", "row", "pos_min"]).to_pylist():
+            at = int(np.searchsorted(positions, row["pos_min"]))
+            where = f"{files[at].as_py()}:{lines[at].as_py()}"
+            out.setdefault(shards[row["shard"]], []).append((row["row"], f"duplicate_id={row['id']} first at {where}"))
     for rows in out.values():
         rows.sort()
     return out
+
+
+def carry_over(store_url: str, staging: str, version: str) -> dict[str, Any]:
+    """Put an earlier version's data files into the staged version unchanged (hard links on a local disk:
+    published files are immutable), ahead of the run's own parts: an incremental version holds everything
+    its parent held plus what the run added."""
+    from curation.store import VersionStore
+
+    store = VersionStore(store_url)
+    files = store.manifest(version)["files"]
+    data = [f for f in files if f["kind"] == "data"]
+    for index, entry in enumerate(data):
+        source = f"{store.version_path(version)}/{entry['path']}"
+        target = f"{staging}/data/carried-{index:05d}.parquet"
+        if store.fs.exists(target):
+            continue
+        if store.local:
+            try:
+                os.link(source, f"{target}.tmp")
+            except OSError:  # another filesystem, or no hard links: copy
+                store.fs.copy(source, f"{target}.tmp")
+        else:
+            store.fs.copy(source, f"{target}.tmp")
+        store.fs.mv(f"{target}.tmp", target)
+    return {"version": version, "rows": sum(f["rows"] for f in data), "files": len(data)}
 
 
 def _counts(n_in: int, kept: int, reasons: Iterable[str], counters: dict[str, int] | None = None) -> dict[str, Any]:
@@ -239,6 +336,10 @@ def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], stor
     fs, _ = fsspec.core.url_to_fs(store_url)
     source_shard = source_shard or shard
     stem = source_shard.rsplit("/", 1)[-1].removeprefix("raw-").removesuffix(".parquet")
+    key = f"round-{start:02d}-{stem}"
+    done = finished(fs, staging, key)
+    if done is not None:
+        return done
     steps = recipe.build_steps(store_url)
     stop = len(steps) if stop is None else stop
     batch = pq.read_table(shard, filesystem=fs)
@@ -269,10 +370,11 @@ def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], stor
     if stop < len(steps):
         output = f"{staging}/work/round-{stop:02d}-{stem}.parquet"
         _write_parquet(fs, batch, output)
-        return ShardResult(source_shard, counts, batch.num_rows, len(drops), output, steps[stop][1].collect(batch))
+        return mark_finished(fs, staging, key, ShardResult(source_shard, counts, batch.num_rows, len(drops), output,
+                                                           steps[stop][1].collect(batch)))
     data = conform(batch.drop_columns([c for c in PROVENANCE_COLUMNS if c in batch.column_names]))
     _write_parquet(fs, data, f"{staging}/data/part-{stem}.parquet")
-    return ShardResult(source_shard, counts, data.num_rows, len(drops))
+    return mark_finished(fs, staging, key, ShardResult(source_shard, counts, data.num_rows, len(drops)))
 
 
 def decide(recipe: Recipe, index: int, results: list[ShardResult], store_url: str) -> tuple[Any, dict | None]:
@@ -329,7 +431,8 @@ def build_manifest(recipe: Recipe, plan: Plan, ingested: list[IngestResult], dup
 
     inputs = []
     for index, spec in enumerate(recipe.inputs):
-        files = [{"path": f, "bytes": os.path.getsize(f) if os.path.exists(f) else None}
+        files = [{"path": f, "bytes": (file_identity(f) or (None, None))[0],
+                  "mtime_ns": (file_identity(f) or (None, None))[1]}
                  for unit in plan.units if unit.input_index == index for f in unit.files]
         inputs.append({"path": spec.path, "source": spec.source_name, "files": files})
     return {
@@ -339,7 +442,8 @@ def build_manifest(recipe: Recipe, plan: Plan, ingested: list[IngestResult], dup
         "recipe": recipe.model_dump(mode="json"),
         "recipe_hash": recipe.content_hash(),
         "inputs": inputs,
-        "quarantined_files": [{"path": f, "reason": r} for f, r in plan.quarantined],
+        "quarantined_files": [{"path": f, "reason": r, "identity": list(file_identity(f) or [None, None])}
+                              for f, r in plan.quarantined],
         "steps": [ingest_counts(ingested, duplicates, len(plan.quarantined)), *merge_step_counts(recipe, shards)],
         "run_seconds": round(seconds, 3),
         **({"planted_defects": planted} if planted else {}),
@@ -431,3 +535,70 @@ def _write_text(fs: fsspec.AbstractFileSystem, path: str, text: str) -> None:
     with fs.open(tmp, "w") as handle:
         handle.write(text)
     fs.mv(tmp, path)
+
+
+# ---- resource estimate ----------------------------------------------------------------------------
+
+# Constants measured with bench/end_to_end.py (2-core machine, generated 3 KB documents); see bench/README.md.
+PARQUET_BYTES_PER_TEXT_BYTE = 0.45  # zstd Parquet of a shard (text + provenance) per byte of document text
+DEDUP_DRIVER_BYTES_PER_DOC = 420  # Python bookkeeping per document while a dedup step decides (ids, keys, where)
+WORKER_BYTES_PER_SHARD_BYTE = 6.0  # a worker's peak while a shard runs through the steps (Arrow + temporaries)
+COMPRESSED_RATIO_GUESS = 3.0  # gzip/zstd/Parquet inputs: text bytes per file byte, when the sample cannot tell
+
+
+@dataclass
+class Estimate:
+    """What a run will need, from the input sizes and a sample of the first file of each input."""
+
+    documents: int
+    text_bytes: int
+    dedup_memory_bytes: int  # held by the flow's own process while each dedup step decides
+    worker_memory_bytes: int  # per worker process
+    disk_bytes: int  # staging intermediates at their peak (raw shards, round outputs, data, rejects)
+
+    def describe(self, workers: int) -> str:
+        def size(n: float) -> str:
+            return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.0f} MB"
+
+        return (f"estimate: ~{self.documents:,} documents ({size(self.text_bytes)} of text); memory ~"
+                f"{size(self.dedup_memory_bytes)} for the dedup index + {workers} x {size(self.worker_memory_bytes)} "
+                f"workers; disk ~{size(self.disk_bytes)} of intermediates")
+
+
+def estimate(recipe: Recipe, plan: Plan, sample_bytes: int = 2_000_000) -> Estimate:
+    documents = 0.0
+    text_bytes = 0.0
+    for index, spec in enumerate(recipe.inputs):
+        files = [f for unit in plan.units if unit.input_index == index for f in unit.files]
+        if not files:
+            continue
+        input_bytes = sum(unit.nbytes for unit in plan.units if unit.input_index == index)
+        chunks = read_input(spec, files[0], chunk_bytes=sample_bytes)
+        chunk = next(chunks, None)
+        whole = next(chunks, None) is None  # the sample was the whole first file
+        chunks.close()
+        if chunk is None or chunk.records is None or chunk.records.num_rows == 0:
+            continue
+        n = chunk.records.num_rows
+        text = int(pc.sum(pc.binary_length(chunk.records.column("text"))).as_py() or 0)
+        first_bytes = os.path.getsize(files[0]) if os.path.exists(files[0]) else 0
+        if whole and first_bytes:
+            sampled_file_bytes = first_bytes
+        else:
+            compressed = files[0].endswith((".gz", ".zst", ".parquet", ".bz2", ".xz"))
+            sampled_file_bytes = text * (1 / COMPRESSED_RATIO_GUESS if compressed else 1.0) or sample_bytes
+        scale = input_bytes / sampled_file_bytes if sampled_file_bytes else 0.0
+        documents += n * scale
+        text_bytes += text * scale
+    steps = recipe.build_steps()
+    per_doc = 0
+    for _, step in steps:
+        band_shape = getattr(step, "band_shape", None)
+        if step.is_global() and step.category == "dedup":
+            per_doc = max(per_doc, DEDUP_DRIVER_BYTES_PER_DOC + (band_shape()[0] * 8 if band_shape else 16) + 24)
+    rounds_ = len(rounds(recipe))
+    parquet = text_bytes * PARQUET_BYTES_PER_TEXT_BYTE
+    return Estimate(documents=int(documents), text_bytes=int(text_bytes),
+                    dedup_memory_bytes=int(per_doc * documents),
+                    worker_memory_bytes=int(recipe.shard_size_mb * 1e6 * WORKER_BYTES_PER_SHARD_BYTE + 300e6),
+                    disk_bytes=int(parquet * (rounds_ + 2)))  # raw shards + one output per round + rejects

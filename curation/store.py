@@ -3,11 +3,17 @@
     <root>/versions/<name>/data/part-*.parquet      kept records
                          /rejects/*.parquet          every removed record, with step and reason
                          /manifest.json              what made it, what happened, what is in it
-    <root>/.staging/<name>.<token>/                  a version being written
+    <root>/.staging/<name>.<run key>/                a version being written
+    <root>/.staging/<name>.lock                      held by the run writing <name> (pid, host)
 
 A version exists once its directory sits under `versions/` with a manifest. On a local disk it
 gets there by one atomic rename of the staging directory, so a crashed run publishes nothing;
 on object stores (any fsspec URL) the manifest is written last and is the commit marker.
+
+A staging directory is named by the run's key (recipe, inputs, parents), so a run killed halfway
+leaves its finished tasks where the same command, run again, finds and reuses them. Only one run
+at a time may write a given name: the lock says who holds it, and a lock whose process is gone
+(kill -9, a crashed machine) is taken over.
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ class VersionNotFoundError(StoreError):
     pass
 
 
+class VersionLockedError(StoreError):
+    """Another live run is writing the same version name."""
+
+
 class AccountingError(StoreError):
     """in != kept + rejected somewhere: the run refuses to publish."""
 
@@ -65,6 +75,8 @@ class Staging:
 
     name: str
     path: str  # store-relative filesystem path of the staging directory
+    resumed: bool = False  # the directory held an earlier, interrupted run's work with the same key
+    lock: str | None = None  # the lock file this run holds, released by publish or release
 
     def sub(self, *parts: str) -> str:
         return "/".join((self.path, *parts))
@@ -160,20 +172,87 @@ class VersionStore:
         return datasets.load_dataset("parquet", data_files=files, split="train")
 
     # ---- writing ----------------------------------------------------------------------------
-    def begin(self, name: str) -> Staging:
-        """Reserve a staging directory; a name already published is refused before any work."""
+    def begin(self, name: str, run_key: str | None = None) -> Staging:
+        """Reserve a staging directory; a name already published, or being written by another live run,
+        is refused before any work. With a `run_key`, the directory is the key's own: an interrupted run
+        with the same key left its finished work there, and this run resumes it."""
         check_name(name)
         if self.exists(name):
             raise VersionExistsError(f"version {name!r} already exists in {self.url}; "
                                      "versions are immutable, pick another name")
-        path = f"{self.root}/.staging/{name}.{int(time.time())}.{secrets.token_hex(4)}"
-        for sub in ("data", "rejects", "work"):
-            self.fs.makedirs(f"{path}/{sub}", exist_ok=True)
-        return Staging(name, path)
+        base = f"{self.root}/.staging"
+        self.fs.makedirs(base, exist_ok=True)
+        lock = self._acquire_lock(f"{base}/{name}.lock", name)
+        try:
+            if self.exists(name):  # published between the check above and the lock
+                raise VersionExistsError(f"version {name!r} was just published by another run")
+            if run_key:
+                path = f"{base}/{name}.{run_key[:16]}"
+                resumed = self.fs.exists(f"{path}/work")
+                for other in self._staging_dirs(name):  # an earlier run's work for other inputs: never reusable
+                    if other != path:
+                        self.fs.rm(other, recursive=True)
+            else:
+                path, resumed = f"{base}/{name}.{int(time.time())}.{secrets.token_hex(4)}", False
+            for sub in ("data", "rejects", "work"):
+                self.fs.makedirs(f"{path}/{sub}", exist_ok=True)
+        except BaseException:
+            self._release(lock)
+            raise
+        return Staging(name, path, resumed, lock)
+
+    def _staging_dirs(self, name: str) -> list[str]:
+        base = f"{self.root}/.staging"
+        entries = self.fs.ls(base, detail=False) if self.fs.exists(base) else []
+        keyed = re.compile(rf"^{re.escape(name)}\.[0-9a-f]{{16}}$")  # run-key directories of exactly this name
+        return [e.rstrip("/") for e in entries if keyed.match(e.rstrip("/").rsplit("/", 1)[-1])]
+
+    def _acquire_lock(self, path: str, name: str) -> str:
+        """Create the lock file exclusively (O_EXCL on a local disk; exists-then-write elsewhere, which
+        narrows but cannot close the race on object stores). A lock left by a dead process is taken over."""
+        import socket
+
+        import psutil
+
+        me = psutil.Process()
+        owner = {"pid": me.pid, "host": socket.gethostname(), "started": me.create_time(),
+                 "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for _ in range(3):
+            try:
+                if self.local:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                    with os.fdopen(fd, "w") as handle:
+                        json.dump(owner, handle)
+                elif self.fs.exists(path):
+                    raise FileExistsError(path)
+                else:
+                    _write_json(self.fs, path, owner)
+                return path
+            except FileExistsError:
+                try:
+                    with self.fs.open(path, "r") as handle:
+                        held = json.load(handle)
+                except (FileNotFoundError, ValueError):
+                    held = {}
+                if held and _alive(held):
+                    raise VersionLockedError(
+                        f"version {name!r} is being written by another run (pid {held.get('pid')} on "
+                        f"{held.get('host')} since {held.get('since')}); wait for it, or pick another name") from None
+                self.fs.rm(path)  # stale: its process is gone
+        raise VersionLockedError(f"could not lock version {name!r} in {self.url} ({path})")
+
+    def _release(self, lock: str | None) -> None:
+        if lock and self.fs.exists(lock):
+            self.fs.rm(lock)
+
+    def release(self, staging: Staging) -> None:
+        """Give up the name, keeping the staged work for a later run with the same key to resume."""
+        self._release(staging.lock)
 
     def abandon(self, staging: Staging) -> None:
         if self.fs.exists(staging.path):
             self.fs.rm(staging.path, recursive=True)
+        self._release(staging.lock)
 
     def publish(self, staging: Staging, manifest: dict[str, Any],
                 extras: Callable[[Staging, dict[str, Any]], list[str]] | None = None) -> str:
@@ -229,6 +308,7 @@ class VersionStore:
                 self.fs.mv(staging.sub(f["path"]), f"{target}/{f['path']}")
             _write_json(self.fs, f"{target}/{MANIFEST}", manifest)  # last: the commit marker
             self.fs.rm(staging.path, recursive=True)
+        self._release(staging.lock)
         return self._uri(target)
 
 
@@ -253,6 +333,21 @@ class VersionStore:
         except BaseException:
             self.abandon(staging)
             raise
+
+
+def _alive(owner: dict[str, Any]) -> bool:
+    """Whether the process that wrote a lock still runs (a lock from another host is assumed alive)."""
+    import socket
+
+    import psutil
+
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        process = psutil.Process(int(owner["pid"]))
+        return abs(process.create_time() - float(owner.get("started", 0))) < 1.0  # not a reused pid
+    except (psutil.NoSuchProcess, KeyError, ValueError):
+        return False
 
 
 def _write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
@@ -362,8 +457,10 @@ def check_accounting(manifest: dict[str, Any], rejects_by_step: dict[str, int]) 
             failures.append(f"{name}: {rejects_by_step.get(name, 0)} reject rows written, "
                             f"{step['rejected']} counted")
         previous_kept = step["kept"]
-    if previous_kept is not None and manifest["rows"] != previous_kept:
-        failures.append(f"data files hold {manifest['rows']} rows, last step kept {previous_kept}")
+    carried = (manifest.get("carried") or {}).get("rows", 0)  # an incremental version's parent records
+    if previous_kept is not None and manifest["rows"] != previous_kept + carried:
+        failures.append(f"data files hold {manifest['rows']} rows, last step kept {previous_kept}"
+                        + (f" and {carried} were carried over" if carried else ""))
     unknown = set(rejects_by_step) - {s["name"] for s in steps}
     if unknown:
         failures.append(f"reject rows from unknown steps: {sorted(unknown)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail, prefect_env
+from flows.cli_common import DEFAULT_STORE, ClusterOption, StoreOption, console, fail, prefect_env
 
 app = typer.Typer(help="Curate LLM training data into versioned, fully accounted datasets.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -40,6 +41,11 @@ def _mount_subcommands() -> None:
 
     app.command(name="collapse-sim")(collapse_command)
 
+    from flows.cli_ops import increment_command, serve_command, server_command
+
+    app.command(name="increment")(increment_command)
+    app.command(name="serve")(serve_command)
+    app.command(name="server")(server_command)
     app.command(name="diff")(diff_command)
     app.command(name="why")(why_command)
 
@@ -129,7 +135,7 @@ def _dedup_reports(manifest: dict[str, Any]) -> None:
 
 
 def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], workers: int | None,
-         verbose: bool, override_guards: str | None = None) -> dict[str, Any]:
+         verbose: bool, override_guards: str | None = None, cluster: str | None = None) -> dict[str, Any]:
     prefect_env(verbose)
     from curation.guards import GuardError
     from curation.ingest import IngestError
@@ -148,20 +154,27 @@ def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], wo
             fail(f"version {name!r} already exists in {target.url}; versions are immutable, pick another name")
         for parent in parents:
             target.manifest(parent)
-        from curation.pipeline import plan_ingest
+        from curation.pipeline import estimate, plan_ingest
 
         plan = plan_ingest(recipe)
+        forecast = estimate(recipe, plan)
     except (RecipeError, IngestError, StoreError) as exc:
         fail(str(exc))
     console.print(f"[bold]curate[/] {name}: {len(recipe.inputs)} input(s), {len(plan.units)} ingest task(s), "
                   f"{plan.nbytes / 1e6:,.1f} MB, steps: {', '.join(s.instance_name for s in recipe.steps) or 'none'}")
+    local = cluster.removeprefix("local:") if cluster and cluster.startswith("local:") else ""
+    console.print(forecast.describe(int(local) if local.isdigit() else workers or os.cpu_count() or 1))
     from flows.curate import run_curation
 
     try:
         manifest = run_curation(recipe, store, name, parents=parents, workers=workers, show_progress=True,
-                                override_guards=override_guards)
-    except (RecipeError, IngestError, StoreError, GuardError) as exc:
+                                override_guards=override_guards, cluster=cluster)
+    except (RecipeError, IngestError, StoreError, GuardError, ValueError) as exc:
         fail(str(exc))
+    resumed = manifest.get("resumed")
+    if resumed:
+        console.print(f"resumed: {resumed['ingest_tasks']} of {resumed['of_ingest_tasks']} ingest tasks and "
+                      f"{resumed['shard_tasks']} of {resumed['of_shard_tasks']} shard tasks were already done")
     console.print(_summary(manifest))
     if "planted_defects" in manifest:
         console.print(_planted_table(manifest["planted_defects"]))
@@ -183,10 +196,12 @@ def run(
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
     override_guards: Annotated[str | None, typer.Option(help="Publish even if a hard model-collapse guard fails; "
                                                              "the reason is recorded in the manifest.")] = None,
+    cluster: ClusterOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
-    """Run a recipe: ingest -> steps -> publish a new version."""
-    _run(recipe, store, name, parent or [], workers, verbose, override_guards)
+    """Run a recipe: ingest -> steps -> publish a new version. Rerunning a command that was interrupted
+    (even by kill -9) resumes it: finished ingest and shard tasks are not redone."""
+    _run(recipe, store, name, parent or [], workers, verbose, override_guards, cluster)
 
 
 @app.command()

@@ -16,6 +16,10 @@ DEFAULT_STORE = "curate-store"
 StoreOption = Annotated[str, typer.Option("--store", "-s", envvar="CURATE_STORE",
                                           help="Version store: a folder or any fsspec URL.")]
 
+ClusterOption = Annotated[str | None, typer.Option(
+    help="Run the tasks on Dask through Prefect's DaskTaskRunner: local:N starts a LocalCluster of N worker "
+         "processes, tcp://host:8786 uses an existing scheduler (default: a process pool on this machine).")]
+
 
 def fail(message: str) -> NoReturn:
     """Print the error (names the file, key or version at fault) and exit with status 2."""

@@ -37,16 +37,27 @@ def shard_task(recipe: Recipe, shard: str, drops: list[tuple[int, str]], store_u
 @flow(name="curate", log_prints=True)
 def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | None = None,
                 show_progress: bool = False, manifest_extra: dict[str, Any] | None = None,
-                override_guards: str | None = None, synthesis: bool = False) -> dict[str, Any]:
+                override_guards: str | None = None, synthesis: bool = False,
+                seen: dict[str, list[int]] | None = None, carry: str | None = None) -> dict[str, Any]:
     """Run `recipe` over its inputs and publish the result as version `name` of the store
     (`manifest_extra`: entries a calling flow adds to, or puts in place of, the manifest's own). A version
-    that fails a hard model-collapse guard is not published unless `override_guards` gives a reason."""
+    that fails a hard model-collapse guard is not published unless `override_guards` gives a reason.
+    `seen`: input files an earlier run ingested (path -> [size, mtime_ns]), skipped unless changed;
+    `carry`: a version whose records the new one holds too (an incremental run; its ids stay taken).
+
+    Every finished task persists its result in the staging directory, which is named by the run's
+    key: after a crash (even kill -9) the same command finds them and redoes only the rest."""
     started = time.perf_counter()
     store = VersionStore(store_url)
-    plan = pipeline.plan_ingest(recipe)  # bad inputs and name clashes fail here, before any work
-    staging = store.begin(name)
+    plan = pipeline.plan_ingest(recipe, seen)  # bad inputs and name clashes fail here, before any work
+    staging = store.begin(name, pipeline.run_key(recipe, plan, parents or [],
+                                                 extra=f"synthesis={synthesis} carry={carry}"))
+    timings: dict[str, dict[str, float]] = {}
     try:
         with RunProgress(show_progress) as progress:
+            if staging.resumed:
+                progress.note(f"resuming an interrupted run of {name!r}: finished tasks in {staging.path} are reused")
+            clock = time.perf_counter()
             stage = progress.stage("ingest", total=max(plan.nbytes, 1), unit="bytes")
             futures = [ingest_task.submit(recipe, unit, store.url, staging.path) for unit in plan.units]
             ingested = []
@@ -59,22 +70,25 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
                 pipeline.write_quarantine(store.url, staging.path, plan.quarantined)
 
             shards = [s for r in ingested for s in r.shards]
-            drops = pipeline.duplicate_ids(store.url, shards)
+            drops = pipeline.duplicate_ids(store.url, shards, carried=carry)
+            timings["ingest"] = _timing(clock, sum(r.lines_read for r in ingested), plan.nbytes)
             processed: list[pipeline.ShardResult] = []
             decisions: dict[int, Any] = {}
             reports: dict[str, dict[str, Any]] = {}
             inputs = {s: s for s in shards}  # raw shard -> the shard the next round reads
             previous: list[pipeline.ShardResult] = []
             for number, (start, stop) in enumerate(pipeline.rounds(recipe)):
+                clock = time.perf_counter()
                 if previous:  # the round starts at a global step: decide from every shard's summary
                     decisions[start], report = pipeline.decide(recipe, start, previous, store.url)
                     if report is not None:
                         reports[recipe.build_steps()[start][0]] = report
-                stage = progress.stage("steps" if number == 0 else f"steps {number + 1}",
-                                       total=sum(r.records for r in ingested) or 1)
+                label = "steps" if number == 0 else f"steps {number + 1}"
+                stage = progress.stage(label, total=sum(r.records for r in ingested) or 1)
                 futures = [shard_task.submit(recipe, inputs[s], drops.get(s, []) if number == 0 else [], store.url,
                                              staging.path, start, stop, decisions, s) for s in shards]
                 previous = []
+                docs = 0
                 for future in as_completed(futures):
                     result = future.result()
                     processed.append(result)
@@ -82,26 +96,54 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
                         inputs[result.shard] = result.output
                         previous.append(result)
                     n = next(iter(result.steps.values()))["in"] if result.steps else result.rows_out
+                    docs += n + result.duplicate_id_rejects
                     progress.advance(stage, n + result.duplicate_id_rejects, n + result.duplicate_id_rejects)
+                timings[label] = _timing(clock, docs)
+                timings[label]["steps"] = [n for n, _ in recipe.build_steps()[start:stop]]
             processed.sort(key=lambda r: r.shard)
 
+        clock = time.perf_counter()
         planted = pipeline.planted_defects(recipe, store.url, staging.path)
         manifest = pipeline.build_manifest(recipe, plan, ingested, sum(len(d) for d in drops.values()), processed,
                                            parents or [], time.perf_counter() - started, planted, reports)
+        if carry:
+            manifest["carried"] = pipeline.carry_over(store.url, staging.path, carry)
+        resumed = {"ingest_tasks": sum(r.resumed for r in ingested), "shard_tasks": sum(r.resumed for r in processed)}
+        if any(resumed.values()):
+            manifest["resumed"] = {**resumed, "of_ingest_tasks": len(ingested), "of_shard_tasks": len(processed)}
         manifest.update(manifest_extra or {})
         manifest["guards"] = staged_guards(store, staging.path, recipe.guards, recipe=recipe, parents=parents,
                                            synthesis=synthesis)
         override = gate(manifest["guards"], name, override_guards)
         if override:
             manifest["guard_override"] = override
-        path = store.publish(staging, manifest, extras=pipeline.version_extras(store.url, parents or []))
+        timings["guards"] = _timing(clock, manifest["steps"][-1]["kept"] if manifest["steps"] else 0)
+        clock = time.perf_counter()
+        manifest["timings"] = timings
+
+        def extras(staged, final: dict[str, Any]) -> list[str]:  # statistics and report, timed with publishing
+            written = pipeline.version_extras(store.url, parents or [])(staged, final)
+            final["timings"]["stats+publish"] = _timing(clock, final["rows"])
+            final["run_seconds"] = round(time.perf_counter() - started, 3)
+            return written
+
+        path = store.publish(staging, manifest, extras=extras)
     except BaseException:
-        store.abandon(staging)
+        store.release(staging)  # the finished tasks stay, for a rerun of the same command to resume
         raise
     result = store.manifest(name)
     result["path"] = path
     publish_artifacts(result)
     return result
+
+
+def _timing(since: float, docs: int, nbytes: int | None = None) -> dict[str, float]:
+    """Seconds and documents per second of one stage of the run."""
+    seconds = time.perf_counter() - since
+    out = {"seconds": round(seconds, 3), "docs": docs, "docs_per_s": round(docs / seconds, 1) if seconds > 0 else None}
+    if nbytes is not None:
+        out["mb_per_s"] = round(nbytes / 1e6 / seconds, 2) if seconds > 0 else None
+    return out
 
 
 def artifact_key(name: str) -> str:
@@ -153,15 +195,32 @@ def guard_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             for g in report["guards"]]
 
 
-def task_runner(workers: int | None) -> ProcessPoolTaskRunner | ThreadPoolTaskRunner:
-    """A process per core by default; one worker runs tasks in-process (handy for debugging)."""
+def task_runner(workers: int | None, cluster: str | None = None):
+    """Where the tasks run: a process per core by default; one worker runs them in-process (handy for
+    debugging); `local:N` starts a Dask LocalCluster of N single-threaded worker processes and
+    `tcp://host:8786` uses an existing Dask scheduler, both through Prefect's DaskTaskRunner."""
+    if cluster:
+        from prefect_dask import DaskTaskRunner
+
+        if cluster.startswith("local:"):
+            count = cluster.removeprefix("local:")
+            if not count.isdigit() or int(count) < 1:
+                raise ValueError(f"--cluster {cluster!r}: expected local:N with N >= 1 worker processes")
+            return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                                  cluster_kwargs={"n_workers": int(count), "threads_per_worker": 1,
+                                                  "processes": True, "dashboard_address": None})
+        if cluster.startswith(("tcp://", "tls://", "ucx://")):
+            return DaskTaskRunner(address=cluster)
+        raise ValueError(f"--cluster {cluster!r}: expected local:N or a scheduler address such as tcp://host:8786")
     workers = workers or os.cpu_count() or 1
     return ThreadPoolTaskRunner(max_workers=1) if workers == 1 else ProcessPoolTaskRunner(max_workers=workers)
 
 
 def run_curation(recipe: Recipe, store_url: str, name: str, parents: list[str] | None = None,
                  workers: int | None = None, show_progress: bool = False,
-                 manifest_extra: dict[str, Any] | None = None, override_guards: str | None = None) -> dict[str, Any]:
-    return curate_flow.with_options(task_runner=task_runner(workers))(
+                 manifest_extra: dict[str, Any] | None = None, override_guards: str | None = None,
+                 cluster: str | None = None, seen: dict[str, list[int]] | None = None,
+                 carry: str | None = None) -> dict[str, Any]:
+    return curate_flow.with_options(task_runner=task_runner(workers, cluster))(
         recipe, store_url, name, parents=parents, show_progress=show_progress, manifest_extra=manifest_extra,
-        override_guards=override_guards)
+        override_guards=override_guards, seen=seen, carry=carry)

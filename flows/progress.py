@@ -52,6 +52,10 @@ class RunProgress:
         if self.progress:
             self.progress.stop()
 
+    def note(self, message: str) -> None:
+        if self.progress:
+            self.progress.console.print(message)
+
     def stage(self, name: str, total: int, unit: str = "docs") -> int | None:
         return self.progress.add_task(name, total=total, docs=0, unit=unit) if self.progress else None
 

@@ -96,8 +96,9 @@ def test_the_gate_refuses_a_failing_version_and_an_override_is_recorded(tmp_path
     recipe = parse_recipe({"inputs": [{"path": str(tmp_path / "mix.jsonl")}], "steps": []})
     with pytest.raises(GuardError, match=r"synthetic_fraction = 0\.6\d* \(threshold <= 0\.5"):
         run_curation(recipe, store.url, "mix", workers=1)
-    assert not store.exists("mix") and not list((tmp_path / "store" / ".staging").glob("mix.*"))
+    assert not store.exists("mix") and not list((tmp_path / "store" / ".staging").glob("mix.lock"))
     manifest = run_curation(recipe, store.url, "mix", workers=1, override_guards="a measured 2:1 mix")
+    assert manifest["resumed"]["shard_tasks"] == manifest["resumed"]["of_shard_tasks"] > 0  # the override redid nothing
     assert manifest["guard_override"] == {"reason": "a measured 2:1 mix", "overridden": ["synthetic_fraction"]}
     assert manifest["guards"]["reference"]["name"] == "ref"
     # A recipe may allow more, with the same data.

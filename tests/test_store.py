@@ -86,9 +86,11 @@ def test_crash_during_publish_publishes_nothing(tmp_path, prefect_harness, monke
         run_curation(recipe, str(tmp_path / "store"), "v1", workers=1)
     store = VersionStore(tmp_path / "store")
     assert store.names() == [] and not store.exists("v1")
-    assert list((tmp_path / "store" / ".staging").iterdir()) == []  # the half-made version was cleaned up
+    left = sorted(p.name for p in (tmp_path / "store" / ".staging").iterdir())
+    assert len(left) == 1 and left[0].startswith("v1.")  # the run's own work, kept to resume; the lock is released
     monkeypatch.undo()
     assert run_curation(recipe, str(tmp_path / "store"), "v1", workers=1)["rows"] == 30
+    assert list((tmp_path / "store" / ".staging").iterdir()) == []  # published: nothing left behind
 
 
 def test_accounting_mismatch_refuses_to_publish(tmp_path):

@@ -105,12 +105,15 @@ def safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 class TokenCache:
     """Python token lists per document, shared across steps in one process.
 
-    Keyed by (id, text), so a step that rewrites text (normalise, PII) gets fresh tokens, and
-    bounded so memory stays at a few shards' worth.
+    Keyed by (id, text), so a step that rewrites text (normalise, PII) gets fresh tokens. A token list
+    costs ~12 bytes per character of its text, so the cache is bounded by characters (our choice: 64 M,
+    one default shard, ~0.8 GB) and emptied when a shard is done (`clear`): the steps of one shard
+    share tokens, and a worker's memory does not grow with the shards it has seen.
     """
 
-    def __init__(self, max_docs: int = 200_000):
-        self.max_docs = max_docs
+    def __init__(self, max_chars: int = 64_000_000):
+        self.max_chars = max_chars
+        self.chars = 0
         self._cache: OrderedDict[tuple[str, int, int], list[str]] = OrderedDict()
 
     def tokens(self, doc_id: str, text: str) -> list[str]:
@@ -119,9 +122,15 @@ class TokenCache:
         if found is None:
             found = tokenize(text)
             self._cache[key] = found
-            if len(self._cache) > self.max_docs:
-                self._cache.popitem(last=False)
+            self.chars += len(text)
+            while self.chars > self.max_chars and len(self._cache) > 1:
+                (_, length, _), _ = self._cache.popitem(last=False)
+                self.chars -= length
         return found
+
+    def clear(self) -> None:
+        self._cache.clear()
+        self.chars = 0
 
 
 TOKENS = TokenCache()

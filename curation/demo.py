@@ -1037,3 +1037,48 @@ def write_raw_recipe(recipe_path: Path) -> Path:
     target = Path(recipe_path).with_name("recipe-raw.yaml")
     _write_atomic(target, yaml.safe_dump(recipe, sort_keys=False).encode("utf-8"))
     return target
+
+
+def write_next_crawl(corpus: DemoCorpus, kept: list[tuple[str, str]], seed: int = 0) -> tuple[Path, dict[str, int]]:
+    """The crawl's next drop, `web_crawl-day2.jsonl`, for the demo's incremental run: new pages (the topics of
+    Python's language reference, from the installed `pydoc_data`), pages re-crawled under new URLs (exact
+    copies of documents the curated version `kept`, as (id, text)), lightly edited copies, and old ids
+    reused for new text. Returns the file and how many of each it holds."""
+    rng = _rng(seed, "day2")
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # some distributions ship the stdlib without it
+        topics = {}
+    fresh = [(f"web-day2-{name}", _clean_text(text)) for name, text in sorted(topics.items())
+             if len(text) >= 400 and len(text) <= 60_000]
+    fresh = rng.sample(fresh, min(len(fresh), 60))
+    picks = rng.sample(kept, min(len(kept), 45))
+    copies, edited, reused = picks[:20], picks[20:35], picks[35:45]
+    rows = [{"id": doc_id, "text": text} for doc_id, text in fresh]
+    rows += [{"id": f"web-day2-recrawl-{i}", "text": text} for i, (_, text) in enumerate(copies)]
+    for i, (_, text) in enumerate(edited):
+        words = text.split(" ")
+        for k in rng.sample(range(len(words)), max(1, len(words) // 100)):  # 1 % of the words: Jaccard ~0.95
+            words[k] = rng.choice(words)
+        rows.append({"id": f"web-day2-edited-{i}", "text": " ".join(words)})
+    donors = [text for _, text in fresh] or [text for _, text in kept]
+    rows += [{"id": doc_id, "text": rng.choice(donors)[::-1]} for doc_id, _ in reused]  # an id already published
+    rng.shuffle(rows)
+    path = corpus.root / "web_crawl-day2.jsonl"
+    _write_atomic(path, "".join(_dumps(r) + "\n" for r in rows).encode("utf-8"))
+    return path, {"new": len(fresh), "recrawled": len(copies), "edited": len(edited), "reused_ids": len(reused)}
+
+
+def write_daily_recipe(recipe_path: Path) -> Path:
+    """The curated recipe watching every drop of the crawl (`web_crawl*.jsonl`) for `curate increment`;
+    without the planted-defect labels, which describe the first drop only."""
+    import yaml
+
+    recipe = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
+    recipe["inputs"] = [{**spec, "path": "web_crawl*.jsonl"} if spec.get("source") == "web_crawl" else spec
+                        for spec in recipe["inputs"]]
+    recipe.pop("labels", None)
+    recipe["description"] = "The demo recipe over every crawl drop, run as an incremental series."
+    target = Path(recipe_path).with_name("recipe-daily.yaml")
+    _write_atomic(target, yaml.safe_dump(recipe, sort_keys=False).encode("utf-8"))
+    return target

@@ -42,6 +42,10 @@ from curation.steps import Collected, reason_key
 PARQUET_COMPRESSION = "zstd"
 
 
+class ShardError(RuntimeError):
+    """A step failed on one shard; the message names both (the run stops, its finished tasks are kept)."""
+
+
 @dataclass(frozen=True)
 class IngestUnit:
     """A group of files from one input, ingested by one task, in a fixed order."""
@@ -340,6 +344,18 @@ def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], stor
     done = finished(fs, staging, key)
     if done is not None:
         return done
+    try:
+        return _process_shard(recipe, shard, drops, store_url, staging, start, stop, decisions, source_shard, fs, key,
+                              stem)
+    finally:
+        from curation.analysis import TOKENS
+
+        TOKENS.clear()  # the shard's token lists: shared by its steps, never by the next shard
+
+
+def _process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], store_url: str, staging: str,
+                   start: int, stop: int | None, decisions: dict[int, Any] | None, source_shard: str,
+                   fs: fsspec.AbstractFileSystem, key: str, stem: str) -> ShardResult:
     steps = recipe.build_steps(store_url)
     stop = len(steps) if stop is None else stop
     batch = pq.read_table(shard, filesystem=fs)
@@ -357,7 +373,10 @@ def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], stor
         if step.is_global():
             step.bind((decisions or {})[index])
         n_in = batch.num_rows
-        out = step.apply(batch)
+        try:
+            out = step.apply(batch)
+        except Exception as exc:  # name the step and shard: the flow shows this, not a bare worker traceback
+            raise ShardError(f"step {name!r} failed on shard {source_shard}: {type(exc).__name__}: {exc}") from exc
         if out.kept.num_rows + out.rejected.num_rows != n_in:
             raise RuntimeError(f"step {name!r} returned {out.kept.num_rows} kept + {out.rejected.num_rows} "
                                f"rejected for {n_in} records in {shard}")

@@ -105,12 +105,18 @@ def dedup_against(recipe: Recipe, versions: list[str]) -> Recipe:
     return recipe.model_copy(update={"steps": steps})
 
 
-def next_increment(store: VersionStore, series: str, recipe: Recipe) -> Increment:
+def next_increment(store: VersionStore, series: str, recipe: Recipe, start: str | None = None) -> Increment:
+    """The series' next run. `start`: an existing version a new series continues from (its records are
+    carried, its input files count as seen), so data curated once need not be curated again."""
     check_name(series)
     if recipe.synthesize is not None:
         raise StoreError(f"series {series!r}: a synthesis recipe has no input files to watch")
     mark = read_watermark(store, series)
-    sequence = max((int(m.group(1)) for v in mark.versions if (m := re.search(r"-(\d+)$", v))), default=0) + 1
+    seen = dict(mark.files)
     parent = mark.last
+    if parent is None and start is not None:
+        parent = start
+        seen = _manifest_files(store.manifest(start))
+    sequence = max((int(m.group(1)) for v in mark.versions if (m := re.search(r"-(\d+)$", v))), default=0) + 1
     return Increment(series, sequence, f"{series}-{sequence:04d}", parent,
-                     dedup_against(recipe, [parent] if parent else []), mark.files)
+                     dedup_against(recipe, [parent] if parent else []), seen)

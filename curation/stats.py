@@ -100,8 +100,9 @@ import math
 import os
 import re
 import tempfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -285,9 +286,12 @@ class _WordCounts:
         self.max_pruned = 0
 
     def add(self, words: pa.Array) -> None:
-        if not len(words):
+        self.add_counts(pc.value_counts(words) if len(words) else None)
+
+    def add_counts(self, counts: pa.StructArray | None) -> None:
+        """Fold in `pc.value_counts` of some words."""
+        if counts is None or not len(counts):
             return
-        counts = pc.value_counts(words)
         self.pending.append(pa.table({"word": counts.field("values").cast(pa.string()),
                                       "count": counts.field("counts")}))
         self.pending_rows += len(counts)
@@ -843,10 +847,11 @@ class _Accumulator:
         self.output_chars = _IntCounts()
         self.has_instructions = False
 
-    def add(self, table: pa.Table) -> None:
+    @staticmethod
+    def measure(table: pa.Table) -> tuple[pa.Table, pa.Array, np.ndarray, np.ndarray, pa.StructArray | None]:
+        """The costly, order-free part of `add`: Arrow kernels that release the GIL, so slices are measured
+        on several threads while `add` folds them in stream order."""
         n = table.num_rows
-        if n == 0:
-            return
         text = pc.fill_null(_column(table, "text").cast(pa.large_string()), "")
         chars = _int_lengths(text, n)
         # Separators become one space, then an ASCII split (every separator is a space by then): 25 % faster
@@ -856,7 +861,20 @@ class _Accumulator:
         nonempty = pc.greater(pc.binary_length(flat), 0)
         parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
         words = np.bincount(parents, weights=nonempty.to_numpy(zero_copy_only=False), minlength=n).astype(np.int64)
-        self.unigrams.add(pc.filter(flat, nonempty))
+        nonempty_words = pc.filter(flat, nonempty)
+        counts = pc.value_counts(nonempty_words) if len(nonempty_words) else None
+        return table, text, chars, words, counts
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.fold(self.measure(table))
+
+    def fold(self, measured: tuple[pa.Table, pa.Array, np.ndarray, np.ndarray, pa.StructArray | None]) -> None:
+        table, text, chars, words, counts = measured
+        n = table.num_rows
+        if n == 0:
+            return
+        self.unigrams.add_counts(counts)
 
         self.docs += n
         self.chars += int(chars.sum())
@@ -935,8 +953,16 @@ def compute_stats(batches: Iterable[pa.Table], *, seed: int = 0, sample_size: in
     if words_per_doc < 1:
         raise ValueError(f"words_per_doc must be >= 1, got {words_per_doc}")
     acc = _Accumulator(seed, sample_size, tokenizer)
-    for table in _as_tables(batches):
-        acc.add(table)
+    threads = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+        for table in _as_tables(batches):  # at most 2 slices per thread in flight: memory stays bounded
+            if table.num_rows:
+                pending.append(pool.submit(_Accumulator.measure, table))
+            if len(pending) >= 2 * threads:
+                acc.fold(pending.popleft().result())
+        while pending:
+            acc.fold(pending.popleft().result())
     sample = acc.reservoir.texts
 
     model, embeddings, labels = fit_semantic(sample, k=k, dims=dims, seed=seed)

@@ -154,7 +154,7 @@ def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], wo
             fail(f"version {name!r} already exists in {target.url}; versions are immutable, pick another name")
         for parent in parents:
             target.manifest(parent)
-        from curation.pipeline import estimate, plan_ingest
+        from curation.pipeline import ShardError, estimate, plan_ingest
 
         plan = plan_ingest(recipe)
         forecast = estimate(recipe, plan)
@@ -169,8 +169,9 @@ def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], wo
     try:
         manifest = run_curation(recipe, store, name, parents=parents, workers=workers, show_progress=True,
                                 override_guards=override_guards, cluster=cluster)
-    except (RecipeError, IngestError, StoreError, GuardError, ValueError) as exc:
-        fail(str(exc))
+    except (RecipeError, IngestError, StoreError, GuardError, ValueError, ShardError) as exc:
+        fail(f"{exc}\n(finished tasks are kept: rerun the same command to resume)" if isinstance(exc, ShardError)
+             else str(exc))
     resumed = manifest.get("resumed")
     if resumed:
         console.print(f"resumed: {resumed['ingest_tasks']} of {resumed['of_ingest_tasks']} ingest tasks and "
@@ -202,6 +203,25 @@ def run(
     """Run a recipe: ingest -> steps -> publish a new version. Rerunning a command that was interrupted
     (even by kill -9) resumes it: finished ingest and shard tasks are not redone."""
     _run(recipe, store, name, parent or [], workers, verbose, override_guards, cluster)
+
+
+def _next_drop(corpus, recipe_path: Path, target, name: str, seed: int, workers: int | None, verbose: bool) -> None:
+    """The crawl's next drop, curated incrementally on top of the curated version (what a scheduled
+    `curate serve` run does each night)."""
+    import pyarrow.compute as pc
+
+    from curation.demo import write_daily_recipe, write_next_crawl
+    from flows.cli_ops import increment_command
+
+    table = target.read_table(name, columns=["id", "text", "source"])
+    table = table.filter(pc.equal(table.column("source"), "web_crawl"))
+    drop, counts = write_next_crawl(corpus, list(zip(table.column("id").to_pylist(), table.column("text").to_pylist())),
+                                    seed)
+    console.rule(f"{name}-daily-0001: the crawl's next drop on top of {name}: "
+                 f"curate increment {write_daily_recipe(recipe_path).name} --from {name}")
+    console.print(f"{drop.name}: {', '.join(f'{v} {k}' for k, v in counts.items())}")
+    increment_command(recipe_path.with_name("recipe-daily.yaml"), target.url, f"{name}-daily", workers=workers,
+                      cluster=None, start=name, verbose=verbose)
 
 
 @app.command()
@@ -251,6 +271,7 @@ def demo(
     console.rule(f"what curation changed: curate diff {name}-raw {name}")
     diff_command(f"{name}-raw", name, store, False, 3)
     console.print(f"reports: {target.version_path(name)}/report.html, {target.version_path(name + '-raw')}/report.html")
+    _next_drop(corpus, recipe_path, target, name, seed, workers, verbose)
     if train_tokens:
         from flows.cli_ablate import ablate
         from flows.cli_train import sample

@@ -36,6 +36,9 @@ def increment_command(
     series: SeriesOption = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
     cluster: ClusterOption = None,
+    start: Annotated[str | None, typer.Option("--from", help="A new series continues this version: its records "
+                                                              "are carried over and its input files count as seen.")]
+    = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
     """Run the series' next increment now: curate only the input files that are new since its last
@@ -49,7 +52,7 @@ def increment_command(
     name = _series(recipe, series)
     try:
         result = increment_flow(str(recipe.resolve()), store, name, workers=workers, cluster=cluster,
-                                show_progress=True)
+                                show_progress=True, start=start)
     except (RecipeError, IngestError, StoreError, ValueError) as exc:
         fail(str(exc))
     if result["published"] is None:
@@ -89,6 +92,7 @@ def serve_command(
                                                      f"http://127.0.0.1:{DEFAULT_PORT}/api).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes per run (default: every core).")] = None,
     cluster: ClusterOption = None,
+    start: Annotated[str | None, typer.Option("--from", help="A new series continues this version.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
     """Register the recipe's series as a Prefect deployment on a cron schedule and serve its runs until
@@ -102,7 +106,7 @@ def serve_command(
 
     store_path = store if "://" in store else str(Path(store).resolve())
     console.print(f"serving series {name!r} ({recipe}) on cron {cron!r} against {url}; store {store_path}")
-    serve(recipe, store_path, name, cron, workers=workers, cluster=cluster, timezone=timezone)
+    serve(recipe, store_path, name, cron, workers=workers, cluster=cluster, timezone=timezone, start=start)
 
 
 def server_command(

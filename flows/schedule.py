@@ -22,12 +22,12 @@ from flows.curate import artifact_key, curate_flow, task_runner
 
 @flow(name="curate-increment", log_prints=True)
 def increment_flow(recipe_path: str, store_url: str, series: str, workers: int | None = None,
-                   cluster: str | None = None, show_progress: bool = False) -> dict[str, Any]:
+                   cluster: str | None = None, show_progress: bool = False, start: str | None = None) -> dict[str, Any]:
     """Publish the series' next version if new input files arrived; returns its manifest, or
-    {"published": None, ...} when there was nothing new."""
+    {"published": None, ...} when there was nothing new. `start`: the version a new series continues."""
     recipe = load_recipe(recipe_path)
     store = VersionStore(store_url)
-    step = S.next_increment(store, series, recipe)
+    step = S.next_increment(store, series, recipe, start)
     plan = plan_ingest(step.recipe, step.seen)
     if not plan.units and not plan.quarantined:
         message = (f"series {series}: no new input files since {step.parent or 'the start'} "
@@ -65,7 +65,7 @@ def publish_diff(store: VersionStore, a: str, b: str) -> dict[str, Any]:
 
 
 def serve(recipe_path: Path, store_url: str, series: str, cron: str, workers: int | None = None,
-          cluster: str | None = None, timezone: str | None = None) -> None:
+          cluster: str | None = None, timezone: str | None = None, start: str | None = None) -> None:
     """Register the deployment `curate-increment/<series>` with its cron schedule and serve its runs
     (blocks until interrupted)."""
     from prefect.client.schemas.schedules import CronSchedule
@@ -73,7 +73,7 @@ def serve(recipe_path: Path, store_url: str, series: str, cron: str, workers: in
 
     store = VersionStore(store_url)
     parameters = {"recipe_path": str(recipe_path.resolve()), "store_url": store.url if not store.local else store.root,
-                  "series": series, "workers": workers, "cluster": cluster}
+                  "series": series, "workers": workers, "cluster": cluster, "start": start}
     increment_flow.serve(name=series, schedules=[CronSchedule(cron=cron, timezone=timezone)], parameters=parameters,
                          description=f"Incremental curation of {recipe_path.name} into series {series}",
                          tags=["curate", f"series:{series}"],

@@ -42,6 +42,19 @@ def write_jsonl(path: Path, rows: list[dict | bytes | str]) -> Path:
     return path
 
 
+def chromium() -> str:
+    """Headless Chromium for the browser checks (CI installs Debian's package; elsewhere they skip)."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    message = "headless Chromium is needed for the browser checks: apt-get install -y chromium"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def curate(*args: str, env: dict[str, str]):
     """The `curate` CLI in a subprocess (the real entry point, its own Prefect server)."""
     import subprocess

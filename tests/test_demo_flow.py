@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -279,3 +280,22 @@ def test_every_demo_version_carries_guards_and_the_perplexity_guard_flags_degene
     assert degenerate["near_dup_cliff"]["passed"] is False and degenerate["distinct_2"]["passed"] is False
     human = guards(store.iter_batches("demo", GUARD_COLUMNS))
     assert human["perplexity_spread"]["value"] < degenerate["perplexity_spread"]["value"]
+
+
+@pytest.mark.e2e
+def test_demo_curates_the_next_crawl_drop_incrementally_on_top_of_the_curated_version(demo_run):
+    store_path, _, stdout = demo_run
+    store = VersionStore(store_path)
+    demo, daily = store.manifest("demo"), store.manifest("demo-daily-0001")
+    assert daily["parents"] == ["demo"] and daily["carried"]["rows"] == demo["rows"]
+    assert [f["path"].rsplit("/", 1)[-1] for spec in daily["inputs"] for f in spec["files"]] == ["web_crawl-day2.jsonl"]
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (new|recrawled|edited|reused_ids)", stdout)}
+    rejects = store.read_table("demo-daily-0001", "rejects", columns=["id", "step", "reason"]).to_pylist()
+    recrawled = [r for r in rejects if r["id"].startswith("web-day2-recrawl-")]
+    assert len(recrawled) == counts["recrawled"] and all("in demo" in r["reason"] for r in recrawled)
+    edited = [r for r in rejects if r["id"].startswith("web-day2-edited-")]
+    assert len(edited) == counts["edited"] and all(r["step"] == "minhash_dedup" for r in edited)
+    reused = [r for r in rejects if r["reason"].endswith("already in version demo")]
+    assert len(reused) == counts["reused_ids"]
+    ids = store.read_table("demo-daily-0001", columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) and any(i.startswith("web-day2-") for i in ids)

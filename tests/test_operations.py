@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import write_jsonl
+from conftest import chromium, write_jsonl
 
 from curation.recipe import load_recipe
 from curation.store import VersionLockedError, VersionStore
@@ -52,6 +52,14 @@ def write_recipe(path: Path, inputs: list[dict], shard_mb: float = 1.0, name: st
     return path
 
 
+def drop_folder(tmp_path: Path, first: str, records: list[dict]) -> tuple[Path, Path]:
+    """A folder new files land in, holding its first file, and a recipe that watches it."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    write_jsonl(drop / first, records)
+    return drop, write_recipe(tmp_path / "web.yaml", [{"path": "drop", "glob": "*.jsonl"}])
+
+
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "160", **extra}
 
@@ -67,10 +75,7 @@ def manifest_of(store: Path, name: str) -> dict:
 def test_increments_add_only_new_files_dedup_against_the_parent_and_carry_it(tmp_path, prefect_harness):
     from flows.schedule import increment_flow
 
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    write_jsonl(drop / "day1.jsonl", rows(0, 60))
-    recipe = write_recipe(tmp_path / "web.yaml", [{"path": "drop", "glob": "*.jsonl"}])
+    drop, recipe = drop_folder(tmp_path, "day1.jsonl", rows(0, 60))
     store = VersionStore(tmp_path / "store")
 
     first = increment_flow(str(recipe), store.url, "web", workers=1)
@@ -151,6 +156,26 @@ def test_kill_9_mid_run_then_the_same_command_resumes_and_publishes_the_same_fin
     assert "resumed" not in clean
     assert manifest_of(store, "v")["fingerprint"] == clean["fingerprint"]
     assert manifest_of(store, "v")["steps"] == clean["steps"]
+
+
+@pytest.mark.e2e
+def test_a_step_failing_in_a_worker_process_stops_the_run_naming_the_step_and_shard(tmp_path, prefect_harness):
+    from curation.pipeline import ShardError
+    from curation.recipe import parse_recipe
+    from flows.curate import run_curation
+
+    write_jsonl(tmp_path / "in.jsonl", rows(0, 40))
+    (tmp_path / "broken-model").mkdir()  # not a trained classifier: fails when a worker loads it
+    recipe = parse_recipe({"inputs": [{"path": str(tmp_path / "in.jsonl")}], "shard_size_mb": 0.01,
+                           "steps": [{"step": "length_filter", "min_words": 5},
+                                     {"step": "quality_classifier", "model": str(tmp_path / "broken-model"),
+                                      "min_score": 0.2}]})
+    with pytest.raises(ShardError, match=r"step 'quality_classifier' failed on shard \S+raw-00000-\d+\.parquet: "
+                                         r"ClassifierError: .*classifier\.json: metadata file missing"):
+        run_curation(recipe, str(tmp_path / "store"), "x", workers=2)
+    store = VersionStore(tmp_path / "store")
+    assert not store.exists("x") and not (tmp_path / "store" / ".staging" / "x.lock").exists()
+    assert _done_markers(tmp_path / "store", "x", "ingest")  # the finished ingest is kept for a rerun
 
 
 # ---- concurrency --------------------------------------------------------------------------------------
@@ -279,10 +304,7 @@ def _wait_for(predicate, seconds: float, what: str, process: subprocess.Popen | 
 
 @pytest.mark.e2e
 def test_a_cron_deployment_fires_on_a_local_server_and_makes_incremental_versions(tmp_path, prefect_server):
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    write_jsonl(drop / "a.jsonl", rows(0, 40))
-    recipe = write_recipe(tmp_path / "web.yaml", [{"path": "drop", "glob": "*.jsonl"}])
+    drop, recipe = drop_folder(tmp_path, "a.jsonl", rows(0, 40))
     store = tmp_path / "store"
     serve = subprocess.Popen([CLI, "serve", str(recipe), "--cron", "* * * * * */5", "--store", str(store),
                               "--series", "nightly", "--workers", "1"],
@@ -315,21 +337,9 @@ def test_a_cron_deployment_fires_on_a_local_server_and_makes_incremental_version
     assert {row["measure"]: row["value"] for row in json.loads(diffs[0]["data"])}["added"] == 25
 
 
-def _chromium() -> str:
-    import shutil
-
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    message = "headless Chromium is needed for the Prefect UI check: apt-get install -y chromium"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def _render(url: str, tmp_path: Path, png: Path) -> str:
     """The page's text once its scripts ran, and a screenshot of it."""
-    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
+    base = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,1000",
             "--virtual-time-budget=20000"]
@@ -360,3 +370,14 @@ def test_the_prefect_ui_shows_the_flow_run_and_its_artifacts(tmp_path, prefect_s
     for png in (tmp_path / "flow-run.png", tmp_path / "artifact.png"):
         pixels = imread(png)[..., :3]
         assert pixels.shape[:2] == (1000, 1400) and pixels.std() > 0.05  # a drawn page, not a blank one
+
+
+def test_the_shared_token_cache_is_bounded_by_characters():
+    from curation.analysis import TokenCache
+
+    cache = TokenCache(max_chars=100)
+    for i in range(10):
+        assert cache.tokens(str(i), "word " * 10) == ["word"] * 10  # 50 characters each
+    assert cache.chars == 100 and len(cache._cache) == 2  # the oldest went first
+    cache.clear()
+    assert cache.chars == 0 and not cache._cache

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import fsspec
 import pytest
+from conftest import chromium
 
 from curation.report import SECTION_TITLES, diff_report, removed_examples, version_report, write_report
 
@@ -254,20 +253,9 @@ def test_write_report_is_atomic_and_roundtrips():
 # ---- a real browser -----------------------------------------------------------------------------
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    message = "headless Chromium is needed for the browser check: apt-get install -y chromium"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def _screenshot(html_path: Path, tmp_path: Path) -> Path:
     png = tmp_path / "screenshot.png"
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
            "--window-size=1200,2000", f"--screenshot={png}", html_path.resolve().as_uri()]

@@ -558,10 +558,13 @@ def _write_text(fs: fsspec.AbstractFileSystem, path: str, text: str) -> None:
 
 # ---- resource estimate ----------------------------------------------------------------------------
 
-# Constants measured with bench/end_to_end.py (2-core machine, generated 3 KB documents); see bench/README.md.
-PARQUET_BYTES_PER_TEXT_BYTE = 0.45  # zstd Parquet of a shard (text + provenance) per byte of document text
-DEDUP_DRIVER_BYTES_PER_DOC = 420  # Python bookkeeping per document while a dedup step decides (ids, keys, where)
-WORKER_BYTES_PER_SHARD_BYTE = 6.0  # a worker's peak while a shard runs through the steps (Arrow + temporaries)
+# Measured with bench/end_to_end.py (1 M generated 3 KB documents, 64 MB shards, 2 workers): the store's
+# peak disk was 5.4 GB for 3.1 GB of text in 3 rounds (0.35 x (rounds + 2)); a worker peaked at 1.66 GB on a
+# 64 MB shard (~300 MB of it imports); the whole tree peaked at 8.4 GB, which leaves ~4 GB (~4 KB per document)
+# for the flow's own process while a dedup step decides (ids, keys, where each text lives, candidate pairs).
+PARQUET_BYTES_PER_TEXT_BYTE = 0.35
+DEDUP_DRIVER_BYTES_PER_DOC = 4000
+WORKER_BYTES_PER_SHARD_BYTE = 21.0
 COMPRESSED_RATIO_GUESS = 3.0  # gzip/zstd/Parquet inputs: text bytes per file byte, when the sample cannot tell
 
 

@@ -83,6 +83,7 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
                     decisions[start], report = pipeline.decide(recipe, start, previous, store.url)
                     if report is not None:
                         reports[recipe.build_steps()[start][0]] = report
+                decided = time.perf_counter() - clock  # in this process, on one core
                 label = "steps" if number == 0 else f"steps {number + 1}"
                 stage = progress.stage(label, total=sum(r.records for r in ingested) or 1)
                 futures = [shard_task.submit(recipe, inputs[s], drops.get(s, []) if number == 0 else [], store.url,
@@ -99,7 +100,8 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
                     docs += n + result.duplicate_id_rejects
                     progress.advance(stage, n + result.duplicate_id_rejects, n + result.duplicate_id_rejects)
                 timings[label] = _timing(clock, docs)
-                timings[label]["steps"] = [n for n, _ in recipe.build_steps()[start:stop]]
+                timings[label].update(steps=[n for n, _ in recipe.build_steps()[start:stop]],
+                                      decide_seconds=round(decided, 3))
             processed.sort(key=lambda r: r.shard)
 
         clock = time.perf_counter()

@@ -76,5 +76,5 @@ def serve(recipe_path: Path, store_url: str, series: str, cron: str, workers: in
                   "series": series, "workers": workers, "cluster": cluster, "start": start}
     increment_flow.serve(name=series, schedules=[CronSchedule(cron=cron, timezone=timezone)], parameters=parameters,
                          description=f"Incremental curation of {recipe_path.name} into series {series}",
-                         tags=["curate", f"series:{series}"],
+                         tags=["curate", f"series:{series}"], limit=1,  # one increment at a time
                          entrypoint_type=EntrypointType.MODULE_PATH)  # importable wherever curate is installed

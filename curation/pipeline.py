@@ -14,11 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import numpy as np
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation import markers
 from curation.ingest import (
     INGEST_STEP,
     PROVENANCE_COLUMNS,
@@ -40,6 +40,7 @@ from curation.record import as_rejects, conform, conform_rejects, conform_to, un
 from curation.steps import Collected, reason_key
 
 PARQUET_COMPRESSION = "zstd"
+T = TypeVar("T")
 
 
 class ShardError(RuntimeError):
@@ -56,6 +57,7 @@ class IngestUnit:
     nbytes: int
 
 
+@markers.marker_type
 @dataclass
 class IngestResult:
     unit: int
@@ -67,6 +69,7 @@ class IngestResult:
     resumed: bool = False  # read back from an interrupted run's finished work
 
 
+@markers.marker_type
 @dataclass
 class ShardResult:
     shard: str  # the raw shard this result descends from
@@ -149,29 +152,30 @@ def run_key(recipe: Recipe, plan: Plan, parents: list[str], extra: str = "") -> 
 
 
 def _done_path(staging: str, key: str) -> str:
-    return f"{staging}/work/done/{key}.pkl"
+    return f"{staging}/work/done/{key}.arrow"
 
 
-def finished(fs: fsspec.AbstractFileSystem, staging: str, key: str) -> Any | None:
-    """A task's result, persisted by an earlier attempt of this run once all its files were written."""
+def finished(fs: fsspec.AbstractFileSystem, staging: str, key: str, expected: type[T]) -> T | None:
+    """A task's result, persisted by an earlier attempt of this run once all its files were written. The
+    staging folder may be shared, so the marker is data, never code: one that cannot be read as an
+    `expected` of this task is ignored with a warning, and the task is done again."""
     path = _done_path(staging, key)
     if not fs.exists(path):
         return None
-    # Pickle, because a result holds whatever a global step collects (numpy arrays, ids, summaries). Only this
-    # run's own staging folder is read, and anyone who can write there can already change the data itself.
     with fs.open(path, "rb") as handle:
-        result = pickle.load(handle)
-    result.resumed = True
+        result = markers.read(handle.read(), key, expected, path)
+    if result is not None:
+        result.resumed = True
     return result
 
 
-def mark_finished(fs: fsspec.AbstractFileSystem, staging: str, key: str, result: Any) -> Any:
+def mark_finished(fs: fsspec.AbstractFileSystem, staging: str, key: str, result: T) -> T:
     """Persist a task's result after its files (write then rename: a half-written marker never counts)."""
     path = _done_path(staging, key)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     tmp = f"{path}.tmp"
     with fs.open(tmp, "wb") as handle:
-        pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        handle.write(markers.encode(result, key))
     fs.mv(tmp, path)
     return result
 
@@ -229,7 +233,7 @@ class _RollingWriter:
 
 def ingest_unit(recipe: Recipe, unit: IngestUnit, store_url: str, staging: str) -> IngestResult:
     fs, _ = fsspec.core.url_to_fs(store_url)
-    done = finished(fs, staging, f"ingest-{unit.unit:05d}")
+    done = finished(fs, staging, f"ingest-{unit.unit:05d}", IngestResult)
     if done is not None:
         return done
     spec: InputSpec = recipe.inputs[unit.input_index]
@@ -339,7 +343,7 @@ def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], stor
     stem = source_shard.rsplit("/", 1)[-1].removeprefix("raw-").removesuffix(".parquet")
     # start and stop: a global first step has a collect-only round (0, 0) before its apply round (0, 1)
     key = f"round-{start:02d}-{len(recipe.steps) if stop is None else stop:02d}-{stem}"
-    done = finished(fs, staging, key)
+    done = finished(fs, staging, key, ShardResult)
     if done is not None:
         return done
     try:

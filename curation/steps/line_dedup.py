@@ -53,6 +53,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 from xxhash import xxh3_64_intdigest
 
+from curation.markers import marker_type
 from curation.steps.base import Collected, Step, StepOutput, StepParams, set_column
 
 ANNOTATION = "boilerplate_units_removed"
@@ -73,6 +74,7 @@ class LineDedupParams(StepParams):
     keep_first: bool = True  # keep the unit in its first document (run order), remove it from the others
 
 
+@marker_type
 @dataclass(frozen=True)
 class LineDedupSummary:
     """What `collect` sends for one shard: distinct unit hashes per document, and the documents' ids."""

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from curation.evalsets import evalset_exists
 from curation.guards import GuardConfig
 from curation.ingest import InputSpec
 from curation.steps import REGISTRY, Step
@@ -80,13 +81,23 @@ class StepSpec(BaseModel):
     def stage_label(self) -> str:
         return self.stage or REGISTRY[self.step].category
 
-    def build(self, store_url: str | None = None) -> Step:
+    def build(self, store_url: str | None = None, base: Path | None = None) -> Step:
         """The configured step; a step that reads from the store (e.g. evaluation sets) gets the run's
-        store when the recipe does not name one."""
-        params = self.params
-        if store_url is not None and "store" in REGISTRY[self.step].Params.model_fields and params.get("store") is None:
+        store when the recipe does not name one, and relative file paths are taken from the recipe's folder."""
+        cls = REGISTRY[self.step]
+        params = {**self.params, **self.paths(base)}
+        if store_url is not None and "store" in cls.Params.model_fields and params.get("store") is None:
             params = {**params, "store": store_url}
-        return REGISTRY[self.step](**params)
+        return cls(**params)
+
+    def paths(self, base: Path | None) -> dict[str, str]:
+        """The step's file parameters that are set, resolved against `base` (the recipe's folder)."""
+        out = {}
+        for key in REGISTRY[self.step].path_params:
+            value = self.params.get(key)
+            if isinstance(value, str) and value:
+                out[key] = str(value if base is None or Path(value).is_absolute() else base / value)
+        return out
 
 
 class Recipe(BaseModel):
@@ -124,6 +135,10 @@ class Recipe(BaseModel):
                 cls.Params(**spec.params)
             except ValidationError as exc:
                 raise ValueError(f"{where} ({spec.step}): {_describe(exc, cls.Params)}") from None
+            for key, path in spec.paths(self.base).items():
+                if not Path(path).exists():
+                    raise ValueError(f"{where} ({spec.step}): {key} = {spec.params[key]!r}: no such file or folder "
+                                     f"({path})")
             if spec.instance_name in seen or spec.instance_name == "ingest":
                 raise ValueError(f"{where}: step name {spec.instance_name!r} is used twice; give one a `name:`")
             seen.add(spec.instance_name)
@@ -136,7 +151,30 @@ class Recipe(BaseModel):
         return self
 
     def build_steps(self, store_url: str | None = None) -> list[tuple[str, Step]]:
-        return [(spec.instance_name, spec.build(store_url)) for spec in self.steps]
+        return [(spec.instance_name, spec.build(store_url, self.base)) for spec in self.steps]
+
+    def preflight(self, store_url: str) -> None:
+        """RecipeError naming the step and what it needs from the store or its files and cannot use (evaluation
+        sets, earlier versions, classifier models), or a guard's missing reference: checked before any work."""
+        for i, (name, step) in enumerate(self.build_steps(store_url)):
+            try:
+                step.preflight(store_url)
+            except ValueError as exc:
+                raise RecipeError(f"steps[{i}] ({name}): {exc}") from None
+        reference, model = self.guards.reference, self.resolved_guards.reference_model
+        if reference and not evalset_exists(store_url, reference):
+            raise RecipeError(f"guards: reference = {reference!r}: no such evaluation set in {store_url} (`curate "
+                              "evalset list` shows those there are)")
+        if model and not Path(model).is_file():
+            raise RecipeError(f"guards: reference_model = {self.guards.reference_model!r}: no such file ({model})")
+
+    @property
+    def resolved_guards(self) -> GuardConfig:
+        """The `guards:` block with its reference model's path taken from the recipe's folder."""
+        model = self.guards.reference_model
+        if not model:
+            return self.guards
+        return self.guards.model_copy(update={"reference_model": str(self.resolve(model))})
 
     def content_hash(self) -> str:
         """What the run does, not what it is called: inputs, steps and output settings."""
@@ -148,6 +186,7 @@ class Recipe(BaseModel):
         for spec in body["inputs"]:
             if spec.get("reject_field") is None:
                 spec.pop("reject_field", None)
+            spec.pop("license", None)  # a label for the dataset card
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
     def stages(self, each_step: bool = False) -> list[Stage]:
@@ -193,9 +232,16 @@ def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
             parts.append(f"unknown key {key!r}; valid keys: {valid}")
         elif err["type"] == "missing":
             parts.append(f"missing required key {key!r}")
+        elif err["type"] == "value_error" and "ctx" in err:  # a check across keys (e.g. min <= max)
+            parts.append(f"{key + ': ' if key else ''}{err['ctx']['error']}")
         else:
-            parts.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+            bounds = [f"{op} {err['ctx'][k]}" for k, op in _BOUNDS.items() if k in err.get("ctx", {})]
+            detail = f"out of range; allowed: {', '.join(bounds)}" if bounds else err["msg"].lower()
+            parts.append(f"{key} = {err.get('input')!r}: {detail}")
     return "; ".join(parts)
+
+
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}  # pydantic's names of a field's bounds
 
 
 def parse_recipe(data: Any, base_dir: Path | None = None, origin: str = "recipe") -> Recipe:

@@ -49,6 +49,7 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
     key: after a crash (even kill -9) the same command finds them and redoes only the rest."""
     started = time.perf_counter()
     store = VersionStore(store_url)
+    recipe.preflight(store.url)  # what the steps need from the store and from files, before any work
     plan = pipeline.plan_ingest(recipe, seen)  # bad inputs and name clashes fail here, before any work
     staging = store.begin(name, pipeline.run_key(recipe, plan, parents or [],
                                                  extra=f"synthesis={synthesis} carry={carry}"))
@@ -114,7 +115,7 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
         if any(resumed.values()):
             manifest["resumed"] = {**resumed, "of_ingest_tasks": len(ingested), "of_shard_tasks": len(processed)}
         manifest.update(manifest_extra or {})
-        manifest["guards"] = staged_guards(store, staging.path, recipe.guards, recipe=recipe, parents=parents,
+        manifest["guards"] = staged_guards(store, staging.path, recipe.resolved_guards, recipe=recipe, parents=parents,
                                            synthesis=synthesis)
         override = gate(manifest["guards"], name, override_guards)
         if override:

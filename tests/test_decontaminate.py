@@ -71,7 +71,7 @@ def test_names_are_immutable(store, tmp_path):
     with pytest.raises(E.EvalSetExistsError, match="already exists"):
         E.register_evalset(store, "qa", [str(tmp_path / "short.jsonl")])
     assert E.load_evalset(store, "qa")[0].num_rows == 2  # untouched
-    with pytest.raises(E.EvalSetError, match="invalid eval set name"):
+    with pytest.raises(E.EvalSetError, match="invalid evaluation set name"):
         E.register_evalset(store, "../x", [str(tmp_path / "short.jsonl")])
     with pytest.raises(E.EvalSetError, match="does not exist"):
         E.register_evalset(store, "missing", [str(tmp_path / "nope.jsonl")])

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
+from curation.recipe import RecipeError, load_recipe
 from curation.steps.langid import LanguageFilter, LanguageFilterParams
 from curation.steps.pii import PIIRedactor
 
@@ -113,9 +114,11 @@ def test_bad_language_codes_are_errors():
 def test_fasttext_backend_needs_an_existing_model_file(tmp_path: Path):
     with pytest.raises(ValidationError, match="needs model_path.*lid.176"):
         LanguageFilter(backend="fasttext")
-    missing = tmp_path / "lid.176.bin"
-    with pytest.raises(ValidationError, match=f"model file not found: {missing}"):
-        LanguageFilter(backend="fasttext", model_path=str(missing))
+    (tmp_path / "r.yaml").write_text("inputs: [{path: r.yaml, format: text}]\nsteps:\n"
+                                     "  - {step: language_filter, backend: fasttext, model_path: lid.176.bin}\n")
+    with pytest.raises(RecipeError, match=r"steps\[0\] \(language_filter\): model_path = 'lid.176.bin': no such file "
+                                          rf"or folder \({tmp_path.resolve()}/lid.176.bin\)"):
+        load_recipe(tmp_path / "r.yaml")
 
 
 TRAIN = {

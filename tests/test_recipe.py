@@ -26,13 +26,42 @@ BASE = {"inputs": [{"path": "x.jsonl"}]}
     ({**BASE, "synthesize": {"method": "self_instruct", "records": 5, "backend": {"kind": "hf", "path": "m"}}},
      "a synthesis recipe takes no 'inputs'"),
     ({"steps": []}, "missing required key 'inputs'"),
-    ({**BASE, "steps": [{"step": "length_filter", "min_chars": "many"}]}, "min_chars: Input should be a valid integer"),
+    ({**BASE, "steps": [{"step": "length_filter", "min_chars": "many"}]},
+     "min_chars = 'many': input should be a valid integer"),
     ({"inputs": [{"path": "x.jsonl", "origin": "robot"}]}, "inputs[0].origin"),
     ({**BASE, "steps": [{"step": "normalize"}, {"step": "normalize"}]}, "step name 'normalize' is used twice"),
 ])
 def test_bad_recipes_name_the_key(recipe, message):
     with pytest.raises(RecipeError) as info:
         parse_recipe(recipe)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("step, message", [
+    ({"step": "length_filter", "min_chars": -5},
+     "steps[1] (length_filter): min_chars = -5: out of range; allowed: >= 0"),
+    ({"step": "length_filter", "min_chars": 500, "max_chars": 10},
+     "steps[1] (length_filter): min_chars = 500 is above max_chars = 10; allowed: min_chars <= max_chars"),
+    ({"step": "fineweb_quality", "line_punct_thr": -1},
+     "steps[1] (fineweb_quality): line_punct_thr = -1: out of range; allowed: >= 0"),
+    ({"step": "fineweb_quality", "new_line_ratio": -1}, "new_line_ratio = -1: out of range; allowed: >= 0"),
+    ({"step": "gopher_quality", "min_alpha_words_ratio": 5},
+     "steps[1] (gopher_quality): min_alpha_words_ratio = 5: out of range; allowed: <= 1"),
+    ({"step": "gopher_quality", "min_doc_words": 200, "max_doc_words": 100}, "min_doc_words = 200 is above"),
+    ({"step": "gopher_repetition", "dup_line_frac": 1.5}, "dup_line_frac = 1.5: out of range; allowed: <= 1"),
+    ({"step": "gopher_repetition", "top_n_grams": [[2, 1.5]]}, "top_n_grams.0.1 = 1.5: out of range; allowed: <= 1"),
+    ({"step": "c4_quality", "min_num_sentences": -3},
+     "steps[1] (c4_quality): min_num_sentences = -3: out of range; allowed: >= 0"),
+    ({"step": "instruction_filter", "min_task_words": 10, "max_task_words": 5}, "min_task_words = 10 is above"),
+    ({"step": "minhash_dedup", "bands": 4}, "bands and rows go together"),
+    ({"step": "normalize", "name": "again", "max_blank_lines": -1},
+     "max_blank_lines = -1: out of range; allowed: >= 0"),
+    ({"step": "normalize", "name": "again", "unicode_form": "NFX"}, "unicode_form = 'NFX': input should be"),
+    ({"step": "minhash_dedup", "bands": 40, "rows": 8}, "bands x rows = 40 x 8 = 320 is above num_perm = 128"),
+])
+def test_thresholds_out_of_range_fail_at_load_naming_step_key_value_and_range(step, message):
+    with pytest.raises(RecipeError) as info:
+        parse_recipe({**BASE, "steps": [{"step": "normalize"}, step]})
     assert message in str(info.value)
 
 

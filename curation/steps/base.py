@@ -13,17 +13,35 @@ chosen from the data without re-running.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from curation.store import VersionStore
+
+# The ranges every threshold falls in, so a recipe with an impossible one fails when it loads.
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]  # a share of lines, words, characters or documents
+Count = Annotated[int, Field(ge=0)]  # words, characters, lines, sentences
+PositiveCount = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[float, Field(ge=0.0)]  # a ratio that may exceed 1 (symbols per word, characters per word)
 
 
 class StepParams(BaseModel):
     """Parameters of a step; unknown keys are errors, so a typo never silently means a default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # (lower, upper) parameter pairs that must satisfy lower <= upper when both are set.
+    ordered: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_order(self) -> StepParams:
+        for low, high in self.ordered:
+            lo, hi = getattr(self, low), getattr(self, high)
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"{low} = {lo!r} is above {high} = {hi!r}; allowed: {low} <= {high}")
+        return self
 
 
 class FilterParams(StepParams):
@@ -64,9 +82,15 @@ class Step:
     # What kind of change the step makes: the default stage label when a recipe's cumulative outputs
     # are compared (`Recipe.stages`, `curate ablate --steps`).
     category: ClassVar[str] = "transform"
+    # Parameters that name a local file or folder: relative to the recipe's folder, checked when it loads.
+    path_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: StepParams | None = None, **kwargs: object) -> None:
         self.params = params if params is not None else self.Params(**kwargs)
+
+    def preflight(self, store_url: str) -> None:
+        """Raise ValueError naming what the step needs from the run's store (evaluation sets, earlier
+        versions) or its files and cannot use, so that a run fails before any work rather than midway."""
 
     def apply(self, batch: pa.Table) -> StepOutput:
         raise NotImplementedError
@@ -119,6 +143,17 @@ class FilterStep(Step):
             out.counters.update({f"would_reject:{k}": v for k, v in _count_keys(would).items()})
             return out
         return split(batch, measured.reasons)
+
+
+def require_versions(store_url: str, names: list[str]) -> None:
+    """ValueError naming the versions (e.g. a step's `against:`) that the store does not hold."""
+    if not names:
+        return
+    store = VersionStore(store_url)
+    missing = [name for name in names if not store.exists(name)]
+    if missing:
+        raise ValueError(f"against: no version {', '.join(map(repr, missing))} in {store.url} "
+                         "(`curate versions` lists them)")
 
 
 def set_column(batch: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:

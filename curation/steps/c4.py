@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curation.steps.base import FilterParams, FilterStep, Measurement
+from curation.steps.base import Count, FilterParams, FilterStep, Measurement, PositiveCount
 
 CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 END_PUNCTUATION = (".", "?", "!", '"', "'")
@@ -36,9 +36,9 @@ class C4QualityParams(FilterParams):
     remove_lines: bool = True
     remove_citations: bool = True
     filter_no_terminal_punct: bool = True
-    min_num_sentences: int | None = 5
-    min_words_per_line: int | None = 3
-    max_word_length: int | None = 1000
+    min_num_sentences: Count | None = 5
+    min_words_per_line: Count | None = 3
+    max_word_length: PositiveCount | None = 1000
     filter_lorem_ipsum: bool = True
     filter_javascript: bool = True
     filter_curly_bracket: bool = True
@@ -70,6 +70,7 @@ class C4Quality(FilterStep):
     name = "c4_quality"
     Params = C4QualityParams
     signal_bounds = {"sentences": {"min": "min_num_sentences"}}
+    path_params = ("bad_words_file",)
 
     def __init__(self, params=None, **kwargs):
         super().__init__(params, **kwargs)

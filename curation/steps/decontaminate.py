@@ -48,7 +48,7 @@ from pydantic import Field, field_validator
 from xxhash import xxh3_64_intdigest
 
 from curation.analysis import TOKENS, tokenize
-from curation.evalsets import EvalSetError, load_evalset, read_info
+from curation.evalsets import EvalSetError, evalset_exists, load_evalset, read_info
 from curation.steps.base import FilterParams, FilterStep, Measurement, first_failure, threshold_reason
 from curation.store import StoreError, VersionStore, check_name
 
@@ -287,6 +287,14 @@ class Decontaminate(FilterStep):
     Params = DecontaminateParams
     # Kept iff ngrams <= min_overlaps - 1: a `max` bound, exposed as the derived `max_clean_ngrams`.
     signal_bounds = {"ngrams": {"max": "max_clean_ngrams"}}
+
+    def preflight(self, store_url: str) -> None:
+        p: DecontaminateParams = self.params  # type: ignore[assignment]
+        store = p.store or store_url
+        missing = [name for name in p.evalsets if not evalset_exists(store, name)]
+        if missing:
+            raise ValueError(f"evalsets: no evaluation set {', '.join(map(repr, missing))} in {store} (register one "
+                             "with `curate evalset register`; `curate evalset list` shows those there are)")
 
     def _index(self) -> EvalIndex:
         p: DecontaminateParams = self.params  # type: ignore[assignment]

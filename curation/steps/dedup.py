@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from curation import dedup as D
-from curation.steps.base import Collected, FilterParams, FilterStep, Measurement
+from curation.steps.base import Collected, FilterParams, FilterStep, Measurement, require_versions
 
 EXAMPLE_CLUSTERS = 5
 EXAMPLE_CHARS = 240
@@ -51,6 +51,9 @@ class _DedupStep(FilterStep):
 
     def is_global(self) -> bool:
         return True
+
+    def preflight(self, store_url: str) -> None:
+        require_versions(store_url, self.params.against)  # type: ignore[attr-defined]
 
     def bind(self, decision: D.DedupDecision) -> None:
         self.decision = decision
@@ -254,9 +257,18 @@ class MinHashDedupParams(DedupParams):
     num_perm: int = Field(D.NUM_PERM, ge=16, le=1024)
     shingle_words: int = Field(D.SHINGLE_WORDS, ge=1, le=32)
     seed: int = D.SEED
-    bands: int | None = None  # default: chosen for the threshold (see curation.dedup.choose_bands)
-    rows: int | None = None
+    bands: int | None = Field(None, ge=1)  # default: chosen for the threshold (see curation.dedup.choose_bands)
+    rows: int | None = Field(None, ge=1)
     verify: bool = True  # confirm candidates with the exact Jaccard of the shingle sets
+
+    @model_validator(mode="after")
+    def _check_bands(self) -> MinHashDedupParams:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("bands and rows go together: set both, or neither to choose them for the threshold")
+        if self.bands and self.rows and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows = {self.bands} x {self.rows} = {self.bands * self.rows} is above "
+                             f"num_perm = {self.num_perm}; allowed: bands x rows <= num_perm")
+        return self
 
 
 class MinHashDedup(_DedupStep):

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation import analysis as A
-from curation.steps.base import FilterParams, FilterStep, Measurement
+from curation.steps.base import Count, FilterParams, FilterStep, Fraction, Measurement, NonNegative
 from curation.steps.gopher import _reason_column, duplicates
 
 # Sentence-ending punctuation across scripts (the Unicode Terminal_Punctuation characters that end
@@ -21,12 +21,12 @@ STOP_CHARS = tuple(".!?\u037e\u0589\u061f\u06d4\u0700\u0701\u0702\u0964\u0965\u1
 
 class FineWebQualityParams(FilterParams):
     # Penedo et al. 2024 / datatrove defaults.
-    line_punct_thr: float | None = 0.12  # reject when fewer than this share of lines end in punctuation
+    line_punct_thr: Fraction | None = 0.12  # reject when fewer than this share of lines end in punctuation
     line_punct_exclude_zero: bool = False
-    short_line_thr: float | None = 0.67  # reject when more than this share of lines are short
-    short_line_length: int = 30
-    char_duplicates_ratio: float | None = 0.01  # reject when more than this share of characters repeat lines
-    new_line_ratio: float | None = 0.3  # reject when line breaks per word exceed this
+    short_line_thr: Fraction | None = 0.67  # reject when more than this share of lines are short
+    short_line_length: Count = 30
+    char_duplicates_ratio: Fraction | None = 0.01  # reject when more than this share of characters repeat lines
+    new_line_ratio: NonNegative | None = 0.3  # reject when line breaks per word exceed this
 
 
 class FineWebQuality(FilterStep):

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation import analysis as A
-from curation.steps.base import FilterParams, FilterStep, Measurement
+from curation.steps.base import Count, FilterParams, FilterStep, Fraction, Measurement, NonNegative, PositiveCount
 
 # Gopher's stop words (Rae et al. 2021, A.1.1): a document needs at least two of them.
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
@@ -24,16 +24,17 @@ STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 
 class GopherQualityParams(FilterParams):
     # Rae et al. 2021, Table A1 / datatrove defaults.
-    min_doc_words: int | None = 50
-    max_doc_words: int | None = 100_000
-    min_avg_word_length: float | None = 3
-    max_avg_word_length: float | None = 10
-    max_symbol_word_ratio: float | None = 0.1  # '#' and ellipses per word
-    max_bullet_lines_ratio: float | None = 0.9
-    max_ellipsis_lines_ratio: float | None = 0.3
-    min_alpha_words_ratio: float | None = 0.8  # words with at least one letter
-    min_stop_words: int | None = 2
+    min_doc_words: Count | None = 50
+    max_doc_words: Count | None = 100_000
+    min_avg_word_length: NonNegative | None = 3
+    max_avg_word_length: NonNegative | None = 10
+    max_symbol_word_ratio: NonNegative | None = 0.1  # '#' and ellipses per word
+    max_bullet_lines_ratio: Fraction | None = 0.9
+    max_ellipsis_lines_ratio: Fraction | None = 0.3
+    min_alpha_words_ratio: Fraction | None = 0.8  # words with at least one letter
+    min_stop_words: Count | None = 2
     stop_words: tuple[str, ...] = STOP_WORDS
+    ordered = (("min_doc_words", "max_doc_words"), ("min_avg_word_length", "max_avg_word_length"))
 
 
 def _reason_column(n: int, checks: list[tuple[str, np.ndarray, np.ndarray, str, float]], rule: str) -> pa.Array:
@@ -106,13 +107,14 @@ class GopherQuality(FilterStep):
 
 class GopherRepetitionParams(FilterParams):
     # Rae et al. 2021, Table A1 / datatrove defaults.
-    dup_line_frac: float | None = 0.3
-    dup_para_frac: float | None = 0.3
-    dup_line_char_frac: float | None = 0.2
-    dup_para_char_frac: float | None = 0.2
-    top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.2), (3, 0.18), (4, 0.16))
-    dup_n_grams: tuple[tuple[int, float], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11),
-                                                  (10, 0.10))
+    dup_line_frac: Fraction | None = 0.3
+    dup_para_frac: Fraction | None = 0.3
+    dup_line_char_frac: Fraction | None = 0.2
+    dup_para_char_frac: Fraction | None = 0.2
+    # (n, the largest share of characters the n-grams may cover)
+    top_n_grams: tuple[tuple[PositiveCount, Fraction], ...] = ((2, 0.2), (3, 0.18), (4, 0.16))
+    dup_n_grams: tuple[tuple[PositiveCount, Fraction], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12),
+                                                               (9, 0.11), (10, 0.10))
 
 
 _PARAGRAPHS = re.compile(r"\n{2,}")

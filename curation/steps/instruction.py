@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from curation.steps.base import Collected, FilterParams, FilterStep, Measurement
+from curation.steps.base import Collected, FilterParams, FilterStep, Measurement, require_versions
 from curation.synth.rouge import NOVELTY_THRESHOLD, NoveltyPool
 
 SELF_INSTRUCT_BLACKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map",
@@ -88,6 +88,7 @@ class InstructionFilterParams(FilterParams):
     echo: bool = True
     min_response_words: int | None = Field(1, ge=0)
     max_response_words: int | None = Field(2000, ge=1)
+    ordered = (("min_task_words", "max_task_words"), ("min_response_words", "max_response_words"))
 
 
 class InstructionFilter(FilterStep):
@@ -154,6 +155,9 @@ class RougeNovelty(FilterStep):
 
     def is_global(self) -> bool:
         return True
+
+    def preflight(self, store_url: str) -> None:
+        require_versions(store_url, self.params.against)  # type: ignore[attr-defined]
 
     def collect(self, batch: pa.Table) -> dict[str, list[str]]:
         return {"id": batch.column("id").to_pylist(), "task": tasks_of(batch, self.params.field)}

@@ -74,8 +74,6 @@ class LanguageFilterParams(FilterParams):
             if value is None:
                 raise ValueError("backend 'fasttext' needs model_path: a fastText language-ID model such as "
                                  "lid.176.bin or lid.176.ftz (https://fasttext.cc/docs/en/language-identification.html)")
-            if not Path(value).is_file():
-                raise ValueError(f"fastText model file not found: {value}")
         return value
 
 
@@ -122,6 +120,7 @@ class LanguageFilter(FilterStep):
     # `score`: the top language's probability when it is one of `languages`, else 0, so that in annotate
     # mode (`language_filter__score`) a single minimum on it reproduces the filter.
     signal_bounds = {"score": {"min": "min_score"}}
+    path_params = ("model_path",)
 
     def __init__(self, params: LanguageFilterParams | None = None, **kwargs: object) -> None:
         super().__init__(params, **kwargs)

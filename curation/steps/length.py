@@ -10,14 +10,15 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.steps.base import FilterParams, FilterStep, Measurement, first_failure, threshold_reason
+from curation.steps.base import Count, FilterParams, FilterStep, Measurement, first_failure, threshold_reason
 
 
 class LengthFilterParams(FilterParams):
-    min_chars: int | None = 50
-    max_chars: int | None = 1_000_000
-    min_words: int | None = 5
-    max_words: int | None = None
+    min_chars: Count | None = 50
+    max_chars: Count | None = 1_000_000
+    min_words: Count | None = 5
+    max_words: Count | None = None
+    ordered = (("min_chars", "max_chars"), ("min_words", "max_words"))
 
 
 def word_counts(text: pa.ChunkedArray | pa.Array) -> pa.Array:

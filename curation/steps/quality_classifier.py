@@ -19,14 +19,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from curation.classifier import cached_model
+from curation.classifier import ClassifierError, cached_model, read_info
 from curation.steps.base import Collected, FilterParams, FilterStep, Measurement, first_failure, threshold_reason
 
 SCORE_COLUMN = "quality_score"
 
 
 class QualityClassifierParams(FilterParams):
-    model: str = Field(min_length=1)  # classifier folder or model file (relative paths resolved by the caller)
+    model: str = Field(min_length=1)  # classifier folder or model file (relative to the recipe's folder)
     min_score: float = Field(0.5, ge=0.0, le=1.0)
     # Keep the best k % of documents over the whole run (overrides min_score); DCLM keeps the top 10 %.
     keep_top_percent: float | None = Field(None, gt=0.0, le=100.0)
@@ -38,6 +38,15 @@ class QualityClassifier(FilterStep):
     # In annotate mode the score is also written as `quality_classifier__score`, the `<rule>__<signal>`
     # column that threshold/retention views read.
     signal_bounds = {"score": {"min": "min_score"}}
+    path_params = ("model",)
+
+    def preflight(self, store_url: str) -> None:
+        try:
+            info = read_info(self.params.model)  # type: ignore[attr-defined]
+        except ClassifierError as exc:
+            raise ValueError(f"model: {exc}") from None
+        if not info.model_path.is_file():
+            raise ValueError(f"model: {info.model_path} is missing (the classifier folder names it)")
 
     def is_global(self) -> bool:
         return self.params.keep_top_percent is not None  # type: ignore[attr-defined]

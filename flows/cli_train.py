@@ -58,13 +58,17 @@ def train_version(target, version: str, cfg, *, eval_sets: list[str] | None = No
     from curation.evalsets import evalset_names
     from training.runs import train_version as train_or_reuse
     from training.tokenizer import load_tokenizer, tokenizer_for_version
+    from training.trainer import CheckpointMismatch
 
     tok = load_tokenizer(tokenizer) if tokenizer else tokenizer_for_version(target, version, vocab_size)
     names = eval_sets or evalset_names(target)
     if not names and _is_main():
         console.print("[yellow]warning:[/] no evaluation set is registered (`curate evalset register`): "
                       "only the training loss will be reported")
-    run = train_or_reuse(target, version, cfg, tok, names, log=console.print)
+    try:
+        run = train_or_reuse(target, version, cfg, tok, names, log=console.print)
+    except CheckpointMismatch as exc:  # a run folder whose checkpoint was made by another configuration
+        fail(str(exc))
     if _is_main():
         for name, values in run.final_eval.items():
             console.print(f"eval {name}: loss {values['loss']:.4f}, {values['bpb']:.4f} bits/byte")

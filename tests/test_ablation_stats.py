@@ -13,8 +13,10 @@ from training.ablation import (
     BETTER,
     NEEDS_SEEDS,
     NO_EFFECT,
+    NOT_INFORMATIVE,
     WORSE,
     AblationSpec,
+    ablation_result,
     analyse,
     compare,
     holm,
@@ -22,8 +24,10 @@ from training.ablation import (
     noise_floor,
     power,
     seeds_needed,
+    summary_rows,
     waterfall,
 )
+from training.ablation_report import ablation_report
 
 
 def test_paired_comparison_matches_scipy_and_the_t_interval():
@@ -53,8 +57,15 @@ def test_identical_runs_are_no_effect_not_a_division_by_zero():
     values = {0: 5.1, 1: 5.3, 2: 5.2}
     c = compare(values, dict(values))
     assert c.identical and c.verdict == NO_EFFECT and c.p_value == 1.0 and c.ci_low == c.ci_high == 0.0
-    shifted = compare(values, {s: v + 0.01 for s, v in values.items()})  # a constant shift: no noise at all
-    assert shifted.verdict == WORSE and not shifted.identical
+
+
+@pytest.mark.parametrize("base", [{0: 5.1, 1: 5.3, 2: 5.2},
+                                  {0: 4.036, 1: 4.132, 2: 3.999}])  # + 0.013: deltas 1e-16 apart after rounding
+def test_the_same_nonzero_delta_on_every_seed_is_not_informative(base):
+    shifted = compare(base, {s: v + 0.013 for s, v in base.items()})  # a constant shift: no spread to measure
+    assert shifted.verdict == NOT_INFORMATIVE and not shifted.identical
+    assert shifted.p_value is None and shifted.ci_low is None and shifted.ci_high is None and shifted.mde is None
+    assert shifted.mean == pytest.approx(0.013) and "add seeds" in shifted.notes[-1]
 
 
 def test_only_common_seeds_are_paired():
@@ -138,6 +149,39 @@ def test_analyse_compares_every_evaluation_key_and_adjusts_the_family():
     assert out["versions"]["a"]["eval"]["held"]["loss"]["n"] == 3
     with pytest.raises(ValueError, match="no finished runs for d"):
         analyse(runs, ["a", "d"], "a")
+
+
+def test_a_version_with_the_baselines_content_stays_out_of_the_holm_family():
+    runs = [_run("a", s, 5.0 + d, 5.2 + d, 4.8 + d) for s, d in enumerate((0.0, 0.03, -0.02))]
+    runs += [_run("b", s, 4.9 + d, 5.0 + d, 4.85 + d) for s, d in enumerate((0.0, 0.031, -0.018))]
+    runs += [_run("d", s, 5.02 + d, 5.2 + d, 4.8 + d) for s, d in enumerate((0.01, 0.02, -0.01))]
+    without = analyse(runs, ["a", "b", "d"], "a")["comparisons"]
+    copy = [{**r, "version": "a-copy"} for r in runs if r["version"] == "a"]  # same fingerprint: the same runs
+    out = analyse(runs + copy, ["a", "b", "a-copy", "d"], "a")["comparisons"]
+    assert out["a-copy"]["held"]["loss"]["identical"] and out["a-copy"]["held"]["loss"]["p_adjusted"] is None
+    expected = holm([without[v]["held"]["loss"]["p_value"] for v in ("b", "d")])  # a family of two, not three
+    assert [out[v]["held"]["loss"]["p_adjusted"] for v in ("b", "d")] == expected
+    assert expected[0] == pytest.approx(2 * out["b"]["held"]["loss"]["p_value"])
+
+
+def test_report_shows_a_not_informative_verdict_with_its_reason():
+    runs = [_run("a", s, 5.0 + d, 5.2 + d, 4.8 + d) for s, d in enumerate((0.0, 0.25, -0.25))]
+    runs += [_run("b", s, 5.125 + d, 5.2 + d, 4.8 + d) for s, d in enumerate((0.0, 0.25, -0.25))]
+    for run in runs:
+        run.update(key="k", dir="", cached=True, tokens_trained=1, unique_tokens=1, seconds=0.0, tokens_per_second=0.0,
+                   device="cpu")
+    versions = {v: {"fingerprint": v, "rows": 1, "parents": [], "tokens": 100, "tokens_by_source": {"web": 100},
+                    "overlap": None} for v in ("a", "b")}
+    context = {"device_type": "cpu", "name": "n", "store": "s", "effect": None, "eval_sets": {"held": "e" * 64},
+               "spec": AblationSpec(seeds=(0, 1, 2)).to_dict(), "versions": versions, "diffs": [], "stages": None,
+               "tokenizer": {"hash": "t" * 64, "vocab_size": 512, "path": "", "trained_on": "a"}}
+    result = ablation_result(context, runs, "a")
+    row = summary_rows(result)[1]
+    assert row["verdict"] == NOT_INFORMATIVE and row["p"] == "-" and row["95% CI"] == "-"
+    assert any(w.startswith("b: all seeds gave the same delta") and "add seeds" in w for w in result["warnings"])
+    page, twin = ablation_report(result)
+    assert ">not informative<" in page and "all seeds gave the same delta" in page and "<0.001" not in page
+    assert twin["results"]["comparisons"]["b"]["held"]["loss"]["p_value"] is None
 
 
 def test_single_source_sets_are_not_split_per_domain():

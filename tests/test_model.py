@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from training.model import GPT, PRESETS, GPTConfig
+from training.model import GPT, IGNORE_INDEX, PRESETS, GPTConfig
 
 VOCAB, BLOCK = 64, 16
 
@@ -47,12 +47,12 @@ def test_loss_at_init_is_uniform(rope):
 def test_token_losses_mean_equals_forward_loss():
     model = tiny_model()
     idx, targets = tokens(4, BLOCK), tokens(4, BLOCK, seed=2)
-    targets[0, :5] = -1  # ignored positions
-    targets[2, -3:] = -1
+    targets[0, :5] = IGNORE_INDEX  # ignored positions
+    targets[2, -3:] = IGNORE_INDEX
     per_token = model.token_losses(idx, targets)
-    assert torch.all(per_token[targets == -1] == 0)
+    assert torch.all(per_token[targets == IGNORE_INDEX] == 0)
     _, loss = model(idx, targets)
-    assert torch.allclose(per_token.sum() / (targets != -1).sum(), loss, atol=1e-6)
+    assert torch.allclose(per_token.sum() / (targets != IGNORE_INDEX).sum(), loss, atol=1e-6)
     _, summed = model(idx, targets, reduction="sum")
     assert torch.allclose(per_token.sum(), summed, atol=1e-4)
 

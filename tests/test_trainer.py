@@ -7,17 +7,21 @@ import os
 import subprocess
 import sys
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import publish_rows
 
 from curation.evalsets import register_evalset
 from curation.store import VersionStore
-from training.data import tokenize_evalset, tokenize_version
+from training.data import Windows, tokenize_evalset, tokenize_version
+from training.model import GPT, IGNORE_INDEX, GPTConfig
+from training.runs import run_key
 from training.tokenizer import train_tokenizer
-from training.trainer import TrainConfig, load_checkpoint, lr_at, train
+from training.trainer import CheckpointMismatch, TrainConfig, evaluate, load_checkpoint, lr_at, train
 
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32}
 WORDS = ("river mill people morning trade grain news weather roads prices health families village market "
@@ -75,6 +79,30 @@ def test_stop_and_resume_equals_one_uninterrupted_run(corpus, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_resuming_a_checkpoint_of_another_config_is_refused_naming_the_difference(corpus, tmp_path):
+    _, _, tokens, evals = corpus
+    short = dict(tokens=4 * 8 * 32)
+    train(config(**short), tokens, evals, tmp_path / "run", stop_at_step=2, log=lambda *_: None)
+    with pytest.raises(CheckpointMismatch, match=r"learning_rate: checkpoint 0\.003, now 0\.001") as refused:
+        train(config(**short, learning_rate=1e-3), tokens, evals, tmp_path / "run", log=lambda *_: None)
+    assert "\n" not in str(refused.value) and "checkpoint.pt" in str(refused.value)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2  # nothing was overwritten
+    # How a run is executed may change between its start and its resumption.
+    resumed = train(config(**short, checkpoint_every=3), tokens, evals, tmp_path / "run", log=lambda *_: None)
+    assert resumed.steps == 4
+
+
+def test_compiled_and_eager_runs_have_their_own_keys():
+    def key(cfg: TrainConfig, device_type: str = "cuda", precision: str = "bf16") -> str:
+        return run_key("f" * 64, "t" * 64, cfg, {"held": "e" * 64}, device_type, precision)
+
+    eager = TrainConfig(seed=1)
+    assert key(eager) == key(TrainConfig(seed=1))
+    assert key(eager) != key(TrainConfig(seed=1, compile=True))
+    assert key(eager) == key(TrainConfig(seed=1, device="cuda:1", checkpoint_every=7))  # how, not what, it runs
+    assert len({key(eager), key(eager, "cpu", "fp32"), key(eager, "cuda", "fp32")}) == 3
+
+
 def test_same_seed_same_run_other_seed_other_run(corpus, tmp_path):
     _, _, tokens, evals = corpus
     one = train(config(tokens=10 * 8 * 32), tokens, evals, tmp_path / "a", log=lambda *_: None)
@@ -92,6 +120,24 @@ def test_planner_defaults_to_chinchilla_and_warns_about_repeats(corpus, tmp_path
     assert plan["requested_tokens"] == 20 * plan["params"]
     assert plan["epochs"] > 2 and any("repeats the data" in str(w.message) for w in caught)
     assert plan["state_bytes"] == 16 * plan["params"]
+
+
+def test_padded_windows_are_trained_and_evaluated_on_their_real_targets_only():
+    """The last window of a token array that does not fill it is padded: forward, loss and evaluation must
+    accept it and count only its real targets."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    windows = Windows(np.arange(21) % 32, block_size=8, drop_last=False)  # 20 targets: 8 + 8 + 4 (4 padded)
+    x, y = windows.batch([0, 1, 2])
+    real = y != IGNORE_INDEX
+    assert int(real.sum()) == 20
+    with torch.no_grad():
+        _, loss = model(x, y)
+        per_token = model.token_losses(x, y)
+    assert torch.isfinite(loss) and float(loss) == pytest.approx(float(per_token[real].mean()), rel=1e-6)
+    # Two batches, the second holding only the padded window: its 4 ignored positions are not averaged in.
+    measured = evaluate(model, windows, "cpu", nullcontext(), batch_size=2)
+    assert measured == pytest.approx(float(per_token[real].mean()), rel=1e-6)
 
 
 def test_learning_rate_warms_up_then_decays():

@@ -19,7 +19,6 @@ from curation.store import VersionStore
 from training import data as D
 from training import tokenizer as T
 from training.data import (
-    IGNORE_INDEX,
     EpochSampler,
     FixedWindows,
     TokenFile,
@@ -31,6 +30,7 @@ from training.data import (
     tokenize_evalset,
     tokenize_version,
 )
+from training.model import IGNORE_INDEX
 from training.tokenizer import EOT, Tokenizer, TokenizerError, load_tokenizer, tokenizer_for_version, train_tokenizer
 
 UNICODE_SAMPLES = [

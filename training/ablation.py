@@ -17,10 +17,14 @@ For n paired seeds with mean difference d and sample standard deviation s_d:
   distribution, not the normal approximation;
 * the verdict reads the interval: "better" when it lies below zero (lower loss), "worse" when above,
   "no detectable effect" when it contains zero (then, at this noise level, an effect smaller than the
-  MDE may still exist). With one seed there is no interval: "needs >= 2 seeds".
+  MDE may still exist). With one seed there is no interval: "needs >= 2 seeds". When every seed gives
+  the same non-zero delta, s_d is 0 and the t statistic infinite: no interval or p-value says anything
+  from n such seeds, so the verdict is "not informative" (not better or worse), with no p-value.
 
 With several versions compared to one baseline, each interval holds at 95 % on its own; the
-Holm-Bonferroni adjusted p-values (Holm 1979) are given beside them for a family-wise reading.
+Holm-Bonferroni adjusted p-values (Holm 1979) are given beside them for a family-wise reading. A version
+with the baseline's content (the same runs serve both: every delta exactly 0) tests nothing and stays
+out of the family, so it does not inflate the others' adjusted p-values.
 
 No Prefect, no store: plain numbers in, plain numbers out.
 """
@@ -35,14 +39,20 @@ from typing import Any
 import numpy as np
 from scipy import optimize, stats
 
+from curation.store import check_name
 from training.model import GPT, GPTConfig
 from training.trainer import TrainConfig
 
 ALPHA = 0.05  # two-sided: 95 % intervals (convention)
 POWER = 0.8  # the power at which the minimum detectable effect is quoted (Cohen 1988)
 MAX_SEEDS = 1000  # `seeds_needed` gives up beyond this
+# Deltas that differ only by the rounding of float64 arithmetic are equal: a spread of at most this many
+# units in the last place of the largest |loss| (our margin over the 1-2 ulps a subtraction can add) is none.
+ROUNDING_ULPS = 4
 
 BETTER, WORSE, NO_EFFECT, NEEDS_SEEDS = "better", "worse", "no detectable effect", "needs >= 2 seeds"
+NOT_INFORMATIVE = "not informative"
+NOT_INFORMATIVE_REASON = "all seeds gave the same delta, so no interval or p-value can be computed; add seeds"
 CURVE_POINTS = 10  # evaluations per run when the spec leaves eval_every out (our choice: a readable curve)
 
 
@@ -204,13 +214,15 @@ def compare(baseline: Mapping[int, float], other: Mapping[int, float], alpha: fl
     if n < 2:
         return Comparison(**common, std=None, ci_low=None, ci_high=None, p_value=None, mde=None, verdict=NEEDS_SEEDS)
     sd = float(deltas.std(ddof=1))
-    if sd == 0.0:
-        identical = bool(np.all(deltas == 0.0))
-        verdict = NO_EFFECT if identical else (BETTER if mean < 0 else WORSE)
-        if identical:
-            notes.append("every seed gave exactly the same loss: the runs are the same computation")
-        return Comparison(**common, std=0.0, ci_low=mean, ci_high=mean, p_value=1.0 if identical else 0.0, mde=0.0,
-                          verdict=verdict, identical=identical)
+    largest = max(abs(v) for seed in seeds for v in (baseline[seed], other[seed]))
+    if sd <= ROUNDING_ULPS * np.finfo(np.float64).eps * largest and np.any(deltas != 0.0):
+        notes.append(NOT_INFORMATIVE_REASON)
+        return Comparison(**common, std=sd, ci_low=None, ci_high=None, p_value=None, mde=None,
+                          verdict=NOT_INFORMATIVE)
+    if sd == 0.0:  # every delta exactly 0
+        notes.append("every seed gave exactly the same loss: the runs are the same computation")
+        return Comparison(**common, std=0.0, ci_low=0.0, ci_high=0.0, p_value=1.0, mde=0.0, verdict=NO_EFFECT,
+                          identical=True)
     half = _t_quantile(1 - alpha / 2, n - 1) * sd / math.sqrt(n)
     t_stat = mean / (sd / math.sqrt(n))
     p = float(2 * stats.t.sf(abs(t_stat), n - 1))
@@ -321,7 +333,8 @@ def analyse(runs: Sequence[Mapping[str, Any]], versions: Sequence[str], baseline
                                          for m in ("loss", "bpb")}
     primary = keys[0] if keys else None
     if primary is not None:  # one family: every version against the baseline on the primary metric
-        family = [comparisons[v][primary]["loss"] for v in comparisons if primary in comparisons[v]]
+        family = [comparisons[v][primary]["loss"] for v in comparisons
+                  if primary in comparisons[v] and not comparisons[v][primary]["loss"].identical]
         for comparison, adjusted in zip(family, holm([c.p_value for c in family])):
             comparison.p_adjusted = adjusted
     return {
@@ -433,6 +446,9 @@ def ablation_result(context: Mapping[str, Any], runs: Sequence[Mapping[str, Any]
             warnings.append(f"{version} has the same content as {seen[info['fingerprint']]} (same fingerprint): "
                             "the same runs serve both, so their difference is exactly 0")
         seen.setdefault(info["fingerprint"], version)
+    for version, by_key in analysis["comparisons"].items():
+        if by_key[primary]["loss"]["verdict"] == NOT_INFORMATIVE:
+            warnings.append(f"{version}: {NOT_INFORMATIVE_REASON}")
     ranking = sorted(versions, key=lambda v: analysis["versions"][v]["eval"][primary]["loss"]["mean"])
     noise: dict[str, Any] = {"effect": context.get("effect"), "calibration": None}
     effect = context.get("effect")
@@ -482,7 +498,7 @@ def save_result(store, result: dict[str, Any]) -> dict[str, str]:
     from curation.report import write_report
     from training.ablation_report import ablation_report, curves_png
 
-    folder = f"{store.root}/{ABLATIONS_DIR}/{result['name']}"
+    folder = f"{store.root}/{ABLATIONS_DIR}/{check_name(result['name'], 'ablation')}"
     store.fs.makedirs(folder, exist_ok=True)
     paths = {"folder": folder if store.local else store.fs.unstrip_protocol(folder)}
 

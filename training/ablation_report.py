@@ -189,8 +189,9 @@ def _header(result: Mapping[str, Any]) -> str:
     body += ("<p class=muted>Δ is the per-seed difference against the baseline's run with the same seed (same initial "
              "weights), averaged; its 95 % interval uses Student's t with n−1 degrees of freedom. The verdict reads "
              "the interval: below zero is better (lower loss), above zero worse, across zero no detectable effect "
-             "(smaller effects than the minimum detectable effect, MDE at power 0.8, may exist). p (Holm) adjusts "
-             "for comparing several versions with one baseline.</p>")
+             "(smaller effects than the minimum detectable effect, MDE at power 0.8, may exist); not informative when "
+             "every seed gave the same delta (no spread: no interval, no p-value). p (Holm) adjusts for comparing "
+             "several versions with one baseline; a version with the baseline's content is left out of it.</p>")
     return body
 
 

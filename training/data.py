@@ -65,6 +65,7 @@ import torch
 
 from curation.evalsets import load_evalset
 from curation.store import VersionStore
+from training.model import IGNORE_INDEX
 from training.tokenizer import Tokenizer, cache_root, iter_version_batches
 
 TOKENS_DIR = "tokens"
@@ -73,7 +74,6 @@ SIDECAR = "tokens.json"
 DOC_STARTS = "doc_starts.npy"
 DOC_SOURCES = "doc_sources.npy"
 FORMAT_VERSION = 1
-IGNORE_INDEX = -100  # label of padded positions (torch.nn.functional.cross_entropy's default ignore_index)
 BATCH_ROWS = 1024
 
 

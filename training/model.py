@@ -33,7 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GPT", "GPTConfig", "PRESETS"]
+__all__ = ["GPT", "GPTConfig", "IGNORE_INDEX", "PRESETS"]
+
+# The target of a position that has no next token (padding): excluded from every loss and every count of
+# evaluated tokens. -100 is torch.nn.functional.cross_entropy's default ignore_index.
+IGNORE_INDEX = -100
 
 # Full configurations; ``GPTConfig.from_preset`` applies overrides on top.
 PRESETS: dict[str, dict] = {
@@ -217,22 +221,22 @@ class GPT(nn.Module):
         """Logits and loss for token ids ``idx`` (B, T), T <= block_size.
 
         With ``targets`` (B, T): logits for every position (B, T, vocab) and the cross entropy, with target
-        -1 meaning "ignore this position". ``reduction="mean"`` averages over the counted positions,
-        ``"sum"`` adds them up, ``"none"`` gives a (B, T) tensor with 0 at ignored positions.
+        ``IGNORE_INDEX`` meaning "ignore this position". ``reduction="mean"`` averages over the counted
+        positions, ``"sum"`` adds them up, ``"none"`` gives a (B, T) tensor with 0 at ignored positions.
         Without ``targets``: logits for the last position only (B, 1, vocab) and loss None.
         """
         x = self.hidden_states(idx)
         if targets is None:
             return self.lm_head(x[:, -1:, :]), None
         logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
-                               reduction=reduction)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction=reduction)
         if reduction == "none":
             loss = loss.view(targets.shape)
         return logits, loss
 
     def token_losses(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-token cross entropy in nats, (B, T); positions whose target is -1 get 0.
+        """Per-token cross entropy in nats, (B, T); positions whose target is ``IGNORE_INDEX`` get 0.
 
         The mean over positions with a target equals ``forward(idx, targets)[1]``; summing over tokens of
         one source gives per-source loss, and dividing summed nats by ln 2 * bytes gives bits per byte.

@@ -2,9 +2,10 @@
 
 A run's key is a sha256 over everything that decides its numbers: the version's content fingerprint
 (not its name: a renamed or re-published identical version reuses the run), the tokenizer hash, the
-training configuration (every `TrainConfig` field but the device plumbing: `device`, `compile`,
-`checkpoint_every`), the evaluation sets' fingerprints, and the device type (a CPU run and a bf16 GPU
-run are not the same computation). The run lives in
+training configuration (every `TrainConfig` field but the execution plumbing `trainer.NOT_IN_KEY`:
+`device`, `checkpoint_every`; `compile` is in), the evaluation sets' fingerprints, the device type and
+the precision the run computes in (a CPU run, an fp32 GPU run and a bf16 GPU run are not the same
+computation; `dtype="auto"` means bf16 on one GPU and fp32 on another). The run lives in
 
     <cache root>/runs/<fingerprint[:16]>/<preset>-t<tokens>-s<seed>-<key[:12]>/
         run.json         the key and what it was computed from (written first)
@@ -30,13 +31,11 @@ from curation.evalsets import evalset_names, read_info
 from curation.store import VersionStore
 from training.data import tokenize_evalset, tokenize_version
 from training.tokenizer import Tokenizer, cache_root
-from training.trainer import TrainConfig, pick_device, train
+from training.trainer import TrainConfig, compute_precision, config_for_key, pick_device, train
 
 RUNS_DIR = "runs"
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
-# TrainConfig fields that change how a run is executed, not what it computes.
-NOT_IN_KEY = ("device", "compile", "checkpoint_every")
 
 
 @dataclass
@@ -63,14 +62,11 @@ class RunRecord:
         return asdict(self)
 
 
-def config_for_key(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_KEY}
-
-
 def run_key(fingerprint: str, tokenizer_hash: str, cfg: TrainConfig, eval_fingerprints: dict[str, str],
-            device_type: str) -> str:
+            device_type: str, precision: str) -> str:
     body = {"fingerprint": fingerprint, "tokenizer": tokenizer_hash, "config": config_for_key(cfg),
-            "eval_sets": dict(sorted(eval_fingerprints.items())), "device_type": device_type}
+            "eval_sets": dict(sorted(eval_fingerprints.items())), "device_type": device_type,
+            "precision": precision}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -111,7 +107,8 @@ def train_version(store: VersionStore, version: str, cfg: TrainConfig, tok: Toke
     evals = {name: tokenize_evalset(store, name, tok, cache_dir=cache_dir) for name in names}
     eval_fingerprints = {name: read_info(store, name).fingerprint for name in names}
     device = pick_device(cfg.device)
-    key = run_key(fingerprint, tok.hash, cfg, eval_fingerprints, device.split(":")[0])
+    precision = compute_precision(device, cfg.dtype)
+    key = run_key(fingerprint, tok.hash, cfg, eval_fingerprints, device.split(":")[0], precision)
     out = run_dir(cache_root(store, cache_dir), fingerprint, cfg, key)
 
     def record(result: dict[str, Any], cached: bool) -> RunRecord:
@@ -129,7 +126,8 @@ def train_version(store: VersionStore, version: str, cfg: TrainConfig, tok: Toke
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / RUN_FILE, {"key": key, "version": version, "fingerprint": fingerprint,
                                      "tokenizer_hash": tok.hash, "config": config_for_key(cfg),
-                                     "eval_sets": eval_fingerprints, "device_type": device.split(":")[0]})
+                                     "eval_sets": eval_fingerprints, "device_type": device.split(":")[0],
+                                     "precision": precision})
         shutil.copyfile(tok.path, out / "tokenizer.json")
     result = train(cfg, train_tokens, evals, out, log=log if _is_main() else (lambda *_: None))
     return record(result.to_dict(), cached=False)

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from curation.glibc import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MAX_INT, mallopt
 from training.data import EpochSampler, TokenFile, Windows, fixed_eval_windows, per_source_eval_windows
-from training.model import GPT, GPTConfig
+from training.model import GPT, IGNORE_INDEX, GPTConfig
 
 # Chinchilla (Hoffmann et al. 2022): ~20 training tokens per parameter is compute-optimal.
 TOKENS_PER_PARAM = 20
@@ -60,6 +60,22 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# TrainConfig fields that change how a run is executed, not what it computes: left out of a run's key
+# (training/runs.py) and free to change when a run resumes. `compile` is not one of them: compiled kernels
+# fuse and reorder floating-point operations, so a compiled run's numbers differ from an eager one's.
+NOT_IN_KEY = ("device", "checkpoint_every")
+
+
+def config_for_key(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """The configuration fields that decide a run's numbers (a TrainConfig, or one as a checkpoint stores it)."""
+    values = config.to_dict() if isinstance(config, TrainConfig) else config
+    return {k: v for k, v in values.items() if k not in NOT_IN_KEY}
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint that belongs to a run of another configuration: resuming it would mix two runs."""
 
 
 # ---- devices and processes ----------------------------------------------------------------------
@@ -111,10 +127,16 @@ def keep_freed_memory() -> bool:
     return mallopt(M_MMAP_THRESHOLD, MAX_INT) and mallopt(M_TRIM_THRESHOLD, MAX_INT)
 
 
-def autocast_context(device: str, dtype: str):
-    if dtype == "fp32" or device == "cpu" and dtype == "auto":
-        return nullcontext()
+def compute_precision(device: str, dtype: str) -> str:
+    """What a run computes in: "bf16" (autocast on a CUDA GPU) or "fp32". `dtype="auto"` depends on the GPU,
+    so a run's key holds this rather than the setting alone."""
     if device.startswith("cuda") and (dtype == "bf16" or dtype == "auto" and torch.cuda.is_bf16_supported()):
+        return "bf16"
+    return "fp32"
+
+
+def autocast_context(device: str, dtype: str):
+    if compute_precision(device, dtype) == "bf16":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return nullcontext()
 
@@ -160,7 +182,8 @@ def plan(model: GPT, cfg: TrainConfig, unique_tokens: int, world_size: int = 1) 
 
 @torch.no_grad()
 def evaluate(model: GPT, windows, device: str, ctx, batch_size: int = 16) -> float:
-    """Mean next-token loss (nats) over a fixed set of windows."""
+    """Mean next-token loss (nats) over the real targets of a fixed set of windows: padded positions
+    (target IGNORE_INDEX) add 0 to the sum, so they must not add to the count either."""
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
@@ -168,7 +191,7 @@ def evaluate(model: GPT, windows, device: str, ctx, batch_size: int = 16) -> flo
         with ctx:
             losses = model.token_losses(x.to(device), y.to(device))
         total += float(losses.float().sum())
-        count += losses.numel()
+        count += int((y != IGNORE_INDEX).sum())
     model.train()
     return total / max(count, 1)
 
@@ -197,6 +220,27 @@ def save_checkpoint(path: Path, model: GPT, optimizer: torch.optim.Optimizer, st
 
 def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _run_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What besides the configuration decides a run's numbers, from the trainer's meta (as saved)."""
+    identity = {k: meta[k] for k in ("tokenizer_hash", "fingerprint", "precision") if k in meta}
+    if "device" in meta:
+        identity["device_type"] = str(meta["device"]).split(":")[0]
+    return identity
+
+
+def check_resumable(path: Path, state: dict[str, Any], cfg: TrainConfig, meta: dict[str, Any]) -> None:
+    """Raise CheckpointMismatch naming every field in which the checkpoint's run differs from this one:
+    configuration (NOT_IN_KEY aside), training data, tokenizer, device type, precision. What an older
+    checkpoint did not record is not compared."""
+    saved = {**config_for_key(state["config"]), **_run_identity(state["extra"])}
+    wanted = {**config_for_key(cfg), **_run_identity(meta)}
+    differ = [f"{name}: checkpoint {saved[name]!r}, now {wanted.get(name)!r}"
+              for name in saved if saved[name] != wanted.get(name)]
+    if differ:
+        raise CheckpointMismatch(f"{path}: holds a run of another configuration ({'; '.join(differ)}); resume "
+                                 "with the checkpoint's settings or train into another folder")
 
 
 def load_model(path: Path, device: str = "cpu") -> tuple[GPT, dict[str, Any]]:
@@ -270,12 +314,15 @@ def train(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenF
                       f"(> {MAX_EPOCHS_BEFORE_WARNING:g} epochs): expect over-fitting", stacklevel=2)
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (0.9, cfg.beta2),
                                           device.split(":")[0])
+    meta = {"tokenizer_hash": tokenizer_hash, "version": train_tokens.meta.get("version"),
+            "fingerprint": train_tokens.meta.get("fingerprint"), "device": device, "world_size": ddp.world_size,
+            "precision": compute_precision(device, cfg.dtype), "model": asdict(model_cfg),
+            "eval_sets": {n: tf.meta.get("fingerprint") for n, tf in eval_sets.items()}}
     start_step = 0
     checkpoint_path = out_dir / CHECKPOINT
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, device)
-        if state["extra"].get("tokenizer_hash") != tokenizer_hash:
-            raise ValueError(f"{checkpoint_path}: trained with another tokenizer; results are not comparable")
+        check_resumable(checkpoint_path, state, cfg, meta)
         model.load_state_dict(_strip_compile_prefix(state["model"]))
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
@@ -300,9 +347,6 @@ def train(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenF
             raise ValueError(f"evaluation set {name!r} was tokenised with another tokenizer")
     peak = next((v for k, v in PEAK_FLOPS.items() if device.startswith("cuda")
                  and k in torch.cuda.get_device_name()), None)
-    meta = {"tokenizer_hash": tokenizer_hash, "version": train_tokens.meta.get("version"),
-            "fingerprint": train_tokens.meta.get("fingerprint"), "device": device, "world_size": ddp.world_size,
-            "model": asdict(model_cfg), "eval_sets": {n: tf.meta.get("fingerprint") for n, tf in eval_sets.items()}}
     if ddp.main:
         log(format_plan(budget, model_cfg, device, ddp.world_size))
         (out_dir / "plan.json").write_text(json.dumps({"plan": budget, "config": cfg.to_dict(), "meta": meta},

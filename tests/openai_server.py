@@ -18,6 +18,9 @@ status codes, headers, timeouts and concurrency. What it answers is chosen per r
     flaky500          HTTP 500 on the first call for that prompt, then valid
     rate_limited      HTTP 429 with `Retry-After: 0` on the first call for that prompt, then valid
     slow              sleeps `slow_s` seconds, then valid
+    trickle           valid, but the whole response (status line, headers, body) goes out one byte every
+                      `trickle_s` seconds, as from a stalled proxy: each read gets a byte long before a
+                      per-read timeout (stops when the server stops)
 
 Unknown `[[...]]` tokens are ignored (seed documents may contain wiki links).
 
@@ -37,6 +40,7 @@ counts chat calls per prompt; `.max_in_flight` is the largest number of chat req
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 import re
@@ -51,7 +55,7 @@ Handler = Callable[[dict], "tuple[int, dict | str, dict] | None"]  # request JSO
 
 DIRECTIVES = frozenset({
     "valid", "invalid_json", "prose", "schema_violation", "truncated", "whitespace_flood", "empty",
-    "null_content", "not_json", "no_choices", "error500", "flaky500", "rate_limited", "slow",
+    "null_content", "not_json", "no_choices", "error500", "flaky500", "rate_limited", "slow", "trickle",
 })
 _DIRECTIVE = re.compile(r"\[\[([a-z0-9_]+)\]\]")
 
@@ -178,12 +182,14 @@ class FakeOpenAIServer:
         supports_json_schema: bool = True,
         require_api_key: str | None = None,
         slow_s: float = 2.0,
+        trickle_s: float = 0.05,
         handler: Handler | None = None,
         model: str = "fake-model",
     ) -> None:
         self.supports_json_schema = supports_json_schema
         self.require_api_key = require_api_key
         self.slow_s = slow_s
+        self.trickle_s = trickle_s
         self.handler = handler
         self.model = model
         self._lock = threading.Lock()
@@ -195,6 +201,7 @@ class FakeOpenAIServer:
         self.max_in_flight = 0
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()  # ends trickling answers, so no handler outlives the server
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -212,6 +219,7 @@ class FakeOpenAIServer:
         return self
 
     def stop(self) -> None:
+        self._stopped.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -351,8 +359,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
         pass
 
-    def _send(self, status: int, body: dict | str, headers: dict | None = None) -> None:
+    def _send(self, status: int, body: dict | str, headers: dict | None = None, trickle_s: float = 0.0) -> None:
+        """The response at once, or with `trickle_s` one byte at a time (status line and headers included)."""
         data = (body if isinstance(body, str) else json.dumps(body)).encode()
+        socket_writer, self.wfile = self.wfile, io.BytesIO()  # collect the head that send_* would write
         try:
             self.send_response(status)
             headers = dict(headers or {})
@@ -361,7 +371,18 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 self.send_header(key, str(value))
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            response = self.wfile.getvalue() + data
+        finally:
+            self.wfile = socket_writer
+        try:
+            if not trickle_s:
+                self.wfile.write(response)
+                return
+            for i in range(len(response)):
+                if self.owner._stopped.wait(trickle_s):
+                    self.close_connection = True
+                    return
+                self.wfile.write(response[i:i + 1])
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (a timeout): nothing to tell it
 
@@ -397,4 +418,5 @@ class _RequestHandler(BaseHTTPRequestHandler):
             status, payload, extra = self.owner.chat_completion(body)
         finally:
             self.owner._leave()
-        self._send(status, payload, extra)
+        trickle_s = self.owner.trickle_s if directive(last_user_content(body)) == "trickle" else 0.0
+        self._send(status, payload, extra, trickle_s)

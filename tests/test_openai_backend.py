@@ -184,11 +184,27 @@ def test_retry_after_header_overrides_backoff(server, backends, monkeypatch):
 def test_slow_server_times_out_and_succeeds_with_a_longer_timeout(server, backends):
     prompt = "Glacier [[slow]]"
     [result] = backends(server.base_url, timeout_s=0.1, max_retries=1).chat([req(prompt)])
-    assert result.text is None and result.error == "timeout=0.1s after 2 attempts"
+    assert result.text is None and result.error == "timeout=0.1s deadline exceeded after 2 attempts"
     assert server.calls(prompt) == 2
 
     [result] = backends(server.base_url, timeout_s=3.0).chat([req(prompt)])
     assert result.error is None and json.loads(result.text) == fake_record(prompt)
+
+
+def test_trickling_server_cannot_hold_a_request_past_its_deadline(backends):
+    # Each byte comes long before a per-read timeout, so only a whole-request deadline ends the request;
+    # the bound is generous (5x the deadline) and far below the ~37 s the whole trickled answer (~740 bytes) takes.
+    deadline_s, bound_s = 1.0, 5.0
+    with FakeOpenAIServer(trickle_s=0.05) as server:
+        backend = backends(server.base_url, timeout_s=deadline_s, max_retries=0)
+        outcome: list = []
+        worker = threading.Thread(target=lambda: outcome.extend(backend.chat([req("Drip [[trickle]]")])))
+        worker.start()
+        worker.join(timeout=bound_s)
+        assert not worker.is_alive(), f"a trickling answer held the request past {bound_s:g} s"
+    [result] = outcome
+    assert result.text is None and result.error == "timeout=1s deadline exceeded after 1 attempts"
+    assert server.calls("Drip [[trickle]]") == 1
 
 
 def test_connection_refused_is_a_connection_error():

@@ -56,7 +56,7 @@ class Completion:
     `finish_reason` follows the OpenAI API: "stop" (natural end or a stop sequence), "length" (cut at
     `max_tokens`: the output is incomplete and must be rejected), or whatever else the server said.
     `error` is set, and `text` is None, when no usable answer came back: it reads `key=detail`
-    (`http_error=503 after 5 attempts`, `timeout=30s after 5 attempts`, `bad_response=no choices`,
+    (`http_error=503 after 5 attempts`, `timeout=30s deadline exceeded after 5 attempts`, `bad_response=no choices`,
     `generation_error=RuntimeError: ...`; attempts count every HTTP call), and the part before `=` is the
     reject reason's key. `usage` uses the OpenAI names (`prompt_tokens`, `completion_tokens`).
     """

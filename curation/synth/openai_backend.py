@@ -5,6 +5,10 @@ Why it looks the way it does:
   run. So `chat` never raises for one request: transport and protocol failures land in
   `Completion.error` as `key=detail`, the key being the reject reason (`http_error`, `timeout`,
   `connection_error`, `bad_response`).
+- A request has a deadline: `timeout_s` from sending it to the last byte of the answer, whatever the
+  phase (connecting, waiting, reading). Per-read socket timeouts cannot give that: a server or proxy
+  that trickles bytes restarts them with every byte. So the requests run on one asyncio event loop
+  (a daemon thread), which cancels a request at its deadline; a request past it is a `timeout`.
 - Servers are overloaded or restarted mid-run. Retryable failures (408, 409, 429, 5xx, timeouts,
   connection errors) are retried with capped exponential backoff and jitter, honouring `Retry-After`
   on 429/503; client errors (400, 401, 404...) are not, since resending cannot fix them.
@@ -16,13 +20,14 @@ Why it looks the way it does:
   failed. This holds for sampled requests too: with temperature > 0 and no seed a rerun reuses the
   earlier sample *by design*; to draw a new sample change the request (e.g. its seed) or the cache
   folder. Identical requests in one batch share one cache entry.
-- Concurrency is bounded: one shared `httpx.Client` and one thread pool of `concurrency` workers for
-  the backend's lifetime, so at most `concurrency` requests are in flight even if `chat` is called
-  from several threads at once.
+- Concurrency is bounded: one shared `httpx.AsyncClient` and one thread pool of `concurrency` workers
+  (each waits for its request on the event loop) for the backend's lifetime, so at most `concurrency`
+  requests are in flight even if `chat` is called from several threads at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -53,7 +58,8 @@ _BODY_SNIPPET = 200
 class OpenAIChatBackend:
     """Chat requests against `{base_url}/chat/completions`; see the module docstring.
 
-    Use as a context manager (or call `close()`) to release the HTTP client and the worker threads.
+    Use as a context manager (or call `close()`) to release the HTTP client, the event loop and the worker
+    threads.
     """
 
     def __init__(
@@ -94,9 +100,12 @@ class OpenAIChatBackend:
         headers = {"Content-Type": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self._client = httpx.Client(
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="openai-chat-io", daemon=True)
+        self._loop_thread.start()
+        self._client = httpx.AsyncClient(
             headers=headers,
-            timeout=httpx.Timeout(self.timeout_s),
+            timeout=None,  # `_post`'s deadline bounds every phase, waiting for a free connection included
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
         )
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai-chat")
@@ -119,12 +128,15 @@ class OpenAIChatBackend:
         return list(self._pool.map(self._one, requests))
 
     def close(self) -> None:
-        """Wait for running requests, then release the worker threads and the HTTP client."""
+        """Wait for running requests, then release the worker threads, the HTTP client and the event loop."""
         if self._closed:
             return
         self._closed = True
         self._pool.shutdown(wait=True)
-        self._client.close()
+        asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join()
+        self._loop.close()
 
     def __enter__(self) -> OpenAIChatBackend:
         return self
@@ -191,9 +203,9 @@ class OpenAIChatBackend:
             attempts += 1
             retry_after: float | None = None
             try:
-                response = self._client.post(self._url, json=payload)
-            except httpx.TimeoutException:
-                failure = f"timeout={self.timeout_s:g}s after {attempts} attempts"
+                response = self._post(payload)
+            except asyncio.TimeoutError:
+                failure = f"timeout={self.timeout_s:g}s deadline exceeded after {attempts} attempts"
             except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 failure = f"connection_error={type(exc).__name__} after {attempts} attempts: {exc}"
             except httpx.HTTPError as exc:  # a bad URL or scheme, a local protocol error: resending won't help
@@ -220,6 +232,11 @@ class OpenAIChatBackend:
             if attempts > self.max_retries:
                 return Completion(None, error=failure), None
             time.sleep(self._delay(attempts - 1, retry_after))
+
+    def _post(self, payload: dict[str, Any]) -> httpx.Response:
+        """One POST with its answer read in full, cancelled `timeout_s` after it started (asyncio.TimeoutError)."""
+        post = asyncio.wait_for(self._client.post(self._url, json=payload), self.timeout_s)
+        return asyncio.run_coroutine_threadsafe(post, self._loop).result()
 
     def _rejects_schema(self, status: int, text: str, payload: dict[str, Any]) -> bool:
         """An "auto" request whose `response_format` the server refused."""

@@ -42,7 +42,7 @@ import numpy as np
 
 from curation.glibc import M_PERTURB, mallopt
 from curation.ingest import IngestError, InputSpec, preflight, read_input, resolve_files
-from curation.store import VersionStore, check_name
+from curation.store import StoreError, VersionStore, check_name
 
 HQ_LABEL = "__label__hq"
 LQ_LABEL = "__label__lq"
@@ -194,9 +194,9 @@ def model_dir(store: VersionStore | str | os.PathLike[str], name: str) -> Path:
         raise ClassifierError(f"store {target.url}: classifier models need a local store (fastText reads "
                               "local files); train into a folder and copy it")
     try:
-        check_name(name)
-    except Exception as exc:  # noqa: BLE001 - StoreError; same rules as version names
-        raise ClassifierError(f"invalid model name: {exc}") from exc
+        check_name(name, "classifier")
+    except StoreError as exc:
+        raise ClassifierError(str(exc)) from None
     return Path(target.root) / "models" / "quality" / name
 
 

@@ -116,10 +116,9 @@ def _store(store: VersionStore | str | os.PathLike[str]) -> VersionStore:
 
 def _check_set_name(name: str) -> str:
     try:
-        return check_name(name)
-    except StoreError:
-        raise EvalSetError(f"invalid eval set name {name!r}: use letters, digits, '.', '_' and '-' "
-                           "(up to 128, starting with a letter or digit)") from None
+        return check_name(name, "evaluation set")
+    except StoreError as exc:
+        raise EvalSetError(str(exc)) from None
 
 
 def evalset_dir(store: VersionStore, name: str) -> str:

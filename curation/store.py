@@ -3,6 +3,8 @@
     <root>/versions/<name>/data/part-*.parquet      kept records
                          /rejects/*.parquet          every removed record, with step and reason
                          /manifest.json              what made it, what happened, what is in it
+                         /README.md                  the dataset card: `datasets.load_dataset(folder)` reads
+                                                     data (config `default`) and rejects (config `rejects`)
     <root>/.staging/<name>.<run key>/                a version being written
     <root>/.staging/<name>.lock                      held by the run writing <name> (pid, host)
 
@@ -12,8 +14,8 @@ on object stores (any fsspec URL) the manifest is written last and is the commit
 
 A staging directory is named by the run's key (recipe, inputs, parents), so a run killed halfway
 leaves its finished tasks where the same command, run again, finds and reuses them. Only one run
-at a time may write a given name: the lock says who holds it, and a lock whose process is gone
-(kill -9, a crashed machine) is taken over.
+at a time may write a given name: the lock says who holds it (on a local disk it appears with its
+whole content, never empty), and a lock whose process is gone (kill -9, a crashed machine) is taken over.
 """
 
 from __future__ import annotations
@@ -35,11 +37,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from curation.card import CARD, dataset_card
 from curation.record import CORE_NAMES, conform_to, unified_schema
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Every name a user gives that becomes a path (versions, series, evaluation sets, classifiers, ablations,
+# collapse experiments): matched whole, so no separator, control character or trailing newline gets through.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Our choice: how long a lock file that is empty or unreadable counts as one another run is still writing.
+# Creating and writing a lock takes milliseconds; a minute is ample on a loaded machine or a slow network disk,
+# and short enough that a lock a crash left damaged soon stops blocking its name.
+LOCK_GRACE_SECONDS = 60.0
 
 
 class StoreError(Exception):
@@ -62,10 +71,11 @@ class AccountingError(StoreError):
     """in != kept + rejected somewhere: the run refuses to publish."""
 
 
-def check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise StoreError(f"invalid version name {name!r}: use letters, digits, '.', '_' and '-' "
-                         "(up to 128, starting with a letter or digit)")
+def check_name(name: str, kind: str = "version") -> str:
+    """`name`, when it is safe as one path component of the store; else a StoreError naming the `kind`."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise StoreError(f"invalid {kind} name {name!r}: use letters, digits, '.', '_' and '-' (up to 128, "
+                         "starting with a letter or digit, no '..')")
     return name
 
 
@@ -208,8 +218,10 @@ class VersionStore:
         return [e.rstrip("/") for e in entries if keyed.match(e.rstrip("/").rsplit("/", 1)[-1])]
 
     def _acquire_lock(self, path: str, name: str) -> str:
-        """Create the lock file exclusively (O_EXCL on a local disk; exists-then-write elsewhere, which
-        narrows but cannot close the race on object stores). A lock left by a dead process is taken over."""
+        """Create the lock file complete: on a local disk the owner record is written first and then linked
+        into place exclusively, so no run ever sees a lock without its owner; on object stores it is
+        exists-then-write, which narrows but cannot close the race. A lock left by a dead process, or empty or
+        unreadable for longer than LOCK_GRACE_SECONDS, is taken over."""
         import socket
 
         import psutil
@@ -220,9 +232,7 @@ class VersionStore:
         for _ in range(3):
             try:
                 if self.local:
-                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                    with os.fdopen(fd, "w") as handle:
-                        json.dump(owner, handle)
+                    _create_complete(path, owner)
                 elif self.fs.exists(path):
                     raise FileExistsError(path)
                 else:
@@ -230,15 +240,20 @@ class VersionStore:
                 return path
             except FileExistsError:
                 try:
-                    with self.fs.open(path, "r") as handle:
-                        held = json.load(handle)
-                except (FileNotFoundError, ValueError):
-                    held = {}
-                if held and _alive(held):
+                    held = _read_lock(self.fs, path)
+                    age = time.time() - self.fs.modified(path).timestamp()
+                except FileNotFoundError:  # released meanwhile
+                    continue
+                if held is None and age < LOCK_GRACE_SECONDS:
+                    raise VersionLockedError(
+                        f"version {name!r} is locked by {path}, which is empty or unreadable and {age:.0f} s old: "
+                        f"another run is probably still creating it; retry later, or delete that file if no run "
+                        f"is writing {name!r}") from None
+                if held is not None and _alive(held):
                     raise VersionLockedError(
                         f"version {name!r} is being written by another run (pid {held.get('pid')} on "
                         f"{held.get('host')} since {held.get('since')}); wait for it, or pick another name") from None
-                self.fs.rm(path)  # stale: its process is gone
+                self.fs.rm(path)  # stale: its process is gone, or it stayed unreadable past the grace period
         raise VersionLockedError(f"could not lock version {name!r} in {self.url} ({path})")
 
     def _release(self, lock: str | None) -> None:
@@ -254,12 +269,19 @@ class VersionStore:
             self.fs.rm(staging.path, recursive=True)
         self._release(staging.lock)
 
+    def _staged_entry(self, staging: Staging, path: str, kind: str) -> dict[str, Any]:
+        """The manifest's entry for a staged file that is not a table (a report, the card)."""
+        full = staging.sub(path)
+        return {"path": path, "kind": kind, "rows": None, "bytes": self.fs.size(full), "sha256": _sha256(self.fs, full)}
+
     def publish(self, staging: Staging, manifest: dict[str, Any],
                 extras: Callable[[Staging, dict[str, Any]], list[str]] | None = None) -> str:
         """Seal a staged version: harmonise schemas, checksum, fingerprint, account, then make it visible.
 
         `extras(staging, manifest)` may write more files into the staging folder once the manifest is
-        final (statistics, reports) and return their names; they are checksummed and listed too."""
+        final (statistics, reports) and return their names; they are checksummed and listed too. Every version
+        gets a dataset card (README.md, curation/card.py), listed with its checksum; the card is not a table,
+        so it leaves the content fingerprint as it is."""
         self.fs.rm(staging.sub("work"), recursive=True) if self.fs.exists(staging.sub("work")) else None
         files = []
         for kind in ("data", "rejects"):
@@ -286,10 +308,9 @@ class VersionStore:
             raise AccountingError(f"version {staging.name!r} not published: "
                                   + "; ".join(manifest["accounting"]["failures"]))
         if extras is not None:
-            for extra in extras(staging, manifest):
-                path = staging.sub(extra)
-                files.append({"path": extra, "kind": "report", "rows": None, "bytes": self.fs.size(path),
-                              "sha256": _sha256(self.fs, path)})
+            files.extend([self._staged_entry(staging, extra, "report") for extra in extras(staging, manifest)])
+        _write_text(self.fs, staging.sub(CARD), dataset_card(manifest))  # from the final manifest, so written last
+        files.append(self._staged_entry(staging, CARD, "card"))
         target = self.version_path(staging.name)
         _write_json(self.fs, staging.sub(MANIFEST), manifest)
         self.fs.makedirs(self._versions_dir(), exist_ok=True)
@@ -350,10 +371,43 @@ def _alive(owner: dict[str, Any]) -> bool:
         return False
 
 
+def _create_complete(path: str, owner: dict[str, Any]) -> None:
+    """Make a local lock file appear with its whole content, or raise FileExistsError if one exists: the
+    content goes to a file of this process's own in the same folder, which is then hard-linked to `path`."""
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    with open(tmp, "x") as handle:
+        json.dump(owner, handle)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links: create exclusively, then write (the grace period covers it)
+        with open(path, "x") as handle:
+            json.dump(owner, handle)
+    finally:
+        os.unlink(tmp)
+
+
+def _read_lock(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    """The lock's owner record, or None when the file is empty or holds no owner (still being written, or
+    damaged)."""
+    try:
+        with fs.open(path, "r") as handle:
+            held = json.load(handle)
+    except ValueError:  # empty, cut short, or not text
+        return None
+    return held if isinstance(held, dict) and "pid" in held else None
+
+
 def _write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
+    _write_text(fs, path, json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def _write_text(fs: fsspec.AbstractFileSystem, path: str, text: str) -> None:
+    """Write then rename, so no reader finds the file half written."""
     tmp = f"{path}.tmp"
-    with fs.open(tmp, "w") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=False, default=str)
+    with fs.open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
     fs.mv(tmp, path)
 
 

@@ -30,6 +30,7 @@ def increment_flow(recipe_path: str, store_url: str, series: str, workers: int |
     step = S.next_increment(store, series, recipe, start)
     plan = plan_ingest(step.recipe, step.seen)
     if not plan.units and not plan.quarantined:
+        S.record(store, series)  # repairs a summary that a run killed after publishing left behind
         message = (f"series {series}: no new input files since {step.parent or 'the start'} "
                    f"({len(step.seen)} already ingested); nothing published")
         print(message)
@@ -45,7 +46,7 @@ def increment_flow(recipe_path: str, store_url: str, series: str, workers: int |
         manifest_extra={"series": {"name": series, "sequence": step.sequence, "new_files": len(new_files),
                                    "recipe_path": str(recipe_path)}},
         seen=step.seen, carry=step.parent)
-    S.record(store, series, manifest)
+    S.record(store, series)
     manifest["published"] = manifest["name"]
     if step.parent:
         manifest["diff"] = publish_diff(store, step.parent, manifest["name"])

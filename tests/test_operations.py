@@ -167,11 +167,63 @@ def test_increments_add_only_new_files_dedup_against_the_parent_and_carry_it(tmp
     assert [s.params.get("against") for s in step.recipe.steps if s.step.endswith("_dedup")] == [["web-0002"]] * 2
 
 
+@pytest.mark.e2e
+def test_a_kill_between_publish_and_watermark_write_neither_reingests_nor_loses_the_parent(tmp_path, prefect_harness):
+    from flows.schedule import increment_flow
+
+    drop, recipe = drop_folder(tmp_path, "day1.jsonl", rows(0, 30))
+    store = VersionStore(tmp_path / "store")
+    watermark = tmp_path / "store" / "series" / "web.json"
+    increment_flow(str(recipe), store.url, "web", workers=1)
+    stale = watermark.read_bytes()
+    write_jsonl(drop / "day2.jsonl", rows(30, 20))
+    increment_flow(str(recipe), store.url, "web", workers=1)
+    watermark.write_bytes(stale)  # as if killed after web-0002 was published, before its watermark write
+
+    write_jsonl(drop / "day3.jsonl", rows(50, 10))
+    third = increment_flow(str(recipe), store.url, "web", workers=1)
+    assert third["name"] == "web-0003" and third["parents"] == ["web-0002"]
+    assert [f["path"] for f in third["inputs"][0]["files"]] == [str(drop / "day3.jsonl")]  # day 2 not re-read
+    assert third["rows"] == 60 and third["rejected_rows"] == 0
+    assert json.loads(watermark.read_text())["versions"] == ["web-0001", "web-0002", "web-0003"]  # repaired
+
+
+@pytest.mark.e2e
+def test_a_series_continued_from_a_version_never_reingests_that_versions_files(tmp_path, prefect_harness):
+    from flows.curate import run_curation
+    from flows.schedule import increment_flow
+
+    drop, recipe = drop_folder(tmp_path, "day1.jsonl", rows(0, 30))
+    store = VersionStore(tmp_path / "store")
+    run_curation(load_recipe(recipe), store.url, "base", workers=1)
+    write_jsonl(drop / "day2.jsonl", rows(30, 20))
+    first = increment_flow(str(recipe), store.url, "web", workers=1, start="base")
+    assert first["parents"] == ["base"] and [f["path"] for f in first["inputs"][0]["files"]] == [
+        str(drop / "day2.jsonl")]
+
+    write_jsonl(drop / "day3.jsonl", rows(50, 10))
+    second = increment_flow(str(recipe), store.url, "web", workers=1)
+    assert second["parents"] == ["web-0001"]
+    assert [f["path"] for f in second["inputs"][0]["files"]] == [str(drop / "day3.jsonl")]  # base's day 1 not re-read
+    assert second["rows"] == 60 and second["rejected_rows"] == 0
+
+
+def test_an_unreadable_watermark_file_is_rebuilt_from_the_manifests(tmp_path):
+    from curation.series import next_increment
+
+    drop, recipe = drop_folder(tmp_path, "day1.jsonl", rows(0, 5))
+    store = VersionStore(tmp_path / "store")
+    (tmp_path / "store" / "series").mkdir(parents=True)
+    (tmp_path / "store" / "series" / "web.json").write_text('{"series": "web", "versions": ["web-00')  # cut short
+    step = next_increment(store, "web", load_recipe(recipe))
+    assert step.name == "web-0001" and step.parent is None and step.seen == {}
+
+
 # ---- crash resume ---------------------------------------------------------------------------------------
 
 
 def _done_markers(store: Path, name: str, prefix: str) -> list[Path]:
-    return list((store / ".staging").glob(f"{name}.*/work/done/{prefix}*.pkl"))
+    return list((store / ".staging").glob(f"{name}.*/work/done/{prefix}*.arrow"))
 
 
 @pytest.mark.e2e
@@ -224,13 +276,16 @@ def test_a_step_failing_in_a_worker_process_stops_the_run_naming_the_step_and_sh
     from flows.curate import run_curation
 
     write_jsonl(tmp_path / "in.jsonl", rows(0, 40))
-    (tmp_path / "broken-model").mkdir()  # not a trained classifier: fails when a worker loads it
+    broken = tmp_path / "broken-model"  # a classifier whose model file changed: fails when a worker loads it
+    broken.mkdir()
+    (broken / "model.bin").write_bytes(b"not a model")
+    (broken / "classifier.json").write_text(json.dumps({"model_file": "model.bin", "sha256": "0" * 64}))
     recipe = parse_recipe({"inputs": [{"path": str(tmp_path / "in.jsonl")}], "shard_size_mb": 0.01,
                            "steps": [{"step": "length_filter", "min_words": 5},
                                      {"step": "quality_classifier", "model": str(tmp_path / "broken-model"),
                                       "min_score": 0.2}]})
     with pytest.raises(ShardError, match=r"step 'quality_classifier' failed on shard \S+raw-00000-\d+\.parquet: "
-                                         r"ClassifierError: .*classifier\.json: metadata file missing"):
+                                         r"ClassifierError: .*model\.bin: sha256 \S+ does not match"):
         run_curation(recipe, str(tmp_path / "store"), "x", workers=2)
     store = VersionStore(tmp_path / "store")
     assert not store.exists("x") and not (tmp_path / "store" / ".staging" / "x.lock").exists()
@@ -322,12 +377,33 @@ def test_a_cron_deployment_fires_on_a_local_server_and_makes_incremental_version
                               "--series", "nightly", "--workers", "1"],
                              env=cli_env(tmp_path, PREFECT_API_URL=prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1"),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    series_file = store / "series" / "nightly.json"
+
+    def summary_lists(*versions: str) -> bool:  # written by the run after it published
+        return series_file.exists() and json.loads(series_file.read_text())["versions"][:len(versions)] == [
+            *versions]
+
+    def fired_runs() -> list[dict]:  # made by the schedule, not by hand, and finished
+        deployments = _api(prefect_server, "/deployments/filter", {"deployments": {"name": {"any_": ["nightly"]}}})
+        runs = _api(prefect_server, "/flow_runs/filter",  # not the many runs scheduled ahead
+                    {"flow_runs": {"deployment_id": {"any_": [d["id"] for d in deployments]},
+                                   "state": {"type": {"any_": ["COMPLETED"]}}}, "limit": 50})
+        return [r for r in runs if r["auto_scheduled"]]
+
+    def diff_artifact() -> list[dict]:  # the run's last step after publishing
+        return _api(prefect_server, "/artifacts/filter", {"artifacts": {"key": {"any_": ["curate-nightly-0002-diff"]}}})
+
     try:
         _wait_for(lambda: (store / "versions" / "nightly-0001" / "manifest.json").exists(), 180, "the first run",
                   serve)
         write_jsonl(drop / "b.jsonl", rows(40, 25))
         _wait_for(lambda: (store / "versions" / "nightly-0002" / "manifest.json").exists(), 180,
                   "the run after new data arrived", serve)
+        # The run that published nightly-0002 goes on to write the series summary and the diff; later ticks
+        # find nothing new. Wait for what is asserted below while the runs are still being served.
+        _wait_for(lambda: summary_lists("nightly-0001", "nightly-0002"), 120, "the series summary", serve)
+        _wait_for(diff_artifact, 120, "the diff of nightly-0002", serve)
+        _wait_for(lambda: len(fired_runs()) >= 2, 120, "two scheduled runs to complete", serve)
     finally:
         os.killpg(serve.pid, signal.SIGINT)
         try:
@@ -337,16 +413,9 @@ def test_a_cron_deployment_fires_on_a_local_server_and_makes_incremental_version
     second = manifest_of(store, "nightly-0002")
     assert second["parents"] == ["nightly-0001"] and second["rows"] == 65 and second["carried"]["rows"] == 40
     assert (store / "versions" / "nightly-0002" / "stats.json").exists() and second["guards"]["guards"]
-    assert json.loads((store / "series" / "nightly.json").read_text())["versions"][:2] == ["nightly-0001",
-                                                                                         "nightly-0002"]
     deployments = _api(prefect_server, "/deployments/filter", {"deployments": {"name": {"any_": ["nightly"]}}})
     assert deployments and deployments[0]["schedules"][0]["schedule"]["cron"] == "* * * * * */5"
-    runs = _api(prefect_server, "/flow_runs/filter",
-                {"flow_runs": {"deployment_id": {"any_": [deployments[0]["id"]]}}, "limit": 50})
-    fired = [r for r in runs if r["auto_scheduled"] and r["state_type"] == "COMPLETED"]
-    assert len(fired) >= 2  # made by the schedule, not by hand
-    diffs = _api(prefect_server, "/artifacts/filter", {"artifacts": {"key": {"any_": ["curate-nightly-0002-diff"]}}})
-    assert {row["measure"]: row["value"] for row in json.loads(diffs[0]["data"])}["added"] == 25
+    assert {row["measure"]: row["value"] for row in json.loads(diff_artifact()[0]["data"])}["added"] == 25
 
 
 def _render(url: str, tmp_path: Path, png: Path) -> str:

@@ -11,10 +11,38 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from flows.cli_common import DEFAULT_STORE, ClusterOption, StoreOption, console, fail, prefect_env
+from flows.cli_common import (
+    DEFAULT_STORE,
+    ClusterOption,
+    StoreOption,
+    console,
+    crash,
+    fail,
+    prefect_env,
+    route_logs,
+    valid_name,
+)
 
-app = typer.Typer(help="Curate LLM training data into versioned, fully accounted datasets.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+class _App(typer.Typer):
+    """The command line: an error nothing caught is still one line, its traceback in the log file."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the last resort: one line instead of a traceback
+            crash(exc)
+
+
+app = _App(help="Curate LLM training data into versioned, fully accounted datasets.",
+           no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", envvar="CURATE_DEBUG",
+                                                 help="Show Prefect's logs and tracebacks on the terminal "
+                                                      "instead of in the log file.")] = False) -> None:
+    route_logs(debug)
 
 
 def _mount_subcommands() -> None:
@@ -149,11 +177,13 @@ def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], wo
         name = name or recipe.name
         if not name:
             fail(f"{recipe_path}: the recipe has no `name:`; pass --name")
+        valid_name(name, "version")
         target = VersionStore(store)
         if target.exists(name):
             fail(f"version {name!r} already exists in {target.url}; versions are immutable, pick another name")
         for parent in parents:
             target.manifest(parent)
+        recipe.preflight(target.url)
         from curation.pipeline import ShardError, estimate, plan_ingest
 
         plan = plan_ingest(recipe)
@@ -170,7 +200,7 @@ def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], wo
         manifest = run_curation(recipe, store, name, parents=parents, workers=workers, show_progress=True,
                                 override_guards=override_guards, cluster=cluster)
     except (RecipeError, IngestError, StoreError, GuardError, ValueError, ShardError) as exc:
-        fail(f"{exc}\n(finished tasks are kept: rerun the same command to resume)" if isinstance(exc, ShardError)
+        fail(f"{exc} (finished tasks are kept: rerun the same command to resume)" if isinstance(exc, ShardError)
              else str(exc))
     resumed = manifest.get("resumed")
     if resumed:

@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail, prefect_env
+from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail, prefect_env, valid_name
 
 MAX_NAME = 100
 
@@ -156,6 +156,7 @@ def ablate(versions: list[str], store: str, *, steps: Path | None = None, each_s
         fail(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
+    valid_name(name, "ablation")
     if versions and len(versions) < 2:
         fail("an ablation compares at least two versions (or use --calibrate VERSION for one)")
     if versions and len(set(versions)) != len(versions):

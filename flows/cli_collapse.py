@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail, prefect_env
+from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail, prefect_env, valid_name
 
 SAMPLE_CHARS = 160  # characters of each generation's sample shown in the terminal (collapse.json has 300)
 # The defaults of `flows.collapse.CollapseSpec` (where their reasons are), repeated here because importing that
@@ -135,6 +135,7 @@ def collapse(store: str, *, generations: int = GENERATIONS, seeds: int = SEEDS,
     from flows.collapse import CollapseError, run_collapse
     from training.tokenizer import TokenizerError
 
+    valid_name(name, "collapse experiment")
     if human is not None and eval_set is None:
         fail("--human needs --eval-set: the frozen held-out human text every generation is measured on")
     target = VersionStore(store)

@@ -1,13 +1,27 @@
-"""What every `curate` command shares: the consoles, the `--store` option, and failing clearly."""
+"""What every `curate` command shares: the consoles, the `--store` option, and failing clearly.
+
+An error is one line on the terminal (what went wrong and what to do) with exit status 2. Prefect's own
+logs and every traceback go to a log file instead (its path is printed with the error), unless `--debug`
+asks for them on the terminal. Worker processes inherit the same log file through the environment.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
-from typing import Annotated, NoReturn
+import tempfile
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
+import yaml
 from rich.console import Console
 from rich.markup import escape
+
+from flows import watchdog
 
 console = Console()
 err = Console(stderr=True)
@@ -21,15 +35,109 @@ ClusterOption = Annotated[str | None, typer.Option(
          "processes, tcp://host:8786 uses an existing scheduler (default: a process pool on this machine).")]
 
 
+LOG_FILE_ENV = "CURATE_LOG_FILE"
+DEBUG_ENV = "CURATE_DEBUG"
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
 def fail(message: str) -> NoReturn:
     """Print the error (names the file, key or version at fault) and exit with status 2."""
-    err.print(f"[bold red]error:[/] {escape(message)}")
+    err.print(f"[bold red]error:[/] {escape(message)}{_log_hint()}", soft_wrap=True)
     raise typer.Exit(2)
 
 
+def valid_name(name: str | None, kind: str) -> str | None:
+    """A user-given name that will become a path, checked before any work (one line and exit 2 if unsafe)."""
+    from curation.store import StoreError, check_name
+
+    if name is None:
+        return None
+    try:
+        return check_name(name, kind)
+    except StoreError as exc:
+        fail(str(exc))
+
+
+def crash(exc: BaseException) -> NoReturn:
+    """An error nothing expected: one line, the traceback in the log file (or on the terminal with --debug)."""
+    if debugging():
+        raise exc
+    log = log_file()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write("".join(traceback.format_exception(exc)))
+    err.print(f"[bold red]error:[/] {escape(f'{type(exc).__name__}: {exc}')}{_log_hint()}", soft_wrap=True)
+    raise SystemExit(2)  # outside the command, where typer.Exit is no longer handled
+
+
+def _log_hint() -> str:
+    log = os.environ.get(LOG_FILE_ENV)
+    if debugging() or not log or not Path(log).is_file() or Path(log).stat().st_size == 0:
+        return ""
+    return f" (details: {log}; or rerun with --debug)"
+
+
+def log_file() -> Path:
+    """This command's log file (created on the first record): under $CURATE_LOG_DIR, else the temp folder."""
+    if LOG_FILE_ENV not in os.environ:
+        folder = Path(os.environ.get("CURATE_LOG_DIR") or Path(tempfile.gettempdir()) / "curate-logs")
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        os.environ[LOG_FILE_ENV] = str(folder / f"curate-{stamp}-{os.getpid()}.log")
+    return Path(os.environ[LOG_FILE_ENV])
+
+
+class RunLogHandler(logging.FileHandler):
+    """Prefect's console output, appended to the command's log file (named by the environment, so worker
+    processes write to the same file)."""
+
+    def __init__(self, level: int = 0) -> None:
+        path = log_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(path, encoding="utf-8", delay=True)
+        self.setLevel(level)
+
+
+def route_logs(debug: bool) -> None:
+    """Before Prefect is imported: its terminal handlers write to the log file, unless debugging."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+        return
+    if os.environ.get("PREFECT_LOGGING_SETTINGS_PATH"):
+        return  # the user's own logging configuration wins
+    log = log_file()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    settings = log.parent / "prefect-logging.yml"
+    text = yaml.safe_dump(_file_logging_config())
+    if not settings.is_file() or settings.read_text(encoding="utf-8") != text:
+        tmp = settings.with_name(f"{settings.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(settings)
+    os.environ["PREFECT_LOGGING_SETTINGS_PATH"] = str(settings)
+
+
+def _file_logging_config() -> dict[str, Any]:
+    """Prefect's own logging configuration with every handler that writes to the terminal replaced by ours."""
+    spec = importlib.util.find_spec("prefect")
+    assert spec is not None and spec.submodule_search_locations
+    default = Path(next(iter(spec.submodule_search_locations))) / "logging" / "logging.yml"
+    config = yaml.safe_load(default.read_text(encoding="utf-8"))
+    for name, handler in config.get("handlers", {}).items():
+        if "stream" in handler:
+            config["handlers"][name] = {"()": f"{__name__}.RunLogHandler", "level": handler.get("level", 0),
+                                        "formatter": handler.get("formatter", "standard")}
+    return config
+
+
 def prefect_env(verbose: bool) -> None:
-    """Embedded Prefect, quiet and offline-friendly, unless the user configured otherwise."""
+    """Embedded Prefect, quiet and offline-friendly, unless the user configured otherwise; whatever the command
+    starts from here on (the temporary API server, workers) ends with it (`flows.watchdog`)."""
+    watchdog.start()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The default 20 s start-up timeout of the temporary server is too short on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    if verbose and os.environ.get("PREFECT_LOGGING_SETTINGS_PATH", "").startswith(str(log_file().parent)):
+        del os.environ["PREFECT_LOGGING_SETTINGS_PATH"]  # --verbose: Prefect's logs on the terminal

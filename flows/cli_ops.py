@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import DEFAULT_STORE, ClusterOption, StoreOption, console, fail, prefect_env
+from flows.cli_common import DEFAULT_STORE, ClusterOption, StoreOption, console, fail, prefect_env, valid_name
 
 SeriesOption = Annotated[str | None, typer.Option(help="Series name: versions are <series>-0001, -0002, ... "
                                                        "(default: the recipe's name).")]
@@ -27,7 +27,7 @@ def _series(recipe_path: Path, series: str | None) -> str:
     name = series or recipe.name
     if not name:
         fail(f"{recipe_path}: the recipe has no `name:`; pass --series")
-    return name
+    return valid_name(name, "series")
 
 
 def increment_command(

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail, prefect_env
+from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail, prefect_env, valid_name
 
 
 def synthesize_command(
@@ -39,6 +39,7 @@ def synthesize_command(
     name = name or parsed.name
     if not name:
         fail(f"{recipe}: the recipe has no `name:`; pass --name")
+    valid_name(name, "version")
     spec = parsed.synthesize
     console.print(f"[bold]synthesize[/] {name}: {spec.records:,} attempts, method {spec.method}, backend "
                   f"{spec.backend.kind}, schema {spec.schema_ if isinstance(spec.schema_, str) else 'json_schema'}")

@@ -59,7 +59,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from curation.store import VersionStore
+from curation.store import VersionStore, check_name
 from flows.ablate import _printer, plan_workers, train_run_task
 from training.ablation import AblationSpec
 
@@ -423,7 +423,10 @@ def collapse_flow(store_url: str, spec: CollapseSpec, name: str, *, human: str |
         record_mix(human_version)
         submit_train(seed, "human", 0, human_version)
     finished = 0
-    while pending:
+    while True:
+        fill_idle_workers()  # the one place queued guards are submitted, whichever task finished last
+        if not pending:
+            break
         future = next(as_completed(list(pending)))
         kind, what = pending.pop(future)
         value = future.result()
@@ -458,7 +461,6 @@ def collapse_flow(store_url: str, spec: CollapseSpec, name: str, *, human: str |
                 guard_results[(seed, p, g)] = value
             failed = ", ".join(value.get("failures", [])) or "none"
             say(f"  guards seed {seed} {'human' if g == 0 else policy} generation {g}: failed {failed}")
-        fill_idle_workers()
 
     context = {"name": name, "store": store.url, "spec": spec.to_dict(), "human": human, "evalset": evalset,
                "tokenizer": {"hash": tok.hash, "vocab_size": tok.vocab_size, "path": str(tok.path)},
@@ -743,7 +745,7 @@ def collapse_png(result: dict[str, Any]) -> bytes:
 
 def save_result(store: VersionStore, result: dict[str, Any]) -> dict[str, str]:
     """Write `<store>/collapse/<name>/collapse.json` and `collapse.png`, each moved into place."""
-    folder = f"{store.root}/{COLLAPSE_DIR}/{result['name']}"
+    folder = f"{store.root}/{COLLAPSE_DIR}/{check_name(result['name'], 'collapse experiment')}"
     store.fs.makedirs(folder, exist_ok=True)
     paths = {"folder": folder, "result": f"{folder}/{RESULT_FILE}", "plot": f"{folder}/{PLOT_FILE}"}
 

@@ -72,6 +72,21 @@ def test_replace_collapses_where_accumulate_does_not(tmp_path, prefect_harness):
     assert all(saved["samples"][p]["0"] for p in POLICIES)
 
 
+@pytest.mark.e2e
+def test_one_worker_checks_every_version_even_when_a_preview_finishes_last(tmp_path, prefect_harness):
+    # One seed, one generation, one worker: the last tasks to finish are the preview samples, so guards
+    # still queued then must be submitted after them (this once ended the run with no guard results).
+    # Smallest sizes (our choice): one optimiser step per run, 8 streams, a tenth of the human text and
+    # 2,048 evaluation tokens; only the scheduling is under test (~25 s on 2 busy cores, mostly setup).
+    smallest = {**TINY, "generations": 1, "seeds": 1, "tokens": TINY["batch_size"] * TINY["block_size"],
+                "samples": 8, "human_share": 0.1, "eval_tokens": 2048}
+    result = run_collapse(VersionStore(tmp_path / "store").url, name="one", workers=1, **smallest)
+
+    checked = {(g["policy"], g["generation"]) for g in result["guards"]}
+    assert checked == {(policy, g) for policy in POLICIES for g in (0, 1)}
+    assert all(g["guards"] for g in result["guards"])
+
+
 def test_the_command_defaults_are_the_experiments():
     from flows import cli_collapse
 

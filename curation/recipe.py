@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from curation.evalsets import evalset_exists
 from curation.guards import GuardConfig
 from curation.ingest import InputSpec
-from curation.steps import REGISTRY, Step
+from curation.steps import Step, UnknownStepError, step_class
 from curation.synth.spec import (
     GPTBackendSpec,
     HFBackendSpec,
@@ -74,17 +74,22 @@ class StepSpec(BaseModel):
         return dict(self.model_extra or {})
 
     @property
+    def step_class(self) -> type[Step]:
+        return step_class(self.step)
+
+    @property
     def instance_name(self) -> str:
-        return self.name or self.step
+        """`name:`, else the step's own name (also for a step named by its class, `package.module:Class`)."""
+        return self.name or (self.step if ":" not in self.step else self.step_class.name)
 
     @property
     def stage_label(self) -> str:
-        return self.stage or REGISTRY[self.step].category
+        return self.stage or self.step_class.category
 
     def build(self, store_url: str | None = None, base: Path | None = None) -> Step:
         """The configured step; a step that reads from the store (e.g. evaluation sets) gets the run's
         store when the recipe does not name one, and relative file paths are taken from the recipe's folder."""
-        cls = REGISTRY[self.step]
+        cls = self.step_class
         params = {**self.params, **self.paths(base)}
         if store_url is not None and "store" in cls.Params.model_fields and params.get("store") is None:
             params = {**params, "store": store_url}
@@ -93,7 +98,7 @@ class StepSpec(BaseModel):
     def paths(self, base: Path | None) -> dict[str, str]:
         """The step's file parameters that are set, resolved against `base` (the recipe's folder)."""
         out = {}
-        for key in REGISTRY[self.step].path_params:
+        for key in self.step_class.path_params:
             value = self.params.get(key)
             if isinstance(value, str) and value:
                 out[key] = str(value if base is None or Path(value).is_absolute() else base / value)
@@ -128,9 +133,10 @@ class Recipe(BaseModel):
         seen: set[str] = set()
         for i, spec in enumerate(self.steps):
             where = f"steps[{i}]"
-            cls = REGISTRY.get(spec.step)
-            if cls is None:
-                raise ValueError(f"{where}: unknown step {spec.step!r}; valid steps: {', '.join(sorted(REGISTRY))}")
+            try:
+                cls = spec.step_class
+            except UnknownStepError as exc:
+                raise ValueError(f"{where}: {exc}") from None
             try:
                 cls.Params(**spec.params)
             except ValidationError as exc:

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation import analysis as A
-from curation.steps import REGISTRY, FilterStep
+from curation.steps import Check, FilterStep, UnknownStepError, step_class
 
 QUANTILES = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 100)
 
@@ -27,10 +27,11 @@ class SignalRetention:
     mean: float
     std: float
     quantiles: dict[int, float]
-    current: dict[str, float]  # "min"/"max" -> the rule's default bound
+    current: dict[str, float]  # "min"/"max" -> the rule's bound as the version ran it (else its default)
     kept_at_current: tuple[float, float]  # (docs share, tokens share) kept by the current bounds
     rows: list[dict[str, float]] = field(default_factory=list)  # threshold -> shares kept as a min / as a max
     suggestions: dict[str, float] = field(default_factory=dict)
+    ops: dict[str, str] = field(default_factory=dict)  # "min"/"max" -> what a kept value satisfies (">=", "<", ...)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__ | {"kept_at_current": list(self.kept_at_current)}
@@ -44,21 +45,14 @@ def signal_columns(table_columns: list[str], rule: str) -> list[str]:
 def retention(values: np.ndarray, tokens: np.ndarray, rule: str, signal: str, thresholds: int = 21,
               params: dict[str, Any] | None = None) -> SignalRetention:
     """`params`: the rule's parameters as the version ran it (its defaults otherwise)."""
-    step = REGISTRY.get(rule)
-    bounds = getattr(step, "signal_bounds", {}).get(signal, {}) if step else {}
-    # model_construct: the bounds are all this needs, so required parameters (a model path) may be absent.
-    defaults = step.Params.model_construct(**(params or {})) if step is not None and issubclass(step, FilterStep) \
-        else None
-    current = {side: getattr(defaults, param) for side, param in bounds.items()
-               if defaults is not None and getattr(defaults, param, None) is not None}
+    bounded = _bounds(rule, signal, params)
+    current = {check.side: bound for check, bound in bounded}
     finite = np.isfinite(values)
     v, t = values[finite], tokens[finite]
     total_docs, total_tokens = max(len(v), 1), max(int(t.sum()), 1)
     keep = np.ones(len(v), dtype=bool)
-    if "min" in current:
-        keep &= v >= current["min"]
-    if "max" in current:
-        keep &= v <= current["max"]
+    for check, bound in bounded:
+        keep &= check.keeps(v, bound)
     grid = np.unique(np.quantile(v, np.linspace(0, 1, thresholds))) if len(v) else np.array([])
     rows = []
     for threshold in grid:
@@ -75,7 +69,26 @@ def retention(values: np.ndarray, tokens: np.ndarray, rule: str, signal: str, th
                        "mean - 2 sd": mean - 2 * std, "mean + 2 sd": mean + 2 * std,
                        "mean - 3 sd": mean - 3 * std, "mean + 3 sd": mean + 3 * std}
     return SignalRetention(rule, signal, len(v), int(t.sum()), mean, std, quantiles, current,
-                           (keep.sum() / total_docs, t[keep].sum() / total_tokens), rows, suggestions)
+                           (keep.sum() / total_docs, t[keep].sum() / total_tokens), rows, suggestions,
+                           {check.side: check.op for check, _ in bounded})
+
+
+def _bounds(rule: str, signal: str, params: dict[str, Any] | None) -> list[tuple[Check, float]]:
+    """The rule's checks on `signal` that are switched on, with their bounds."""
+    try:
+        step = step_class(rule)
+    except UnknownStepError:
+        return []
+    if not issubclass(step, FilterStep):
+        return []
+    # model_construct: the bounds are all this needs, so required parameters (a model path) may be absent.
+    values = step.Params.model_construct(**(params or {}))
+    out = []
+    for check in step.checks:
+        bound = getattr(values, check.bound, None) if isinstance(check.bound, str) else check.bound
+        if check.signal == signal and bound is not None:
+            out.append((check, bound))
+    return out
 
 
 def recipe_params(recipe: dict[str, Any], rule: str) -> dict[str, Any]:

@@ -194,7 +194,7 @@ def test_step_scores_filters_and_annotates(trained):
     assert len(kept_ids & {f"d{i}" for i in range(20)}) >= 18 and len(kept_ids & {f"d{i}" for i in range(20, 40)}) <= 2
     for score, reason in zip(out.rejected.column("quality_score").to_pylist(),
                              out.rejected.column("reason").to_pylist()):
-        assert reason == f"quality_classifier:score={round(score, 3):g}<0.5"
+        assert reason == f"quality_classifier:score={score:.3g}<0.5"
     assert all(r.startswith("quality_classifier:score=") for r in out.rejected.column("reason").to_pylist())
 
     annotate = QualityClassifier(model=str(root / "model"), mode="annotate").apply(_batch(texts))

@@ -175,7 +175,6 @@ def test_min_overlaps_counts_per_eval_document(store):
     assert step.apply(batch).kept.column("contamination_ngrams").to_pylist() == [3, 1, 1]
     out = Decontaminate(evalsets=["qa"], store=str(store), min_overlaps=2).apply(batch)
     assert out.rejected.column("reason").to_pylist() == ["decontaminate:ngrams=3>=2"]
-    assert DecontaminateParams(evalsets=["qa"], min_overlaps=2).max_clean_ngrams == 1
 
 
 def test_threshold_view_reads_the_rule_as_a_max(monkeypatch):
@@ -185,7 +184,7 @@ def test_threshold_view_reads_the_rule_as_a_max(monkeypatch):
     monkeypatch.setitem(steps.REGISTRY, "decontaminate", Decontaminate)
     view = retention(np.array([0, 0, 1, 3], float), np.array([10, 10, 10, 10]), "decontaminate", "ngrams",
                      params={"evalsets": ["qa"], "min_overlaps": 2})
-    assert view.current == {"max": 1} and view.kept_at_current == (0.75, 0.75)
+    assert view.current == {"max": 2} and view.ops == {"max": "<"} and view.kept_at_current == (0.75, 0.75)
 
 
 def test_chunking_and_set_order(store, monkeypatch):

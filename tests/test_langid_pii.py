@@ -1,23 +1,20 @@
 """Language identification and PII redaction: each rule passes and fails, and both meet the demo's labels.
 
-`python tests/test_langid_pii.py [scale]` prints the figures on the demo corpus (recall, false positives,
-docs/s) instead of asserting them.
+`bench/langid_pii.py` prints the figures on the demo corpus (recall, false positives, docs/s).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import pickle
-import sys
-import time
 from pathlib import Path
 
+import fasttext
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
+from curation.demo import build_demo_corpus, documents_by_class
 from curation.recipe import RecipeError, load_recipe
 from curation.steps.langid import LanguageFilter, LanguageFilterParams
 from curation.steps.pii import PIIRedactor
@@ -65,8 +62,7 @@ def test_score_threshold_is_respected_both_ways():
     above, below = math.ceil(score * 100 + 1) / 100, math.floor(score * 100 - 1) / 100
     failed = LanguageFilter(min_score=above).apply(batch([text]))
     assert failed.kept.num_rows == 0
-    shown = math.floor(round(score, 6) * 1000) / 1000
-    assert failed.rejected.column("reason").to_pylist() == [f"language_filter:lang_score={shown:g}<{above:g}"]
+    assert failed.rejected.column("reason").to_pylist() == [f"language_filter:lang_score={score:.3g}<{above:g}"]
     assert LanguageFilter(min_score=below).apply(batch([text])).kept.num_rows == 1
 
 
@@ -134,8 +130,6 @@ TRAIN = {
 @pytest.fixture(scope="module")
 def tiny_lid(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A real fastText supervised model with lid.176-style labels, trained in well under a second."""
-    import fasttext
-
     root = tmp_path_factory.mktemp("lid")
     with open(root / "train.txt", "w", encoding="utf-8") as fh:
         for _ in range(30):
@@ -291,89 +285,24 @@ def test_pii_step_pickles_and_resists_pathological_input():
 # --------------------------------------------------------------------------------------------------
 
 
-def _demo_groups(root: Path, scale: float) -> dict[str, list[dict]]:
-    from curation.demo import build_demo_corpus, load_labels
-
-    corpus = build_demo_corpus(root, scale=scale)
-    defect = {lab["id"]: lab["defect"] for lab in load_labels(corpus.labels_path) if lab.get("id")}
-    web = []
-    for line in (root / "web_crawl.jsonl").read_bytes().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # the deliberately malformed lines
-            continue
-        if isinstance(record, dict) and isinstance(record.get("text"), str) and record["text"].strip():
-            web.append(record)
-    with gzip.open(root / "kjv.jsonl.gz", "rt", encoding="utf-8") as fh:
-        kjv = [json.loads(line) for line in fh]
-    with open(root / "stdlib_docs.jsonl", encoding="utf-8") as fh:
-        stdlib = [json.loads(line) for line in fh]
-    return {"non_english": [r for r in web if defect.get(r["id"]) == "non_english"],
-            "pii": [r for r in web if defect.get(r["id"]) == "pii"],
-            "stdlib_docs": stdlib, "kjv": kjv, "web_clean": [r for r in web if r["id"] not in defect]}
+CLEAN = ("stdlib_docs", "kjv", "web_clean")
 
 
-def _table(records: list[dict]) -> pa.Table:
-    return batch([r["text"] for r in records])
-
-
-def demo_figures(root: Path, scale: float) -> dict[str, dict]:
-    groups = _demo_groups(root, scale)
-    LanguageFilter().apply(batch([EN]))  # load the model outside the timings
-    figures: dict[str, dict] = {}
-    for name, records in groups.items():
-        start = time.perf_counter()
-        lang = LanguageFilter().apply(_table(records))
-        lang_s = time.perf_counter() - start
-        start = time.perf_counter()
-        pii = PIIRedactor().apply(_table(records))
-        pii_s = time.perf_counter() - start
-        figures[name] = {
-            "docs": len(records), "chars": sum(len(r["text"]) for r in records),
-            "lang_rejected": lang.rejected.num_rows, "lang_docs_per_s": len(records) / lang_s,
-            "lang_reasons": sorted(set(lang.rejected.column("reason").to_pylist())),
-            "pii_docs": sum(n > 0 for n in pii.kept.column("pii_redactions").to_pylist()),
-            "pii_counters": pii.counters, "pii_docs_per_s": len(records) / pii_s,
-        }
-    return figures
+def _caught(records: list[dict]) -> tuple[int, int]:
+    """(documents language_filter rejects, documents pii_redact changes), with the steps' defaults."""
+    table = batch([r["text"] for r in records])
+    redactions = PIIRedactor().apply(table).kept.column("pii_redactions").to_pylist()
+    return LanguageFilter().apply(table).rejected.num_rows, sum(n > 0 for n in redactions)
 
 
 def test_demo_corpus_recall_and_false_positives(tmp_path: Path):
-    figures = demo_figures(tmp_path, scale=0.25)
-    assert figures["non_english"]["docs"] >= 10
-    assert figures["non_english"]["lang_rejected"] == figures["non_english"]["docs"]  # recall 1.0
-    for clean in ("stdlib_docs", "kjv", "web_clean"):  # KJV is Early Modern English and still passes
-        assert figures[clean]["lang_rejected"] == 0, clean
-    assert figures["pii"]["pii_docs"] == figures["pii"]["docs"]  # every planted PII document is redacted
-    clean_docs = sum(figures[g]["docs"] for g in ("stdlib_docs", "kjv", "web_clean"))
-    clean_hits = sum(figures[g]["pii_docs"] for g in ("stdlib_docs", "kjv", "web_clean"))
-    assert figures["kjv"]["pii_docs"] == 0
+    groups = documents_by_class(build_demo_corpus(tmp_path, scale=0.25))
+    caught = {name: _caught(groups[name]) for name in ("non_english", "pii", *CLEAN)}
+    assert len(groups["non_english"]) >= 10
+    assert caught["non_english"][0] == len(groups["non_english"])  # recall 1.0
+    for clean in CLEAN:  # KJV is Early Modern English and still passes
+        assert caught[clean][0] == 0, clean
+    assert caught["pii"][1] == len(groups["pii"])  # every planted PII document is redacted
+    assert caught["kjv"][1] == 0
     # The stdlib docs hold real addresses (authors' e-mails, IPs in examples): a few hits are correct.
-    assert clean_hits <= 0.02 * clean_docs
-
-
-def _bench(texts: list[str], label: str) -> None:
-    for name, step in (("language_filter", LanguageFilter()), ("pii_redact", PIIRedactor())):
-        step.apply(batch(texts[:10]))
-        best = min(_timed(step, texts) for _ in range(3))
-        print(f"{name}: {len(texts) / best:,.0f} docs/s, {sum(map(len, texts)) / best / 1e6:.1f} M chars/s "
-              f"on {len(texts)} {label} (one core)")
-
-
-def _timed(step: LanguageFilter | PIIRedactor, texts: list[str]) -> float:
-    start = time.perf_counter()
-    step.apply(batch(texts))
-    return time.perf_counter() - start
-
-
-if __name__ == "__main__":
-    import tempfile
-
-    scale = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
-    with tempfile.TemporaryDirectory() as tmp:
-        for group, fig in demo_figures(Path(tmp), scale).items():
-            print(group, json.dumps(fig, default=str))
-        groups = _demo_groups(Path(tmp) / "bench", scale)
-    human = [r["text"][:3000] for g in ("stdlib_docs", "kjv", "web_clean") for r in groups[g] if len(r["text"]) >= 3000]
-    _bench(human, "3,000-char slices of the demo's human documents")
-    _bench([r["text"] for r in groups["pii"]], "planted PII documents (every one a candidate)")
+    assert sum(caught[g][1] for g in CLEAN) <= 0.02 * sum(len(groups[g]) for g in CLEAN)

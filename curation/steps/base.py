@@ -4,16 +4,16 @@
 reason of the form `rule` or `rule=detail`; the text before the first `=` is the key that
 counts group by. The runner, not the step, checks that in = kept + rejected.
 
-Filters subclass `FilterStep` and only *measure*: they return per-row signals and a reason for
-each row that fails. The base class then either drops those rows (`mode: filter`) or keeps every
-row and writes the signals as `<rule>__<signal>` columns (`mode: annotate`), so thresholds can be
-chosen from the data without re-running.
+A step declares its parameters as a pydantic model and names it as its type argument
+(`class Normalize(Step[NormalizeParams])`), so `self.params` is typed and the recipe validates it.
+Filters are steps too: see `curation.steps.filter`.
 """
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,8 +44,7 @@ class StepParams(BaseModel):
         return self
 
 
-class FilterParams(StepParams):
-    mode: Literal["filter", "annotate"] = "filter"
+P = TypeVar("P", bound=StepParams)
 
 
 @dataclass
@@ -65,28 +64,27 @@ class Collected:
     store_url: str  # the filesystem `path` lives on (and where store-wide indexes live)
 
 
-@dataclass
-class Measurement:
-    """What a filter measured on a batch, row-aligned."""
-
-    reasons: pa.Array  # null where the row passes, else `rule:signal=value<op>threshold`
-    signals: dict[str, pa.Array] = field(default_factory=dict)  # written as columns in annotate mode
-    annotations: dict[str, pa.Array] = field(default_factory=dict)  # columns written in both modes
-
-
-class Step:
-    """Base class: subclasses set `name`, `Params`, and implement `apply`."""
+class Step(Generic[P]):
+    """Base class: subclasses set `name`, name their parameters' class as the type argument, and implement
+    `apply`."""
 
     name: ClassVar[str]
-    Params: ClassVar[type[StepParams]] = StepParams
+    Params: ClassVar[type[StepParams]] = StepParams  # set from the type argument
     # What kind of change the step makes: the default stage label when a recipe's cumulative outputs
     # are compared (`Recipe.stages`, `curate ablate --steps`).
     category: ClassVar[str] = "transform"
     # Parameters that name a local file or folder: relative to the recipe's folder, checked when it loads.
     path_params: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, params: StepParams | None = None, **kwargs: object) -> None:
-        self.params = params if params is not None else self.Params(**kwargs)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            args = typing.get_args(base)
+            if args and isinstance(args[0], type) and issubclass(args[0], StepParams):
+                cls.Params = args[0]
+
+    def __init__(self, params: P | None = None, **kwargs: object) -> None:
+        self.params: P = params if params is not None else self.Params(**kwargs)  # type: ignore[assignment]
 
     def preflight(self, store_url: str) -> None:
         """Raise ValueError naming what the step needs from the run's store (evaluation sets, earlier
@@ -101,7 +99,8 @@ class Step:
         return False
 
     def collect(self, batch: pa.Table) -> Any:
-        """A small, picklable summary of one shard's batch as it reaches this step."""
+        """A small summary of one shard's batch as it reaches this step (stored as a resume marker, so plain
+        values, numpy and Arrow arrays; see curation.markers)."""
         raise NotImplementedError
 
     def decide(self, collected: list[Collected]) -> Any:
@@ -118,31 +117,6 @@ class Step:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
-
-
-class FilterStep(Step):
-    """A step that measures each document and rejects those outside its thresholds."""
-
-    Params: ClassVar[type[StepParams]] = FilterParams
-    category: ClassVar[str] = "filter"
-    # signal -> {"min"|"max": parameter that bounds it}, for threshold views and reports.
-    signal_bounds: ClassVar[dict[str, dict[str, str]]] = {}
-
-    def measure(self, batch: pa.Table) -> Measurement:
-        raise NotImplementedError
-
-    def apply(self, batch: pa.Table) -> StepOutput:
-        measured = self.measure(batch)
-        for column, values in measured.annotations.items():
-            batch = set_column(batch, column, values)
-        if getattr(self.params, "mode", "filter") == "annotate":
-            for signal, values in measured.signals.items():
-                batch = set_column(batch, f"{self.name}__{signal}", values)
-            out = split(batch, pa.nulls(batch.num_rows, pa.string()))
-            would = pc.drop_null(measured.reasons).to_pylist()
-            out.counters.update({f"would_reject:{k}": v for k, v in _count_keys(would).items()})
-            return out
-        return split(batch, measured.reasons)
 
 
 def require_versions(store_url: str, names: list[str]) -> None:
@@ -173,26 +147,3 @@ def split(batch: pa.Table, reasons: pa.Array) -> StepOutput:
 
 def reason_key(reason: str) -> str:
     return reason.split("=", 1)[0]
-
-
-def _count_keys(reasons: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for reason in reasons:
-        key = reason_key(reason)
-        counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
-def first_failure(conditions: list[tuple[pa.Array, pa.Array]], n: int) -> pa.Array:
-    """Row-wise: the reason of the first condition that holds, else null (Arrow, no Python loop)."""
-    if not conditions:
-        return pa.nulls(n, pa.string())
-    tests = [pc.fill_null(test, False) for test, _ in conditions]
-    return pc.case_when(pc.make_struct(*tests), *[reason for _, reason in conditions])
-
-
-def threshold_reason(rule: str, signal: str, values: pa.Array, op: str, bound: float | int) -> pa.Array:
-    """`rule:signal=value<op>bound` per row, values formatted compactly (3 significant decimals)."""
-    if pa.types.is_floating(values.type):
-        values = pc.round(values, 3)
-    return pc.binary_join_element_wise(f"{rule}:{signal}=", pc.cast(values, pa.string()), f"{op}{bound:g}", "")

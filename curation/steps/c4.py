@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curation.steps.base import Count, FilterParams, FilterStep, Measurement, PositiveCount
+from curation.steps.base import Count, PositiveCount, StepOutput
+from curation.steps.filter import Check, FilterParams, FilterStep, Measurement, reason
+from curation.steps.registry import register
 
 CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 END_PUNCTUATION = (".", "?", "!", '"', "'")
@@ -66,15 +68,18 @@ def count_sentences(line: str) -> int:
     return breaks + 1
 
 
-class C4Quality(FilterStep):
+@register
+class C4Quality(FilterStep[C4QualityParams]):
+    """Line rules rewrite the text and page rules reject it, in one pass over the lines, so `measure` is
+    its own; the sentence count is its one threshold check."""
+
     name = "c4_quality"
-    Params = C4QualityParams
-    signal_bounds = {"sentences": {"min": "min_num_sentences"}}
+    checks = (Check("sentences", ">=", "min_num_sentences"),)
     path_params = ("bad_words_file",)
 
-    def __init__(self, params=None, **kwargs):
+    def __init__(self, params: C4QualityParams | None = None, **kwargs: object) -> None:
         super().__init__(params, **kwargs)
-        p: C4QualityParams = self.params  # type: ignore[assignment]
+        p = self.params
         words = list(p.bad_words or [])
         if p.bad_words_file:
             words += [w.strip() for w in Path(p.bad_words_file).read_text(encoding="utf-8").splitlines() if w.strip()]
@@ -94,8 +99,7 @@ class C4Quality(FilterStep):
             sentences[row] = n_sentences
             removed_frac[row] = 1 - (kept.count("\n") + 1 if kept else 0) / max(n_lines, 1)
         annotations = {}
-        p: C4QualityParams = self.params  # type: ignore[assignment]
-        if p.remove_lines and p.mode == "filter":
+        if self.params.remove_lines and self.params.mode == "filter":
             annotations["text"] = pa.array(new_texts, pa.large_string())
         return Measurement(pa.array(reasons, pa.string()),
                            {"sentences": pa.array(sentences), "lines_removed_frac": pa.array(removed_frac)},
@@ -105,7 +109,7 @@ class C4Quality(FilterStep):
         self.lines_removed[why] = self.lines_removed.get(why, 0) + 1
 
     def _check(self, text: str) -> tuple[str | None, str, int, int]:
-        p: C4QualityParams = self.params  # type: ignore[assignment]
+        p = self.params
         if self._bad_words is not None and self._bad_words.search(text.lower()):
             return f"{self.name}:bad_words", text, 0, 0
         lines = text.splitlines()
@@ -139,10 +143,11 @@ class C4Quality(FilterStep):
             n_sentences += count_sentences(line)
             kept.append(line)
         if p.min_num_sentences is not None and n_sentences < p.min_num_sentences:
-            return f"{self.name}:sentences={n_sentences}<{p.min_num_sentences}", text, n_sentences, len(lines)
+            why = reason(self.name, "sentences", n_sentences, "<", p.min_num_sentences)
+            return why, text, n_sentences, len(lines)
         return None, "\n".join(kept).strip(), n_sentences, len(lines)
 
-    def apply(self, batch: pa.Table):
+    def apply(self, batch: pa.Table) -> StepOutput:
         out = super().apply(batch)
         out.counters.update({f"lines_removed:{k}": v for k, v in sorted(self.lines_removed.items())})
         return out

@@ -49,7 +49,8 @@ from xxhash import xxh3_64_intdigest
 
 from curation.analysis import TOKENS, tokenize
 from curation.evalsets import EvalSetError, evalset_exists, load_evalset, read_info
-from curation.steps.base import FilterParams, FilterStep, Measurement, first_failure, threshold_reason
+from curation.steps.filter import Check, FilterParams, FilterStep, Measurement
+from curation.steps.registry import register
 from curation.store import StoreError, VersionStore, check_name
 
 NGRAMS_COLUMN = "contamination_ngrams"
@@ -90,11 +91,6 @@ class DecontaminateParams(FilterParams):
         if len(set(names)) != len(names):
             raise ValueError(f"an eval set is listed twice: {names}")
         return names
-
-    @property
-    def max_clean_ngrams(self) -> int:
-        """The most shared n-grams a document may have and be kept (the rule as a `max` bound)."""
-        return self.min_overlaps - 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,14 +278,13 @@ def clear_cache() -> None:
 # The step
 
 
-class Decontaminate(FilterStep):
+@register
+class Decontaminate(FilterStep[DecontaminateParams]):
     name = "decontaminate"
-    Params = DecontaminateParams
-    # Kept iff ngrams <= min_overlaps - 1: a `max` bound, exposed as the derived `max_clean_ngrams`.
-    signal_bounds = {"ngrams": {"max": "max_clean_ngrams"}}
+    checks = (Check("ngrams", "<", "min_overlaps"),)  # kept while it shares fewer n-grams than that
 
     def preflight(self, store_url: str) -> None:
-        p: DecontaminateParams = self.params  # type: ignore[assignment]
+        p = self.params
         store = p.store or store_url
         missing = [name for name in p.evalsets if not evalset_exists(store, name)]
         if missing:
@@ -297,7 +292,7 @@ class Decontaminate(FilterStep):
                              "with `curate evalset register`; `curate evalset list` shows those there are)")
 
     def _index(self) -> EvalIndex:
-        p: DecontaminateParams = self.params  # type: ignore[assignment]
+        p = self.params
         if p.store is None:
             raise EvalSetError(f"{self.name}: no `store` given: set `store:` to the store (folder or URL) holding "
                                f"the eval sets {', '.join(p.evalsets)} (register them with `curate evalset "
@@ -305,7 +300,7 @@ class Decontaminate(FilterStep):
         return eval_index(p.store, tuple(p.evalsets), p.ngram)
 
     def measure(self, batch: pa.Table) -> Measurement:
-        p: DecontaminateParams = self.params  # type: ignore[assignment]
+        p = self.params
         index = self._index()
         n_rows = batch.num_rows
         counts = np.zeros(n_rows, dtype=np.int32)
@@ -319,9 +314,8 @@ class Decontaminate(FilterStep):
             best[start:start + len(chunk_texts)] = b
         ngrams = pa.array(counts, pa.int32())
         sets = pc.take(pa.array(index.set_names, pa.string()), pa.array(best, pa.int32(), mask=best < 0))
-        reasons = first_failure([(pc.greater_equal(ngrams, p.min_overlaps),
-                                  threshold_reason(self.name, "ngrams", ngrams, ">=", p.min_overlaps))], n_rows)
-        return Measurement(reasons, signals={"ngrams": ngrams}, annotations={NGRAMS_COLUMN: ngrams, SET_COLUMN: sets})
+        return Measurement(self.reasons({"ngrams": counts}, n_rows), signals={"ngrams": ngrams},
+                           annotations={NGRAMS_COLUMN: ngrams, SET_COLUMN: sets})
 
 
 def version_overlap(store: VersionStore, version: str, evalsets: list[str], ngram: int = DEFAULT_NGRAM

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import numpy as np
@@ -23,7 +23,10 @@ import xxhash
 from pydantic import Field, model_validator
 
 from curation import dedup as D
-from curation.steps.base import Collected, FilterParams, FilterStep, Measurement, require_versions
+from curation.steps.base import Collected, require_versions
+from curation.steps.filter import FilterParams, FilterStep, Measurement, reason
+from curation.steps.registry import register
+from curation.store import VersionStore
 
 EXAMPLE_CLUSTERS = 5
 EXAMPLE_CHARS = 240
@@ -43,7 +46,10 @@ def _lengths(texts: list[str]) -> np.ndarray:
     return np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
 
 
-class _DedupStep(FilterStep):
+DP = TypeVar("DP", bound=DedupParams)
+
+
+class _DedupStep(FilterStep[DP]):
     """What exact and near dedup share: the decision's shape, how it is applied, and the index."""
 
     kind: str = ""
@@ -53,7 +59,7 @@ class _DedupStep(FilterStep):
         return True
 
     def preflight(self, store_url: str) -> None:
-        require_versions(store_url, self.params.against)  # type: ignore[attr-defined]
+        require_versions(store_url, self.params.against)
 
     def bind(self, decision: D.DedupDecision) -> None:
         self.decision = decision
@@ -88,7 +94,7 @@ class _DedupStep(FilterStep):
     def finish(self, decision: D.DedupDecision, docs: list[D.DocKey], where: list[tuple]) -> D.DedupDecision:
         """What both kinds report: documents, removals (and how many matched earlier versions), examples."""
         decision.report.update({
-            "documents": sum(1 for d in docs if not d.published), "against": list(self.params.against),  # type: ignore
+            "documents": sum(1 for d in docs if not d.published), "against": list(self.params.against),
             "removed": len(decision.removals),
             "removed_matching_earlier_versions": sum(1 for r in decision.removals.values() if r.in_version),
         })
@@ -108,8 +114,6 @@ class _DedupStep(FilterStep):
 
     def version_index(self, store_url: str, version: str) -> dict[str, np.ndarray]:
         """The summary of an earlier version's documents, from the store's index (built on first use)."""
-        from curation.store import VersionStore
-
         store = VersionStore(store_url)
         path = f"{store.root}/index/{self.kind}/{version}/{self.params_key()}.parquet"
         if not store.fs.exists(path):
@@ -153,7 +157,7 @@ class _DedupStep(FilterStep):
             for key, value in summary.items():
                 parts.setdefault(key, []).append(value)
         store_url = collected[0].store_url if collected else None
-        for version in self.params.against:  # type: ignore[attr-defined]
+        for version in self.params.against:
             summary = self.version_index(store_url, version)
             for doc_id, length, quality in zip(summary["id"], summary["length"], summary["quality"]):
                 docs.append(D.DocKey(str(doc_id), int(length), float(quality), published=version))
@@ -166,8 +170,6 @@ class _DedupStep(FilterStep):
 
 def read_texts(where: list[tuple], wanted: list[int]) -> dict[int, str]:
     """Texts of the wanted documents, reading each shard file (or earlier version) once."""
-    from curation.store import VersionStore
-
     by_source: dict[tuple, list[int]] = {}
     for index in wanted:
         entry = where[index]
@@ -214,12 +216,12 @@ class ExactDedupParams(DedupParams):
     pass
 
 
-class ExactDedup(_DedupStep):
+@register
+class ExactDedup(_DedupStep[ExactDedupParams]):
     """Documents whose normalised text (case and white space folded) is identical: xxh3-128."""
 
     name = "exact_dedup"
     kind = "exact"
-    Params = ExactDedupParams
 
     def index_params(self) -> dict[str, Any]:
         return {"hash": "xxh3_128", "normalize": "lower+spaces"}
@@ -271,26 +273,26 @@ class MinHashDedupParams(DedupParams):
         return self
 
 
-class MinHashDedup(_DedupStep):
+@register
+class MinHashDedup(_DedupStep[MinHashDedupParams]):
     name = "minhash_dedup"
     kind = "minhash"
-    Params = MinHashDedupParams
 
     def band_shape(self) -> tuple[int, int]:
-        p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        p = self.params
         if p.bands and p.rows:
             return p.bands, p.rows
         return D.choose_bands(p.threshold, p.num_perm)
 
     def index_params(self) -> dict[str, Any]:
-        p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        p = self.params
         return {"num_perm": p.num_perm, "shingle_words": p.shingle_words, "seed": p.seed, "bands": self.band_shape(),
                 "scheme": "affine32"}
 
     def summarise(self, batch: pa.Table, chunk_docs: int = 1000) -> dict[str, np.ndarray]:
         """Bands of every document, a chunk of documents at a time: shingling needs ~15x the text in
         temporary arrays, so chunks bound it (~50 MB for 1,000 documents of 3 KB)."""
-        p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        p = self.params
         texts = batch.column("text").to_pylist()
         bands, rows = self.band_shape()
         band = np.empty((len(texts), bands), dtype=np.uint64)
@@ -305,7 +307,7 @@ class MinHashDedup(_DedupStep):
         return self.summarise(batch)
 
     def decide(self, collected: list[Collected]) -> D.DedupDecision:
-        p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        p = self.params
         docs, stacked, where = self.gather(collected)
         bands, rows = self.band_shape()
         band_matrix = stacked.get("band", np.empty((0, bands), np.uint64))
@@ -343,5 +345,5 @@ class MinHashDedup(_DedupStep):
         where = f" in {removal.in_version}" if removal.in_version else ""
         if removal.jaccard != removal.jaccard:  # NaN: verification was off, only the LSH said so
             return f"{self.name}:lsh_candidate dup_of={removal.dup_of}{where}"
-        return (f"{self.name}:jaccard={removal.jaccard:.3f}>={self.params.threshold:g}"  # type: ignore[attr-defined]
-                f" dup_of={removal.dup_of}{where}")
+        similar = reason(self.name, "jaccard", removal.jaccard, ">=", self.params.threshold)
+        return f"{similar} dup_of={removal.dup_of}{where}"

@@ -9,8 +9,10 @@ import numpy as np
 import pyarrow as pa
 
 from curation import analysis as A
-from curation.steps.base import Count, FilterParams, FilterStep, Fraction, Measurement, NonNegative
-from curation.steps.gopher import _reason_column, duplicates
+from curation.steps.base import Count, Fraction, NonNegative
+from curation.steps.filter import Check, FilterParams, FilterStep, Signals
+from curation.steps.gopher import duplicates
+from curation.steps.registry import register
 
 # Sentence-ending punctuation across scripts (the Unicode Terminal_Punctuation characters that end
 # sentences; quotes, brackets, ellipses, colons and semicolons are not among them), as datatrove uses.
@@ -29,44 +31,31 @@ class FineWebQualityParams(FilterParams):
     new_line_ratio: NonNegative | None = 0.3  # reject when line breaks per word exceed this
 
 
-class FineWebQuality(FilterStep):
+@register
+class FineWebQuality(FilterStep[FineWebQualityParams]):
     name = "fineweb_quality"
-    Params = FineWebQualityParams
-    signal_bounds = {"line_punct_ratio": {"min": "line_punct_thr"}, "short_line_ratio": {"max": "short_line_thr"},
-                     "char_dup_ratio": {"max": "char_duplicates_ratio"}, "list_ratio": {"max": "new_line_ratio"}}
+    checks = (Check("lines", ">=", 1),  # a document with no line of text
+              Check("line_punct_ratio", ">=", "line_punct_thr"), Check("short_line_ratio", "<=", "short_line_thr"),
+              Check("char_dup_ratio", "<=", "char_duplicates_ratio"), Check("list_ratio", "<=", "new_line_ratio"))
 
-    def measure(self, batch: pa.Table) -> Measurement:
-        p: FineWebQualityParams = self.params  # type: ignore[assignment]
+    def signals(self, batch: pa.Table) -> Signals:
         text = A.as_array(batch.column("text"))
-        texts = text.to_pylist()
-        n = len(texts)
-        punct = np.zeros(n)
-        short = np.zeros(n)
-        dup_chars = np.zeros(n)
-        empty = np.ones(n, dtype=bool)
-        for row, doc in enumerate(texts):
-            lines = [line for line in doc.split("\n") if line.strip()]  # blank lines do not count
-            if not lines:
-                continue  # rejected as empty below
-            punct[row] = sum(1 for line in lines if line.endswith(STOP_CHARS)) / len(lines)
-            short[row] = sum(1 for line in lines if len(line) <= p.short_line_length) / len(lines)
-            dup_chars[row] = duplicates(lines)[1] / max(len(doc) - doc.count("\n"), 1)
-            empty[row] = False
-        newlines = A.count_literal(text, "\n")
-        list_ratio = A.safe_ratio(newlines, A.count(text, A.ARROW_TOKEN))
-        signals = {"line_punct_ratio": punct, "short_line_ratio": short, "char_dup_ratio": dup_chars,
-                   "list_ratio": list_ratio}
-        checks = [("lines", np.zeros(n, dtype=np.int64), empty, "<", 1)]
-        if p.line_punct_thr is not None:
-            failed = punct < p.line_punct_thr
-            if p.line_punct_exclude_zero:
-                failed &= punct > 0
-            checks.append(("line_punct_ratio", punct, failed, "<", p.line_punct_thr))
-        if p.short_line_thr is not None:
-            checks.append(("short_line_ratio", short, short > p.short_line_thr, ">", p.short_line_thr))
-        if p.char_duplicates_ratio is not None:
-            checks.append(("char_dup_ratio", dup_chars, dup_chars > p.char_duplicates_ratio, ">",
-                           p.char_duplicates_ratio))
-        if p.new_line_ratio is not None:
-            checks.append(("list_ratio", list_ratio, list_ratio > p.new_line_ratio, ">", p.new_line_ratio))
-        return Measurement(_reason_column(n, checks, self.name), {k: pa.array(v) for k, v in signals.items()})
+        n = len(text)
+        lines, punct, short, dup_chars = (np.zeros(n, np.int64), np.zeros(n), np.zeros(n), np.zeros(n))
+        for row, doc in enumerate(text.to_pylist()):
+            kept = [line for line in doc.split("\n") if line.strip()]  # blank lines do not count
+            if not kept:
+                continue
+            lines[row] = len(kept)
+            punct[row] = sum(1 for line in kept if line.endswith(STOP_CHARS)) / len(kept)
+            short[row] = sum(1 for line in kept if len(line) <= self.params.short_line_length) / len(kept)
+            dup_chars[row] = duplicates(kept)[1] / max(len(doc) - doc.count("\n"), 1)
+        list_ratio = A.safe_ratio(A.count_literal(text, "\n"), A.count(text, A.ARROW_TOKEN))
+        return {"lines": lines, "line_punct_ratio": punct, "short_line_ratio": short, "char_dup_ratio": dup_chars,
+                "list_ratio": list_ratio}
+
+    def failing(self, check: Check, values: np.ndarray, bound: float) -> np.ndarray:
+        failed = super().failing(check, values, bound)
+        if check.signal == "line_punct_ratio" and self.params.line_punct_exclude_zero:
+            failed &= values > 0  # datatrove's option: pages with no punctuated line at all are left to other rules
+        return failed

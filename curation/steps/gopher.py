@@ -14,9 +14,12 @@ from bisect import bisect_left
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation import analysis as A
-from curation.steps.base import Count, FilterParams, FilterStep, Fraction, Measurement, NonNegative, PositiveCount
+from curation.steps.base import Count, Fraction, NonNegative, PositiveCount
+from curation.steps.filter import Check, FilterParams, FilterStep, Signals
+from curation.steps.registry import register
 
 # Gopher's stop words (Rae et al. 2021, A.1.1): a document needs at least two of them.
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
@@ -37,38 +40,21 @@ class GopherQualityParams(FilterParams):
     ordered = (("min_doc_words", "max_doc_words"), ("min_avg_word_length", "max_avg_word_length"))
 
 
-def _reason_column(n: int, checks: list[tuple[str, np.ndarray, np.ndarray, str, float]], rule: str) -> pa.Array:
-    """The first failing check per row, as `rule:signal=value<op>bound`, in check order."""
-    reasons: list[str | None] = [None] * n
-    pending = np.ones(n, dtype=bool)
-    for signal, values, failed, op, bound in checks:
-        hit = np.flatnonzero(failed & pending)
-        if hit.size:
-            pending[hit] = False
-            for i in hit:
-                value = values[i]
-                shown = f"{value:.3g}" if isinstance(value, float | np.floating) else str(value)
-                reasons[i] = f"{rule}:{signal}={shown}{op}{bound:g}"
-    return pa.array(reasons, pa.string())
-
-
-class GopherQuality(FilterStep):
+@register
+class GopherQuality(FilterStep[GopherQualityParams]):
     name = "gopher_quality"
-    Params = GopherQualityParams
-    signal_bounds = {
-        "words": {"min": "min_doc_words", "max": "max_doc_words"},
-        "mean_word_length": {"min": "min_avg_word_length", "max": "max_avg_word_length"},
-        "hash_ratio": {"max": "max_symbol_word_ratio"}, "ellipsis_ratio": {"max": "max_symbol_word_ratio"},
-        "bullet_lines": {"max": "max_bullet_lines_ratio"}, "ellipsis_lines": {"max": "max_ellipsis_lines_ratio"},
-        "alpha_words": {"min": "min_alpha_words_ratio"}, "stop_words": {"min": "min_stop_words"},
-    }
+    checks = (
+        Check("words", ">=", "min_doc_words"), Check("words", "<=", "max_doc_words"),
+        Check("mean_word_length", ">=", "min_avg_word_length"), Check("mean_word_length", "<=", "max_avg_word_length"),
+        Check("hash_ratio", "<=", "max_symbol_word_ratio"), Check("ellipsis_ratio", "<=", "max_symbol_word_ratio"),
+        Check("bullet_lines", "<=", "max_bullet_lines_ratio"),
+        Check("ellipsis_lines", "<=", "max_ellipsis_lines_ratio"),
+        Check("alpha_words", ">=", "min_alpha_words_ratio"), Check("stop_words", ">=", "min_stop_words"),
+    )
 
-    def measure(self, batch: pa.Table) -> Measurement:
-        p: GopherQualityParams = self.params  # type: ignore[assignment]
+    def signals(self, batch: pa.Table) -> Signals:
         text = A.as_array(batch.column("text"))
-        n = len(text)
         words, word_chars, tokens = A.word_and_token_counts(text)  # words: tokens that are not symbols
-        mean_len = A.safe_ratio(word_chars, words)
         hashes = A.count_literal(text, "#")
         ellipses = A.count_literal(text, "...") + A.count_literal(text, "…")
         lines = A.line_counts(text)
@@ -79,30 +65,16 @@ class GopherQuality(FilterStep):
         split_words = A.count(text, r"(?i)\bcannot\b")
         tokens, words, alpha = tokens + split_words, words + split_words, alpha + split_words
         # Distinct stop words present, matched case-sensitively as whole tokens (as the reference does).
-        stops = np.zeros(n, dtype=np.int64)
-        for word in p.stop_words:
-            stops += pa.compute.match_substring_regex(text, rf"\b{re.escape(word)}\b").to_numpy(
+        stops = np.zeros(len(text), dtype=np.int64)
+        for word in self.params.stop_words:
+            stops += pc.match_substring_regex(text, rf"\b{re.escape(word)}\b").to_numpy(
                 zero_copy_only=False).astype(np.int64)
-        signals = {
-            "words": words, "mean_word_length": mean_len, "hash_ratio": A.safe_ratio(hashes, tokens),
-            "ellipsis_ratio": A.safe_ratio(ellipses, tokens), "bullet_lines": A.safe_ratio(bullets, lines),
-            "ellipsis_lines": A.safe_ratio(ellipsis_lines, lines), "alpha_words": A.safe_ratio(alpha, tokens),
-            "stop_words": stops,
+        return {
+            "words": words, "mean_word_length": A.safe_ratio(word_chars, words),
+            "hash_ratio": A.safe_ratio(hashes, tokens), "ellipsis_ratio": A.safe_ratio(ellipses, tokens),
+            "bullet_lines": A.safe_ratio(bullets, lines), "ellipsis_lines": A.safe_ratio(ellipsis_lines, lines),
+            "alpha_words": A.safe_ratio(alpha, tokens), "stop_words": stops,
         }
-        checks = []
-        for signal, bound, op in (
-            ("words", p.min_doc_words, "<"), ("words", p.max_doc_words, ">"),
-            ("mean_word_length", p.min_avg_word_length, "<"), ("mean_word_length", p.max_avg_word_length, ">"),
-            ("hash_ratio", p.max_symbol_word_ratio, ">"), ("ellipsis_ratio", p.max_symbol_word_ratio, ">"),
-            ("bullet_lines", p.max_bullet_lines_ratio, ">"), ("ellipsis_lines", p.max_ellipsis_lines_ratio, ">"),
-            ("alpha_words", p.min_alpha_words_ratio, "<"), ("stop_words", p.min_stop_words, "<"),
-        ):
-            if bound is None:
-                continue
-            values = signals[signal]
-            failed = values < bound if op == "<" else values > bound
-            checks.append((signal, values, failed, op, bound))
-        return Measurement(_reason_column(n, checks, self.name), {k: pa.array(v) for k, v in signals.items()})
 
 
 class GopherRepetitionParams(FilterParams):
@@ -209,31 +181,28 @@ def _scan_repeats(positions: list[int], hashes: list[int], candidates: list[int]
     return repeated
 
 
-class GopherRepetition(FilterStep):
+@register
+class GopherRepetition(FilterStep[GopherRepetitionParams]):
     name = "gopher_repetition"
-    Params = GopherRepetitionParams
-    signal_bounds = {"dup_para_frac": {"max": "dup_para_frac"}, "dup_para_char_frac": {"max": "dup_para_char_frac"},
-                     "dup_line_frac": {"max": "dup_line_frac"}, "dup_line_char_frac": {"max": "dup_line_char_frac"}}
+    checks = (Check("dup_para_frac", "<=", "dup_para_frac"), Check("dup_para_char_frac", "<=", "dup_para_char_frac"),
+              Check("dup_line_frac", "<=", "dup_line_frac"), Check("dup_line_char_frac", "<=", "dup_line_char_frac"))
 
-    def measure(self, batch: pa.Table) -> Measurement:
-        p: GopherRepetitionParams = self.params  # type: ignore[assignment]
-        ids = batch.column("id").to_pylist()
-        texts = batch.column("text").to_pylist()
-        names = ["dup_para_frac", "dup_para_char_frac", "dup_line_frac", "dup_line_char_frac"]
-        names += [f"top_{n}gram_char_frac" for n, _ in p.top_n_grams]
-        names += [f"dup_{n}gram_char_frac" for n, _ in p.dup_n_grams]
-        bounds = [p.dup_para_frac, p.dup_para_char_frac, p.dup_line_frac, p.dup_line_char_frac]
-        bounds += [b for _, b in p.top_n_grams] + [b for _, b in p.dup_n_grams]
-        values = np.zeros((len(texts), len(names)), dtype=np.float64)
-        reasons: list[str | None] = []
-        for row, (doc_id, text) in enumerate(zip(ids, texts)):
-            reasons.append(self._measure_one(doc_id, text, p, values[row], names, bounds))
-        return Measurement(pa.array(reasons, pa.string()),
-                           {name: pa.array(values[:, k]) for k, name in enumerate(names)})
+    def rules(self) -> tuple[Check, ...]:
+        """The declared checks, then one per n-gram size the parameters list (its bound a number)."""
+        p = self.params
+        return (*self.checks, *(Check(f"top_{n}gram_char_frac", "<=", bound) for n, bound in p.top_n_grams),
+                *(Check(f"dup_{n}gram_char_frac", "<=", bound) for n, bound in p.dup_n_grams))
 
-    def _measure_one(self, doc_id: str, text: str, p: GopherRepetitionParams, out: np.ndarray, names: list[str],
-                     bounds: list[float | None]) -> str | None:
-        """Fills `out` with every signal (annotate mode wants them all) and returns the first failure."""
+    def signals(self, batch: pa.Table) -> Signals:
+        names = [check.signal for check in self.rules()]
+        values = np.zeros((batch.num_rows, len(names)), dtype=np.float64)
+        for row, (doc_id, text) in enumerate(zip(batch.column("id").to_pylist(), batch.column("text").to_pylist())):
+            self._measure_one(doc_id, text, values[row])
+        return {name: values[:, k] for k, name in enumerate(names)}
+
+    def _measure_one(self, doc_id: str, text: str, out: np.ndarray) -> None:
+        """Fills `out` with every signal of one document, in `rules()` order."""
+        p = self.params
         size = len(text) or 1
         paragraphs = _PARAGRAPHS.split(text.strip())
         dup_paras, dup_para_chars = duplicates(paragraphs)
@@ -251,7 +220,3 @@ class GopherRepetition(FilterStep):
         stats = ngram_repetition(token_ids, lengths, {n for n, _ in p.top_n_grams}, {n for n, _ in p.dup_n_grams})
         for k, (n, _) in enumerate(p.top_n_grams + p.dup_n_grams, start=4):
             out[k] = stats.get(n, 0) / size
-        for k, bound in enumerate(bounds):
-            if bound is not None and out[k] > bound:
-                return f"{self.name}:{names[k]}={out[k]:.3g}>{bound:g}"
-        return None

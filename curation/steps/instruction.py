@@ -31,7 +31,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from curation.steps.base import Collected, FilterParams, FilterStep, Measurement, require_versions
+from curation.steps.base import Collected, require_versions
+from curation.steps.filter import Check, FilterParams, FilterStep, Measurement, reason
+from curation.steps.registry import register
+from curation.store import VersionStore
 from curation.synth.rouge import NOVELTY_THRESHOLD, NoveltyPool
 
 SELF_INSTRUCT_BLACKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map",
@@ -91,21 +94,24 @@ class InstructionFilterParams(FilterParams):
     ordered = (("min_task_words", "max_task_words"), ("min_response_words", "max_response_words"))
 
 
-class InstructionFilter(FilterStep):
-    name = "instruction_filter"
-    Params = InstructionFilterParams
-    signal_bounds = {"task_words": {"min": "min_task_words", "max": "max_task_words"},
-                     "response_words": {"min": "min_response_words", "max": "max_response_words"}}
+@register
+class InstructionFilter(FilterStep[InstructionFilterParams]):
+    """Word-count checks around content rules, in Self-Instruct's order: `measure` is its own."""
 
-    def __init__(self, params: Any = None, **kwargs: object) -> None:
+    name = "instruction_filter"
+    checks = (Check("task_words", ">=", "min_task_words"), Check("task_words", "<=", "max_task_words"),
+              Check("response_words", ">=", "min_response_words"),
+              Check("response_words", "<=", "max_response_words"))
+
+    def __init__(self, params: InstructionFilterParams | None = None, **kwargs: object) -> None:
         super().__init__(params, **kwargs)
-        p: InstructionFilterParams = self.params  # type: ignore[assignment]
+        p = self.params
         self._blacklist = _phrases(p.blacklist)
         self._refusal = _substrings(p.refusal_phrases)
         self._boilerplate = _substrings(p.boilerplate_phrases)
 
     def measure(self, batch: pa.Table) -> Measurement:
-        p: InstructionFilterParams = self.params  # type: ignore[assignment]
+        p = self.params
         tasks, inputs, responses = instruction_fields(batch)
         task_words = [len(t.split()) for t in tasks]
         response_words = [len(r.split()) for r in responses]
@@ -119,9 +125,9 @@ class InstructionFilter(FilterStep):
                 rw: int) -> str | None:
         rule = self.name
         if p.min_task_words is not None and tw < p.min_task_words:
-            return f"{rule}:task_words={tw}<{p.min_task_words}"
+            return reason(rule, "task_words", tw, "<", p.min_task_words)
         if p.max_task_words is not None and tw > p.max_task_words:
-            return f"{rule}:task_words={tw}>{p.max_task_words}"
+            return reason(rule, "task_words", tw, ">", p.max_task_words)
         stripped = task.lstrip()
         if p.non_alpha_start and stripped and not ("a" <= stripped[0].lower() <= "z"):
             return f"{rule}:non_alpha_start={stripped[0]!r}"
@@ -135,9 +141,9 @@ class InstructionFilter(FilterStep):
         if p.echo and source_input and response.strip() == source_input.strip():
             return f"{rule}:echo=response repeats the input"
         if p.min_response_words is not None and rw < p.min_response_words:
-            return f"{rule}:response_words={rw}<{p.min_response_words}"
+            return reason(rule, "response_words", rw, "<", p.min_response_words)
         if p.max_response_words is not None and rw > p.max_response_words:
-            return f"{rule}:response_words={rw}>{p.max_response_words}"
+            return reason(rule, "response_words", rw, ">", p.max_response_words)
         return None
 
 
@@ -147,27 +153,25 @@ class RougeNoveltyParams(FilterParams):
     field: Literal["task", "instruction"] = "task"
 
 
-class RougeNovelty(FilterStep):
+@register
+class RougeNovelty(FilterStep[RougeNoveltyParams]):
     name = "rouge_novelty"
-    Params = RougeNoveltyParams
     category = "dedup"
-    signal_bounds = {"rouge_l": {"max": "threshold"}}
+    checks = (Check("rouge_l", "<=", "threshold"),)
 
     def is_global(self) -> bool:
         return True
 
     def preflight(self, store_url: str) -> None:
-        require_versions(store_url, self.params.against)  # type: ignore[attr-defined]
+        require_versions(store_url, self.params.against)
 
     def collect(self, batch: pa.Table) -> dict[str, list[str]]:
         return {"id": batch.column("id").to_pylist(), "task": tasks_of(batch, self.params.field)}
 
     def decide(self, collected: list[Collected]) -> dict[str, tuple[float, str | None]]:
-        p: RougeNoveltyParams = self.params  # type: ignore[assignment]
+        p = self.params
         pool = NoveltyPool(threshold=p.threshold)
         if p.against and collected:
-            from curation.store import VersionStore
-
             store = VersionStore(collected[0].store_url)
             for version in p.against:
                 names = store.schema(version).names
@@ -179,18 +183,18 @@ class RougeNovelty(FilterStep):
         return dict(zip(ids, pool.admit(tasks, ids)))
 
     def report(self, decision: dict[str, tuple[float, str | None]]) -> dict[str, Any]:
-        p: RougeNoveltyParams = self.params  # type: ignore[assignment]
+        p = self.params
         scores = [s for s, _ in decision.values()]
         return {"documents": len(scores), "threshold": p.threshold, "against": list(p.against),
                 "removed": sum(1 for s in scores if s > p.threshold),
                 "max_rouge_l_quantiles": _quantiles(scores)}
 
     def measure(self, batch: pa.Table) -> Measurement:
-        p: RougeNoveltyParams = self.params  # type: ignore[assignment]
+        p = self.params
         found = [self.decision.get(i, (0.0, None)) for i in batch.column("id").to_pylist()]
         scores = pa.array([s for s, _ in found], pa.float64())
-        reasons = [f"{self.name}:rouge_l={s:.3f}>{p.threshold:g} closest {closest}" if s > p.threshold else None
-                   for s, closest in found]
+        reasons = [f"{reason(self.name, 'rouge_l', s, '>', p.threshold)} closest {closest}" if s > p.threshold
+                   else None for s, closest in found]
         return Measurement(pa.array(reasons, pa.string()), {"rouge_l": scores},
                            {"rouge_l_max": scores, "rouge_l_closest": pa.array([c for _, c in found], pa.string())})
 

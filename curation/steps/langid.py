@@ -26,12 +26,15 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
+import fasttext
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
 from pydantic import Field, ValidationInfo, field_validator
 
-from curation.steps.base import FilterParams, FilterStep, Measurement, first_failure, threshold_reason
+from curation.steps.filter import Check, FilterParams, FilterStep, Measurement, reason
+from curation.steps.registry import register
 
 # Classify at most this many leading characters. Language ID accuracy saturates after a few hundred
 # characters, while py3langid's cost is linear in bytes (a Python loop over every byte), so a bounded
@@ -82,10 +85,6 @@ def _py3langid() -> Any:
     if _PY3LANGID is None:
         with _LOCK:
             if _PY3LANGID is None:
-                try:
-                    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-                except ImportError as exc:  # pragma: no cover - depends on the environment
-                    raise ImportError("language_filter's py3langid backend needs `pip install py3langid`") from exc
                 _PY3LANGID = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     return _PY3LANGID
 
@@ -96,8 +95,6 @@ def _fasttext(path: str) -> Any:
         with _LOCK:
             model = _FASTTEXT.get(path)
             if model is None:
-                import fasttext
-
                 if not Path(path).is_file():
                     raise FileNotFoundError(f"language_filter: fastText model file not found: {path}")
                 try:
@@ -114,12 +111,12 @@ def _model_labels(p: LanguageFilterParams) -> list[str]:
     return list(_py3langid().labels)
 
 
-class LanguageFilter(FilterStep):
+@register
+class LanguageFilter(FilterStep[LanguageFilterParams]):
     name = "language_filter"
-    Params = LanguageFilterParams
     # `score`: the top language's probability when it is one of `languages`, else 0, so that in annotate
     # mode (`language_filter__score`) a single minimum on it reproduces the filter.
-    signal_bounds = {"score": {"min": "min_score"}}
+    checks = (Check("score", ">=", "min_score"),)
     path_params = ("model_path",)
 
     def __init__(self, params: LanguageFilterParams | None = None, **kwargs: object) -> None:
@@ -128,7 +125,7 @@ class LanguageFilter(FilterStep):
 
     def _check_languages(self) -> None:
         """A code the model cannot output would silently reject everything: fail on the first batch."""
-        p: LanguageFilterParams = self.params  # type: ignore[assignment]
+        p = self.params
         if p.languages is not None and not self._checked:
             known = set(_model_labels(p))
             unknown = sorted(set(p.languages) - known)
@@ -139,7 +136,7 @@ class LanguageFilter(FilterStep):
 
     def identify(self, texts: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
         """(lang, lang_score) per document: string and float32 arrays, row-aligned with `texts`."""
-        p: LanguageFilterParams = self.params  # type: ignore[assignment]
+        p = self.params
         prefix = pc.utf8_slice_codeunits(texts, 0, p.max_chars)
         # Both models read one line: newlines become spaces (fastText refuses `\n` outright).
         prefix = pc.replace_substring_regex(prefix, r"[\r\n\x0b\x0c\x85\x{2028}\x{2029}]+", " ")
@@ -151,7 +148,7 @@ class LanguageFilter(FilterStep):
         todo = np.flatnonzero(has_letter)
         if len(todo):
             if p.backend == "fasttext":
-                model = _fasttext(p.model_path)  # type: ignore[arg-type]
+                model = _fasttext(p.model_path)
                 labels, probs = model.predict([lines[i] for i in todo], k=1, on_unicode_error="replace")
                 for i, label, prob in zip(todo, labels, probs):
                     if len(label):
@@ -165,17 +162,19 @@ class LanguageFilter(FilterStep):
         return pa.array(langs, pa.string()), pa.array(scores, pa.float32())
 
     def measure(self, batch: pa.Table) -> Measurement:
-        p: LanguageFilterParams = self.params  # type: ignore[assignment]
+        p = self.params
         self._check_languages()
         lang, score = self.identify(batch.column("text"))
-        conditions, signals = [], {}
-        if p.languages is not None:
-            unwanted = pc.invert(pc.is_in(lang, value_set=pa.array(p.languages, pa.string())))
-            signals["score"] = pc.if_else(unwanted, pa.scalar(0.0, pa.float32()), score)
-            conditions.append((unwanted, pc.binary_join_element_wise(f"{self.name}:lang=", lang, "")))
-            # Shown truncated to 3 decimals, so a failing score never prints as >= the threshold.
-            shown = pc.divide(pc.floor(pc.multiply(pc.round(pc.cast(score, pa.float64()), 6), 1000.0)), 1000.0)
-            conditions.append((pc.less(score, pa.scalar(p.min_score, pa.float32())),
-                               threshold_reason(self.name, "lang_score", shown, "<", p.min_score)))
-        return Measurement(first_failure(conditions, batch.num_rows), signals,
-                           annotations={"lang": lang, "lang_score": score})
+        annotations = {"lang": lang, "lang_score": score}
+        if p.languages is None:  # identify only
+            return Measurement(pa.nulls(batch.num_rows, pa.string()), annotations=annotations)
+        unwanted = pc.invert(pc.is_in(lang, value_set=pa.array(p.languages, pa.string()))).to_numpy(
+            zero_copy_only=False)
+        scores = score.to_numpy(zero_copy_only=False)
+        low = scores < np.float32(p.min_score)  # compared as stored (float32), so the reason agrees with the column
+        langs = lang.to_pylist()
+        reasons = [f"{self.name}:lang={langs[i]}" if unwanted[i]
+                   else reason(self.name, "lang_score", float(scores[i]), "<", p.min_score) if low[i] else None
+                   for i in range(len(langs))]
+        signals = {"score": pc.if_else(pa.array(unwanted), pa.scalar(0.0, pa.float32()), score)}
+        return Measurement(pa.array(reasons, pa.string()), signals, annotations)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.steps.base import Count, FilterParams, FilterStep, Measurement, first_failure, threshold_reason
+from curation.steps.base import Count
+from curation.steps.filter import Check, FilterParams, FilterStep, Signals
+from curation.steps.registry import register
 
 
 class LengthFilterParams(FilterParams):
@@ -26,22 +28,12 @@ def word_counts(text: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.count_substring_regex(text, r"\S+")
 
 
-class LengthFilter(FilterStep):
+@register
+class LengthFilter(FilterStep[LengthFilterParams]):
     name = "length_filter"
-    Params = LengthFilterParams
-    signal_bounds = {"chars": {"min": "min_chars", "max": "max_chars"},
-                     "words": {"min": "min_words", "max": "max_words"}}
+    checks = (Check("chars", ">=", "min_chars"), Check("chars", "<=", "max_chars"),
+              Check("words", ">=", "min_words"), Check("words", "<=", "max_words"))
 
-    def measure(self, batch: pa.Table) -> Measurement:
-        p: LengthFilterParams = self.params  # type: ignore[assignment]
+    def signals(self, batch: pa.Table) -> Signals:
         text = batch.column("text")
-        signals = {"chars": pc.utf8_length(text).combine_chunks(), "words": word_counts(text).combine_chunks()}
-        conditions = []
-        for signal, bound, op in (("chars", p.min_chars, "<"), ("chars", p.max_chars, ">"),
-                                  ("words", p.min_words, "<"), ("words", p.max_words, ">")):
-            if bound is None:
-                continue
-            values = signals[signal]
-            test = pc.less(values, bound) if op == "<" else pc.greater(values, bound)
-            conditions.append((test, threshold_reason(self.name, signal, values, op, bound)))
-        return Measurement(first_failure(conditions, batch.num_rows), signals)
+        return {"chars": pc.utf8_length(text).combine_chunks(), "words": word_counts(text).combine_chunks()}

@@ -55,6 +55,7 @@ from xxhash import xxh3_64_intdigest
 
 from curation.markers import marker_type
 from curation.steps.base import Collected, Step, StepOutput, StepParams, set_column
+from curation.steps.registry import register
 
 ANNOTATION = "boilerplate_units_removed"
 # A paragraph break: a newline, then one or more lines holding only spaces, tabs or "\r". The whole run of
@@ -109,9 +110,9 @@ def normalise(unit: str) -> str:
     return " ".join(unit.lower().split())
 
 
-class LineDedup(Step):
+@register
+class LineDedup(Step[LineDedupParams]):
     name = "line_dedup"
-    Params = LineDedupParams
     category = "dedup"
 
     def is_global(self) -> bool:
@@ -120,13 +121,13 @@ class LineDedup(Step):
     # ---- units and their hashes ---------------------------------------------------------------
     def _units(self, text: str) -> list[str]:
         """The document's units in order (lines, or blank-line separated paragraphs)."""
-        if self.params.unit == "line":  # type: ignore[attr-defined]
+        if self.params.unit == "line":
             return text.split("\n")
         return _PARAGRAPH_BREAK.split(text)[::2]
 
     def _hashes(self, units: list[str]) -> list[int]:
         """Each unit's stable hash: xxh3_64 of its normalised UTF-8 bytes; 0 for a blank or too short unit."""
-        min_chars = max(self.params.min_chars, 1)  # type: ignore[attr-defined]
+        min_chars = max(self.params.min_chars, 1)
         norms = [" ".join(unit.lower().split()) for unit in units]  # normalise(), inlined: the hot loop
         return [(xxh3_64_intdigest(norm.encode("utf-8")) or 1) if len(norm) >= min_chars else 0 for norm in norms]
 
@@ -148,7 +149,7 @@ class LineDedup(Step):
     def _rebuild(self, text: str, drop: np.ndarray) -> str:
         """The text without the dropped units: each kept unit followed by the separator that followed it in
         the original (none after the last kept one), then blank lines at the start and end trimmed."""
-        if self.params.unit == "line":  # type: ignore[attr-defined]
+        if self.params.unit == "line":
             kept = "\n".join(line for line, d in zip(text.split("\n"), drop.tolist()) if not d)
         else:
             parts = _PARAGRAPH_BREAK.split(text)  # unit, separator, unit, ..., unit
@@ -171,7 +172,7 @@ class LineDedup(Step):
 
     def decide(self, collected: list[Collected]) -> LineDedupDecision:
         """Hashes in at least `min_docs` documents; with keep_first, each one's first document."""
-        p: LineDedupParams = self.params  # type: ignore[assignment]
+        p = self.params
         summaries: list[LineDedupSummary] = [c.value for c in collected]
         all_hashes = np.concatenate([s.hashes for s in summaries]) if summaries else np.empty(0, np.uint64)
         n_docs = np.array([len(s.offsets) - 1 for s in summaries], np.int64)

@@ -14,6 +14,7 @@ import ftfy
 import pyarrow as pa
 
 from curation.steps.base import Count, Step, StepOutput, StepParams, split
+from curation.steps.registry import register
 
 _SPACES = re.compile(r"[^\S\n]+")  # runs of whitespace other than newlines
 _TRAILING = re.compile(r"[^\S\n]+\n")
@@ -31,12 +32,12 @@ class NormalizeParams(StepParams):
     max_blank_lines: Count = 1  # keep paragraph breaks, drop runs of empty lines
 
 
-class Normalize(Step):
+@register
+class Normalize(Step[NormalizeParams]):
     name = "normalize"
-    Params = NormalizeParams
 
     def normalize(self, text: str) -> str:
-        p: NormalizeParams = self.params  # type: ignore[assignment]
+        p = self.params
         # Ingest keeps a decoded NUL character (JSON's \u0000, a Parquet string) rather than lose the document;
         # no text is meant to hold one, and many tools stop reading at it.
         text = text.replace("\x00", "")

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.steps.base import Step, StepOutput, StepParams, set_column, split
+from curation.steps.registry import register
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
@@ -109,13 +110,13 @@ def _phone_digits_ok(candidate: str) -> bool:
     return 8 <= sum(ch.isdigit() for ch in candidate) <= 15
 
 
-class PIIRedactor(Step):
+@register
+class PIIRedactor(Step[PIIRedactorParams]):
     name = "pii_redact"
-    Params = PIIRedactorParams
 
     def __init__(self, params: PIIRedactorParams | None = None, **kwargs: object) -> None:
         super().__init__(params, **kwargs)
-        p: PIIRedactorParams = self.params  # type: ignore[assignment]
+        p = self.params
         on = {"email": p.emails, "ip_address": p.ip_addresses, "phone": p.phone_numbers}
         self._types = [kind for kind, enabled in on.items() if enabled]
         self._detectors = [d for d in _DETECTORS if on[d[1]]]

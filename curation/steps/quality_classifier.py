@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field
 
 from curation.classifier import ClassifierError, cached_model, read_info
-from curation.steps.base import Collected, FilterParams, FilterStep, Measurement, first_failure, threshold_reason
+from curation.steps.base import Collected
+from curation.steps.filter import Check, FilterParams, FilterStep, Measurement
+from curation.steps.registry import register
 
 SCORE_COLUMN = "quality_score"
 
@@ -32,28 +33,27 @@ class QualityClassifierParams(FilterParams):
     keep_top_percent: float | None = Field(None, gt=0.0, le=100.0)
 
 
-class QualityClassifier(FilterStep):
+@register
+class QualityClassifier(FilterStep[QualityClassifierParams]):
     name = "quality_classifier"
-    Params = QualityClassifierParams
     # In annotate mode the score is also written as `quality_classifier__score`, the `<rule>__<signal>`
     # column that threshold/retention views read.
-    signal_bounds = {"score": {"min": "min_score"}}
+    checks = (Check("score", ">=", "min_score"),)
     path_params = ("model",)
 
     def preflight(self, store_url: str) -> None:
         try:
-            info = read_info(self.params.model)  # type: ignore[attr-defined]
+            info = read_info(self.params.model)
         except ClassifierError as exc:
             raise ValueError(f"model: {exc}") from None
         if not info.model_path.is_file():
             raise ValueError(f"model: {info.model_path} is missing (the classifier folder names it)")
 
     def is_global(self) -> bool:
-        return self.params.keep_top_percent is not None  # type: ignore[attr-defined]
+        return self.params.keep_top_percent is not None
 
     def _scores(self, batch: pa.Table) -> pa.Array:
-        return pa.array(cached_model(self.params.model).score(batch.column("text").to_pylist()),  # type: ignore
-                        pa.float32())
+        return pa.array(cached_model(self.params.model).score(batch.column("text").to_pylist()), pa.float32())
 
     def collect(self, batch: pa.Table) -> np.ndarray:
         return self._scores(batch).to_numpy(zero_copy_only=False)
@@ -61,21 +61,20 @@ class QualityClassifier(FilterStep):
     def decide(self, collected: list[Collected]) -> float:
         """The corpus-wide cut-off: documents scoring at or above it are the top k %."""
         scores = np.concatenate([c.value for c in collected]) if collected else np.empty(0, np.float32)
-        if scores.size == 0:
+        if scores.size == 0 or self.params.keep_top_percent is None:
             return 0.0
-        return float(np.quantile(scores.astype(np.float64), 1 - self.params.keep_top_percent / 100,  # type: ignore
-                                 method="higher"))
+        return float(np.quantile(scores.astype(np.float64), 1 - self.params.keep_top_percent / 100, method="higher"))
 
-    def report(self, decision: float) -> dict[str, float]:
-        return {"keep_top_percent": self.params.keep_top_percent, "score_cutoff": decision}  # type: ignore
+    def report(self, decision: float) -> dict[str, float | None]:
+        return {"keep_top_percent": self.params.keep_top_percent, "score_cutoff": decision}
+
+    def bound(self, check: Check) -> float | None:
+        """With `keep_top_percent`, the run's corpus-wide cut-off replaces `min_score`."""
+        return float(self.decision) if self.params.keep_top_percent is not None else self.params.min_score
 
     def measure(self, batch: pa.Table) -> Measurement:
-        p: QualityClassifierParams = self.params  # type: ignore[assignment]
         scores = self._scores(batch)
-        threshold = float(self.decision) if p.keep_top_percent is not None else p.min_score
         # Decide and report on the stored float32 value, so the reason agrees with the column.
         values = scores.cast(pa.float64())
-        low = pc.less(values, threshold)
-        reasons = first_failure([(low, threshold_reason(self.name, "score", values, "<", round(threshold, 4)))],
-                                batch.num_rows)
-        return Measurement(reasons, signals={"score": scores}, annotations={SCORE_COLUMN: scores})
+        return Measurement(self.reasons({"score": values}, batch.num_rows), signals={"score": scores},
+                           annotations={SCORE_COLUMN: scores})

@@ -126,7 +126,7 @@ def bench_gpt(checkpoint: str) -> dict:
     import torch
 
     from curation.synth.backends import CompletionRequest
-    from curation.synth.gpt_backend import GPTCompletionBackend
+    from flows.gpt import GPTCompletionBackend
 
     torch.set_num_threads(1)
     backend = GPTCompletionBackend(checkpoint)

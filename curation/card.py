@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from curation.report import TOP_REASONS
+from curation.reportkit import TOP_REASONS
 
 CARD = "README.md"
 # Hub licence identifiers: "unknown" when an input does not say (an input's `license:`), "other" for a mix.

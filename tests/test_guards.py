@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import write_jsonl
+from test_synth_parts import tiny_gpt
 
 from curation.evalsets import register_evalset
 from curation.guards import GuardConfig, GuardError, compute_guards, version_guards
@@ -81,6 +85,67 @@ def test_distribution_guards_pass_human_text_and_fail_a_collapsed_or_repetitive_
     base = zipf_docs(5, seed=4)
     flood = [" ".join(w if rng.random() > 0.05 else "edit" for w in base[i % 5].split()) for i in range(200)]
     assert check(flood)["near_dup_cliff"] is False  # paraphrases of five documents
+
+
+def test_a_zero_near_duplicate_floor_is_refused_when_the_recipe_is_read():
+    """The floor divides the version's duplicates: zero would crash the run at its end, on a reference without
+    duplicates, instead of failing when the recipe is read."""
+    with pytest.raises(ValueError, match="near_dup_floor"):
+        GuardConfig(near_dup_floor=0)
+
+
+def test_the_perplexity_guard_scores_with_the_callable_it_is_given():
+    reference = [" ".join(["w"] * n) for n in range(10, 90)]  # log-perplexities 10..89 under the scorer below
+    config = GuardConfig(sample_words=1000)
+    scored_texts = []
+
+    def words(texts: list[str]) -> list[float]:  # a stand-in model: the log-perplexity of a text is its length
+        scored_texts.extend(texts)
+        return [float(len(t.split())) for t in texts]
+
+    def spread(texts: list[str]) -> dict:
+        report = compute_guards([table(texts)], config, reference_texts=reference, perplexity=words)
+        return next(g for g in report["guards"] if g["name"] == "perplexity_spread")
+
+    inside = spread([" ".join(["w"] * n) for n in range(20, 80)])
+    assert inside["value"] == 0.0 and inside["passed"] is True
+    outside = spread([" ".join(["w"] * 300)] * 20)  # every document far above the reference's 95th percentile
+    assert outside["value"] == 1.0 and outside["passed"] is False and "1.00 above" in outside["detail"]
+    assert " ".join(["w"] * 300) in scored_texts
+    with pytest.raises(ValueError, match=r"reference_model = 'ckpt.pt' is set but no perplexity scorer"):
+        compute_guards([table(reference)], GuardConfig(reference_model="ckpt.pt"), reference_texts=reference)
+
+
+def test_the_projects_gpt_scores_perplexity_for_the_guards(tmp_path):
+    from flows.gpt import perplexity_scorer
+
+    assert perplexity_scorer(None) is None
+    scorer = perplexity_scorer(tiny_gpt(tmp_path))
+    texts = ["the river ran past old stone walls " * 8, "old stone walls and green fields " * 8,
+             "green fields under a grey sky", "sky"]
+    scores = scorer(texts)
+    assert len(scores) == 3 and all(np.isfinite(scores))  # "sky" is one token: too short to score
+    assert scorer(texts[1:2])[0] == pytest.approx(scores[1], abs=1e-5)  # a text's score is its own, batched or not
+    with pytest.raises(FileNotFoundError, match="no such GPT checkpoint"):
+        perplexity_scorer(tmp_path / "nope.pt")
+
+
+def test_curation_imports_neither_training_nor_flows():
+    """The library stays usable without the model code and the orchestration: imports point one way, including
+    those inside functions."""
+    root = Path(__file__).resolve().parents[1]
+    offending = []
+    for path in sorted((root / "curation").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            offending += [f"{path.relative_to(root)}:{node.lineno} {m}" for m in modules
+                          if m.split(".")[0] in ("training", "flows")]
+    assert offending == []
 
 
 @pytest.mark.e2e

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import re
@@ -12,7 +13,8 @@ import fsspec
 import pytest
 from conftest import chromium
 
-from curation.report import SECTION_TITLES, diff_report, removed_examples, version_report, write_report
+from curation.report import SECTION_TITLES, diff_report, removed_examples, version_report
+from curation.reportkit import write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SCRIPT = "<script>alert('x')</script>"
@@ -239,6 +241,18 @@ def test_diff_report_colours_deltas_and_tolerates_missing_keys():
     assert "<h2>Documents</h2>" in page and twin["sections"] == ["header", "counts"]
     page, twin = diff_report({"a": "x", "stats": {"p": {"a": 1, "b": 3}}, "counts": None, "examples": {"added": []}})
     assert twin["stats"]["p"]["delta"] == 2 and twin["stats"]["p"]["rel"] == 2.0
+
+
+def test_the_report_pages_share_a_public_toolkit():
+    """The version, diff and ablation reports are built with `curation.reportkit`; none reaches into another
+    module's private names."""
+    root = Path(__file__).resolve().parents[1]
+    private = []
+    for name in ("curation/report.py", "curation/reportkit.py", "training/ablation_report.py"):
+        for node in ast.walk(ast.parse((root / name).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("curation", "training"):
+                private += [f"{name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert private == []
 
 
 def test_write_report_is_atomic_and_roundtrips():

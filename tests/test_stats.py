@@ -1,4 +1,4 @@
-"""Version statistics (curation/stats.py) on crafted corpora with known answers."""
+"""Version statistics (curation/stats/) on crafted corpora with known answers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation import stats as S
-from curation.stats import SemanticModel, compute_stats, task_type
+from curation.stats import SemanticModel, compute_stats, fit_semantic, task_type
+from curation.stats import compute as stats_compute
+from curation.stats.compute import _Accumulator
+from curation.stats.counts import WordCounts
+from curation.stats.sample import Reservoir
+from curation.stats.semantic import _hashed_counts, _truncated_svd
 
 TOPICS = {
     "cooking": "flour butter oven bake recipe sugar dough simmer garlic onion sauce skillet roast knead yeast".split(),
@@ -108,7 +112,7 @@ def test_streamed_words_match_python_word_regex():
 
 
 def test_unigram_pruning_keeps_top_words():
-    counter = S._WordCounts(max_vocab=10)
+    counter = WordCounts(max_vocab=10)
     for i in range(30):
         counter.add(pa.array(["common"] * 5 + [f"rare{i}"]))
         counter._compact()
@@ -157,7 +161,7 @@ def test_reservoir_deterministic_for_seed_and_batching():
                       "source": ["s"] * 3000})
 
     def sample(seed: int, batch: int) -> list[str]:
-        acc = S._Accumulator(seed, 100, None)
+        acc = _Accumulator(seed, 100, None)
         for offset in range(0, table.num_rows, batch):
             acc.add(table.slice(offset, batch))
         return acc.reservoir.ids
@@ -168,7 +172,7 @@ def test_reservoir_deterministic_for_seed_and_batching():
     assert sample(0, 77) == first  # the batching does not matter
     assert sample(1, 500) != first
     # a bottom-k sample: the 100 ids with the smallest seeded hashes
-    res = S._Reservoir(100, 0)
+    res = Reservoir(100, 0)
     expected = sorted(table.column("id").to_pylist(), key=res.key)[:100]
     assert first == expected
     # roughly uniform: about a third of the sample from each third of the stream
@@ -241,14 +245,14 @@ def test_arpack_svd_matches_exact_gram_svd():
     rng = random.Random(0)
     for per_topic in (40, 3):  # more documents than features (Gram of X^T X), and fewer (Gram of X X^T)
         texts = [topic_doc(rng, t) for t in TOPICS for _ in range(per_topic)]
-        model, _, _ = S.fit_semantic(texts, k=3, dims=5, seed=0)
-        feats, tfs, _ = S._hashed_counts(texts)
+        model, _, _ = fit_semantic(texts, k=3, dims=5, seed=0)
+        feats, tfs, _ = _hashed_counts(texts)
         matrix = model._tfidf(feats, tfs)
-        gram = S._truncated_svd(matrix, 5, 0, method="gram")
-        arpack = S._truncated_svd(matrix, 5, 0, method="arpack")
+        gram = _truncated_svd(matrix, 5, 0, method="gram")
+        arpack = _truncated_svd(matrix, 5, 0, method="arpack")
         np.testing.assert_allclose(gram @ gram.T, np.eye(5), atol=1e-8)
         np.testing.assert_allclose(gram, arpack, atol=1e-6)  # same vectors, same signs
-    assert S._truncated_svd(matrix, 50, 0).shape[0] == min(matrix.shape)  # too small for ARPACK: exact
+    assert _truncated_svd(matrix, 50, 0).shape[0] == min(matrix.shape)  # too small for ARPACK: exact
 
 
 def test_instruction_task_types():
@@ -318,7 +322,7 @@ def test_same_stats_whatever_the_batching(monkeypatch):
     table = topic_table(list(TOPICS), per_topic=60)
     table = table.append_column("quality_score", pa.array(np.linspace(0, 1, table.num_rows)))
     whole, _ = compute_stats([table], **small(sample_size=100))
-    monkeypatch.setattr(S, "SLICE_BYTES", 500)  # about one document per slice
+    monkeypatch.setattr(stats_compute, "SLICE_BYTES", 500)  # about one document per slice
     pieces = [table.slice(i, 37).to_batches()[0] for i in range(0, table.num_rows, 37)]  # RecordBatches too
     sliced, _ = compute_stats(pieces, **small(sample_size=100))
     assert json.dumps(sliced, sort_keys=True) == json.dumps(whole, sort_keys=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from curation.steps import Collected
 from curation.steps.instruction import InstructionFilter, RougeNovelty
 from curation.synth.backends import Completion, CompletionRequest
-from curation.synth.generate import attempts_table, run_jobs
+from curation.synth.generate import attempts_table, make_backend, run_jobs
 from curation.synth.methods import (
     NO_INPUT,
     grounded_jobs,
@@ -215,3 +216,50 @@ def test_completion_backends_fill_fields_in_turn_and_a_cut_field_rejects_the_rec
     table = attempts_table(attempts, ALPACA, "scripted", 1)
     assert table.column("generate_reject").to_pylist()[0].startswith("generate:truncated=")
     assert table.column("record").to_pylist() == [None, None]
+
+
+def tiny_gpt(folder: Path) -> Path:
+    """A randomly initialised GPT checkpoint with its tokenizer, written as `curate train` writes one: the real
+    model code in a second, without a training run."""
+    import torch
+
+    from training.model import GPT, GPTConfig
+    from training.tokenizer import train_tokenizer
+    from training.trainer import TrainConfig, save_checkpoint
+
+    rng = random.Random(0)
+    words = "the river ran past old stone walls and green fields under a grey sky".split()
+    tok = train_tokenizer([" ".join(rng.choice(words) for _ in range(60)) for _ in range(200)], folder, vocab_size=300)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16))
+    save_checkpoint(folder / "checkpoint.pt", model, torch.optim.AdamW(model.parameters()), 0, TrainConfig(), {})
+    return folder / "checkpoint.pt"
+
+
+def test_a_gpt_backend_is_made_by_the_factory_the_caller_passes_in():
+    spec = SynthSpec(method="self_instruct", records=2,
+                     backend={"kind": "gpt", "checkpoint": "runs/r/checkpoint.pt", "generation": 2})
+    made = []
+
+    def factory(checkpoint: str, *, generation: int) -> str:
+        made.append((checkpoint, generation))
+        return "backend"
+
+    assert make_backend(spec, gpt_backend=factory) == "backend"
+    assert made == [("runs/r/checkpoint.pt", 2)]
+    with pytest.raises(ValueError, match=r"kind 'gpt' \(checkpoint runs/r/checkpoint.pt\) needs .*gpt_backend="):
+        make_backend(spec)
+
+
+def test_the_projects_gpt_backend_answers_each_request_by_its_own_seed(tmp_path):
+    from flows.gpt import GPTCompletionBackend
+
+    backend = GPTCompletionBackend(tiny_gpt(tmp_path), generation=2)
+    assert (backend.name, backend.generation) == (f"gpt:{tmp_path.name}", 2)
+    request = CompletionRequest("the river", max_tokens=6, seed=7)
+    alone = backend.complete([request])[0]
+    batched = backend.complete([CompletionRequest("old stone", max_tokens=6, seed=1), request])[1]
+    assert alone.text == batched.text and alone.finish_reason == "length"
+    assert alone.usage["completion_tokens"] == 6 and alone.usage["prompt_tokens"] > 0
+    with pytest.raises(FileNotFoundError, match="no such GPT checkpoint"):
+        GPTCompletionBackend(tmp_path / "nope.pt")

@@ -1,7 +1,7 @@
 """The ablation's self-contained HTML report (and its JSON twin), and the loss curves as a PNG.
 
-Same conventions as the version and diff reports (`curation.report`): one page, inline CSS, plots
-embedded as base64 PNGs, every string from data escaped, numbers in the twin exactly as shown.
+Built with the toolkit of the version and diff reports (`curation.reportkit`): one page, inline CSS,
+plots embedded as base64 PNGs, every string from data escaped, numbers in the twin exactly as shown.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from curation.report import _e, _figure, _num, _page, _plain, _Plots, _Row, _table
+from curation.reportkit import Plots, Row, esc, fmt_num, html_table, new_figure, page_html, plain
 
 VERDICT_CLASS = {"better": "up", "worse": "down"}
 COLORS = ["#4c78a8", "#e45756", "#54a24b", "#f58518", "#72b7b2", "#b279a2", "#9d755d", "#bab0ac"]
@@ -35,7 +35,7 @@ def _ci(c: Mapping[str, Any]) -> str:
 
 def _verdict(c: Mapping[str, Any]) -> str:
     cls = VERDICT_CLASS.get(c.get("verdict", ""), "zero")
-    return f'<span class="{cls}">{_e(c.get("verdict"))}</span>'
+    return f'<span class="{cls}">{esc(c.get("verdict"))}</span>'
 
 
 def _p(value: Any) -> str:
@@ -64,7 +64,7 @@ def _curves_figure(result: Mapping[str, Any]):
     if not curves:
         return None
     key = f"eval/{next(iter(result['eval_sets']))}/loss"
-    fig = _figure(10.5, 4.2)
+    fig = new_figure(10.5, 4.2)
     train_ax, eval_ax = fig.subplots(1, 2)
     versions = [v for v in result["versions"] if v in curves]
     for i, version in enumerate(versions):
@@ -110,7 +110,7 @@ def _forest_figure(result: Mapping[str, Any], keys: Sequence[str]):
     rows = [(v, k, comparisons[v][k]["loss"]) for v in comparisons for k in keys if k in comparisons[v]]
     if not rows:
         return None
-    fig = _figure(9.0, max(2.0, 0.45 * len(rows) + 1.1))
+    fig = new_figure(9.0, max(2.0, 0.45 * len(rows) + 1.1))
     ax = fig.add_subplot()
     for y, (_, _, c) in enumerate(rows):
         color = {"better": "#0a7d32", "worse": "#b3261e"}.get(c["verdict"], "#6b7380")
@@ -128,7 +128,7 @@ def _forest_figure(result: Mapping[str, Any], keys: Sequence[str]):
 
 
 def _waterfall_figure(rows: Sequence[Mapping[str, Any]]):
-    fig = _figure(9.0, 4.0)
+    fig = new_figure(9.0, 4.0)
     ax = fig.add_subplot()
     base = rows[0]["level"]
     labels = [rows[0]["label"]]
@@ -169,23 +169,24 @@ def _runs_line(runs: Sequence[Mapping[str, Any]]) -> str:
 def _header(result: Mapping[str, Any]) -> str:
     spec = result["spec"]
     rows = [
-        ("baseline", f"<code>{_e(result['baseline'])}</code>"),
-        ("model", f"{_e(spec['preset'])}" + (f", block {spec['block_size']}" if spec.get("block_size") else "")),
-        ("token budget per run", _num(spec["tokens"]) if spec["tokens"] else "20 per parameter (Chinchilla)"),
-        ("seeds", _e(", ".join(str(s) for s in spec["seeds"]))),
+        ("baseline", f"<code>{esc(result['baseline'])}</code>"),
+        ("model", f"{esc(spec['preset'])}" + (f", block {spec['block_size']}" if spec.get("block_size") else "")),
+        ("token budget per run", fmt_num(spec["tokens"]) if spec["tokens"] else "20 per parameter (Chinchilla)"),
+        ("seeds", esc(", ".join(str(s) for s in spec["seeds"]))),
         ("batch, learning rate", f"{spec['batch_size']} sequences, {spec['learning_rate']:g}"),
-        ("tokenizer", f"<code>{_e(result['tokenizer']['hash'][:16])}</code> ({result['tokenizer']['vocab_size']:,} "
-                      f"tokens, trained on {_e(result['tokenizer']['trained_on'])})"),
-        ("evaluation sets", ", ".join(f"<code>{_e(n)}</code> ({_e(fp[:12])})" for n, fp in result["eval_sets"].items())
+        ("tokenizer", f"<code>{esc(result['tokenizer']['hash'][:16])}</code> ({result['tokenizer']['vocab_size']:,} "
+                      f"tokens, trained on {esc(result['tokenizer']['trained_on'])})"),
+        ("evaluation sets", ", ".join(f"<code>{esc(n)}</code> ({esc(fp[:12])})"
+                                      for n, fp in result["eval_sets"].items())
          + f"; {spec['eval_tokens']:,} fixed tokens each"),
-        ("ranking", " &lt; ".join(f"<code>{_e(v)}</code>" for v in result["ranking"]) + " (lowest loss first)"),
+        ("ranking", " &lt; ".join(f"<code>{esc(v)}</code>" for v in result["ranking"]) + " (lowest loss first)"),
         ("runs", _runs_line(result["runs"])),
         ("wall time", f"{result.get('wall_seconds', 0):,.0f} s (this invocation)"),
     ]
-    body = _table(None, [[k, v] for k, v in rows], classes="meta")
+    body = html_table(None, [[k, v] for k, v in rows], classes="meta")
     if result["warnings"]:
         body += "<h3>Read the numbers with these in mind</h3><ul>" + "".join(
-            f"<li>{_e(w)}</li>" for w in result["warnings"]) + "</ul>"
+            f"<li>{esc(w)}</li>" for w in result["warnings"]) + "</ul>"
     body += ("<p class=muted>Δ is the per-seed difference against the baseline's run with the same seed (same initial "
              "weights), averaged; its 95 % interval uses Student's t with n−1 degrees of freedom. The verdict reads "
              "the interval: below zero is better (lower loss), above zero worse, across zero no detectable effect "
@@ -195,7 +196,7 @@ def _header(result: Mapping[str, Any]) -> str:
     return body
 
 
-def _results(result: Mapping[str, Any], plots: _Plots, twin: dict) -> str:
+def _results(result: Mapping[str, Any], plots: Plots, twin: dict) -> str:
     analysis = result["analysis"]
     primary = result["primary"]
     rows = []
@@ -203,13 +204,13 @@ def _results(result: Mapping[str, Any], plots: _Plots, twin: dict) -> str:
         info = analysis["versions"][version]
         loss, bpb = info["eval"][primary]["loss"], info["eval"][primary]["bpb"]
         overlap = result["versions"][version].get("overlap") or {}
-        cells = [f"<code>{_e(version)}</code>", _num(loss["n"]), f"{_f(loss['mean'])}<br>± {_f(loss['std'])}",
+        cells = [f"<code>{esc(version)}</code>", fmt_num(loss["n"]), f"{_f(loss['mean'])}<br>± {_f(loss['std'])}",
                  f"{_f(bpb['mean'])}<br>± {_f(bpb['std'])}",
-                 f"{_num(result['versions'][version]['tokens'])}<br>{info['epochs']:.2f} ep.",
-                 _num(overlap.get("contaminated"))]
+                 f"{fmt_num(result['versions'][version]['tokens'])}<br>{info['epochs']:.2f} ep.",
+                 fmt_num(overlap.get("contaminated"))]
         c = analysis["comparisons"].get(version, {}).get(primary)
         if c is None:
-            rows.append(_Row(cells + ["baseline", "", "", "", ""], "note"))
+            rows.append(Row(cells + ["baseline", "", "", "", ""], "note"))
             continue
         loss_c, bpb_c = c["loss"], c["bpb"]
         rel = f" ({loss_c['relative'] * 100:+.2f}%)" if loss_c.get("relative") is not None else ""
@@ -218,8 +219,8 @@ def _results(result: Mapping[str, Any], plots: _Plots, twin: dict) -> str:
                              _verdict(loss_c)])
     headers = ["version", "seeds", "loss<br>(nats/token)", "bits/byte", "training tokens<br>(epochs)",
                "docs overlapping eval", "Δ loss<br>[95% CI]", "Δ bits/byte", "p<br>(Holm)", "MDE", "verdict"]
-    body = f"<p>Evaluation on <code>{_e(primary)}</code>; mean ± standard deviation over seeds.</p>"
-    body += _table(headers, rows, numeric=range(1, 10))
+    body = f"<p>Evaluation on <code>{esc(primary)}</code>; mean ± standard deviation over seeds.</p>"
+    body += html_table(headers, rows, numeric=range(1, 10))
     fig = _forest_figure(result, [primary])
     if fig is not None:
         body += plots.img(fig, "forest", "paired differences with intervals")
@@ -227,7 +228,7 @@ def _results(result: Mapping[str, Any], plots: _Plots, twin: dict) -> str:
     return body
 
 
-def _domains(result: Mapping[str, Any], plots: _Plots) -> str:
+def _domains(result: Mapping[str, Any], plots: Plots) -> str:
     analysis = result["analysis"]
     keys = [k for k in analysis["eval_keys"] if k != result["primary"]]
     if not keys:
@@ -239,33 +240,33 @@ def _domains(result: Mapping[str, Any], plots: _Plots) -> str:
                 continue
             c = by_key[key]["loss"]
             base = analysis["versions"][result["baseline"]]["eval"][key]["loss"]["mean"]
-            rows.append([f"<code>{_e(version)}</code>", f"<code>{_e(key)}</code>", _f(base),
+            rows.append([f"<code>{esc(version)}</code>", f"<code>{esc(key)}</code>", _f(base),
                          _f(analysis["versions"][version]["eval"][key]["loss"]["mean"]), _signed(c["mean"]), _ci(c),
                          _p(c["p_value"]), _verdict(c)])
-    body = _table(["version", "evaluation (set/source)", "baseline loss", "loss", "Δ loss", "95% CI", "p", "verdict"],
-                  rows, numeric=range(2, 7))
+    body = html_table(["version", "evaluation (set/source)", "baseline loss", "loss", "Δ loss", "95% CI", "p",
+                       "verdict"], rows, numeric=range(2, 7))
     fig = _forest_figure(result, keys)
     if fig is not None:
         body += plots.img(fig, "forest_domains", "paired differences per domain")
     return body
 
 
-def _waterfall(result: Mapping[str, Any], plots: _Plots) -> str:
+def _waterfall(result: Mapping[str, Any], plots: Plots) -> str:
     rows = result["waterfall"]
     table = []
     for row in rows:
         step, total = row.get("step"), row.get("cumulative")
         steps = ", ".join(row["steps"]) or "ingestion only"
         if step is None:
-            table.append(_Row([_e(row["label"]), _e(steps), f"<code>{_e(row['stage'])}</code>", _f(row["level"]),
+            table.append(Row([esc(row["label"]), esc(steps), f"<code>{esc(row['stage'])}</code>", _f(row["level"]),
                                "", "", "", ""], "note"))
             continue
-        table.append([f"+{_e(row['label'])}", _e(steps), f"<code>{_e(row['stage'])}</code>", _f(row["level"]),
+        table.append([f"+{esc(row['label'])}", esc(steps), f"<code>{esc(row['stage'])}</code>", _f(row["level"]),
                       _signed(step["mean"]), _ci(step), _verdict(step), _signed(total["mean"])])
     body = ("<p>Each stage's version is the recipe run up to that stage; each row compares it with the previous "
             "stage at the same token budget and seeds.</p>")
-    body += _table(["stage", "steps", "version", "loss", "Δ this stage", "95% CI", "verdict", "Δ since baseline"],
-                   table, numeric=(3, 4, 5, 7))
+    body += html_table(["stage", "steps", "version", "loss", "Δ this stage", "95% CI", "verdict", "Δ since baseline"],
+                       table, numeric=(3, 4, 5, 7))
     return body + plots.img(_waterfall_figure(rows), "waterfall", "loss change per stage")
 
 
@@ -278,24 +279,24 @@ def _reason(group: Mapping[str, Any]) -> str:
 def _data(result: Mapping[str, Any]) -> str:
     parts = []
     for d in result.get("diffs", []):
-        reasons = ", ".join(f"{_e(_reason(r))} {r['count']:,}" for r in d["top_reasons"])
+        reasons = ", ".join(f"{esc(_reason(r))} {r['count']:,}" for r in d["top_reasons"])
         if d.get("other_reasons"):
             reasons += f", other {d['other_reasons']:,}"
-        stats = [[_e(k), _num(v.get("a")), _num(v.get("b")),
+        stats = [[esc(k), fmt_num(v.get("a")), fmt_num(v.get("b")),
                   "–" if v.get("rel") is None else f"{v['rel'] * 100:+.1f}%"] for k, v in d["stats"].items()]
         parts.append(
-            f"<h3><code>{_e(d['a'])}</code> → <code>{_e(d['b'])}</code> ({_e(d['lineage'])})</h3>"
+            f"<h3><code>{esc(d['a'])}</code> → <code>{esc(d['b'])}</code> ({esc(d['lineage'])})</h3>"
             f"<p>{d['docs']['a']:,} → {d['docs']['b']:,} documents: {d['removed']:,} removed, {d['added']:,} added, "
             f"{d['changed']:,} changed. Removed by: {reasons or '–'}. Unigram Jensen–Shannon "
-            f"{_num(d.get('unigram_js'))}, length KS {_num(d.get('length_ks'))}.</p>"
-            + _table(["statistic", _e(d["a"]), _e(d["b"]), "change"], stats, numeric=(1, 2, 3)))
+            f"{fmt_num(d.get('unigram_js'))}, length KS {fmt_num(d.get('length_ks'))}.</p>"
+            + html_table(["statistic", esc(d["a"]), esc(d["b"]), "change"], stats, numeric=(1, 2, 3)))
     sources = []
     for version, info in result["versions"].items():
         total = max(info["tokens"], 1)
-        sources.append([f"<code>{_e(version)}</code>", _num(info["tokens"]),
-                        ", ".join(f"{_e(s)} {n / total:.0%}" for s, n in sorted(info["tokens_by_source"].items(),
+        sources.append([f"<code>{esc(version)}</code>", fmt_num(info["tokens"]),
+                        ", ".join(f"{esc(s)} {n / total:.0%}" for s, n in sorted(info["tokens_by_source"].items(),
                                                                                 key=lambda kv: -kv[1]))])
-    return ("<h3>Training tokens by source</h3>" + _table(["version", "tokens", "by source"], sources, numeric=(1,))
+    return ("<h3>Training tokens by source</h3>" + html_table(["version", "tokens", "by source"], sources, numeric=(1,))
             + "".join(parts))
 
 
@@ -304,7 +305,7 @@ def _noise(result: Mapping[str, Any]) -> str:
     cal = noise.get("calibration")
     lines = []
     if cal:
-        lines.append(f"Calibrated on <code>{_e(cal['version'])}</code> ({_e(cal['created_at'])}): single-run sd "
+        lines.append(f"Calibrated on <code>{esc(cal['version'])}</code> ({esc(cal['created_at'])}): single-run sd "
                      f"{_f(cal['sd_single_run'])}, paired-difference sd at most {_f(cal['sd_paired_delta_bound'])}; "
                      f"with {len(result['spec']['seeds'])} seeds the minimum detectable effect is {_f(cal['mde'])}.")
         if cal.get("seeds_needed"):
@@ -319,36 +320,36 @@ def _noise(result: Mapping[str, Any]) -> str:
 
 def _runs(result: Mapping[str, Any]) -> str:
     primary = result["primary"]
-    rows = [[f"<code>{_e(r['version'])}</code>", _num(r["seed"]), _f(r["final_eval"][primary]["loss"]),
-             _num(r["tokens_trained"]), f"{r['epochs']:.2f}", "cached" if r["cached"] else f"{r['seconds']:.1f} s",
-             _e(r["device"]), f"<code class=mono>{_e(r['dir'])}</code>"] for r in result["runs"]]
-    return _table(["version", "seed", "loss", "tokens", "epochs", "time", "device", "run folder"], rows,
-                  numeric=(1, 2, 3, 4))
+    rows = [[f"<code>{esc(r['version'])}</code>", fmt_num(r["seed"]), _f(r["final_eval"][primary]["loss"]),
+             fmt_num(r["tokens_trained"]), f"{r['epochs']:.2f}", "cached" if r["cached"] else f"{r['seconds']:.1f} s",
+             esc(r["device"]), f"<code class=mono>{esc(r['dir'])}</code>"] for r in result["runs"]]
+    return html_table(["version", "seed", "loss", "tokens", "epochs", "time", "device", "run folder"], rows,
+                      numeric=(1, 2, 3, 4))
 
 
 def _calibration_page(result: Mapping[str, Any]) -> tuple[str, dict]:
     noise = result["noise"]
-    rows = [[_num(s), _f(v)] for s, v in noise["runs"]["values"].items()]
-    body = (f"<p>{noise['runs']['n']} seeds of <code>{_e(result['version'])}</code> on <code>{_e(result['primary'])}"
+    rows = [[fmt_num(s), _f(v)] for s, v in noise["runs"]["values"].items()]
+    body = (f"<p>{noise['runs']['n']} seeds of <code>{esc(result['version'])}</code> on <code>{esc(result['primary'])}"
             f"</code>: mean {_f(noise['runs']['mean'])}, single-run sd {_f(noise['sd_single_run'])}; a paired "
             f"difference has sd at most {_f(noise['sd_paired_delta_bound'])} (√2 × single-run, no shared noise).</p>"
-            + _table(["seed", "loss"], rows, numeric=(0, 1))
+            + html_table(["seed", "loss"], rows, numeric=(0, 1))
             + "<h3>Minimum detectable effect (95 %, power 0.8)</h3>"
-            + _table(["seeds", "MDE (nats/token)"], [[_num(k), _f(v)] for k, v in noise["mde_by_seeds"].items()],
-                     numeric=(0, 1)))
+            + html_table(["seeds", "MDE (nats/token)"],
+                         [[fmt_num(k), _f(v)] for k, v in noise["mde_by_seeds"].items()], numeric=(0, 1)))
     if noise.get("effect") is not None:
-        body += f"<p>Seeds needed for an effect of {noise['effect']:g}: {_num(noise.get('seeds_needed'))}.</p>"
-    body += "".join(f"<p class=down>{_e(w)}</p>" for w in result["warnings"])
-    page = _page(f"Noise floor: {result['name']}", [("noise", "Seed-to-seed noise", body),
-                                                     ("runs", "Runs", _runs(result))])
-    return page, _plain({"kind": "calibration", "name": result["name"], "noise": noise, "plots": []})
+        body += f"<p>Seeds needed for an effect of {noise['effect']:g}: {fmt_num(noise.get('seeds_needed'))}.</p>"
+    body += "".join(f"<p class=down>{esc(w)}</p>" for w in result["warnings"])
+    page = page_html(f"Noise floor: {result['name']}", [("noise", "Seed-to-seed noise", body),
+                                                        ("runs", "Runs", _runs(result))])
+    return page, plain({"kind": "calibration", "name": result["name"], "noise": noise, "plots": []})
 
 
 def ablation_report(result: Mapping[str, Any]) -> tuple[str, dict]:
     """(HTML page, JSON twin) of an ablation or a calibration result."""
     if result["kind"] == "calibration":
         return _calibration_page(result)
-    plots = _Plots()
+    plots = Plots()
     twin: dict[str, Any] = {"kind": "ablation", "name": result["name"], "baseline": result["baseline"],
                             "ranking": result["ranking"], "warnings": result["warnings"]}
     sections = [("summary", "Ablation", _header(result)), ("results", "Loss by version", _results(result, plots, twin)),
@@ -363,5 +364,5 @@ def ablation_report(result: Mapping[str, Any]) -> tuple[str, dict]:
                  ("runs", "Runs", _runs(result))]
     twin["diffs"] = result.get("diffs", [])
     twin["plots"] = plots.names
-    return _page(f"Ablation: {result['name']}", sections), _plain(twin)
+    return page_html(f"Ablation: {result['name']}", sections), plain(twin)
 

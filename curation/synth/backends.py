@@ -3,10 +3,10 @@
 Two kinds of backend, because two kinds of model exist:
 - *chat* backends (an OpenAI-compatible server) answer a list of messages and can be asked for a
   JSON document that follows a schema;
-- *completion* backends (the project's own GPT checkpoint, a local Hugging Face causal LM) continue
-  a text prompt. They cannot follow instructions, so methods ask them for one field at a time and
-  our code assembles the JSON: the structure never depends on the model (no runaway whitespace, no
-  unclosed braces).
+- *completion* backends (the project's own GPT checkpoint, in `flows/gpt.py` because it runs
+  `training/` code; a local Hugging Face causal LM) continue a text prompt. They cannot follow
+  instructions, so methods ask them for one field at a time and our code assembles the JSON: the
+  structure never depends on the model (no runaway whitespace, no unclosed braces).
 
 A backend never raises for one failed request: the failure is in `Completion.error`, so it becomes
 a counted reject instead of a crashed run.

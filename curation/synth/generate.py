@@ -14,16 +14,19 @@ Attempts are written in batches of `batch_size` jobs to `<store>/synth/<spec has
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.synth.backends import ChatRequest, Completion, CompletionRequest
+from curation.synth.backends import ChatRequest, Completion, CompletionBackend, CompletionRequest
 from curation.synth.methods import NO_INPUT, Job, programmatic_fields
+from curation.synth.openai_backend import OpenAIChatBackend
 from curation.synth.schemas import RecordSchema, Rejected
 from curation.synth.spec import SynthSpec
 
@@ -42,23 +45,29 @@ class Attempt:
     cached: bool = False
 
 
-def make_backend(spec: SynthSpec, cache_dir: str | None = None, generation: int | None = None) -> Any:
-    """The configured backend (loaded in the process that uses it)."""
+class GPTBackendFactory(Protocol):
+    """Makes the completion backend of a `gpt` checkpoint. The model code lives outside `curation/`: the caller
+    (the synthesis flow) passes the project's GPT backend in."""
+
+    def __call__(self, checkpoint: str, *, generation: int) -> CompletionBackend: ...
+
+
+def make_backend(spec: SynthSpec, cache_dir: str | None = None, generation: int | None = None,
+                 gpt_backend: GPTBackendFactory | None = None) -> Any:
+    """The configured backend (loaded in the process that uses it); a `gpt` backend is made by `gpt_backend`."""
     b = spec.backend
     if b.kind == "openai":
-        import os
-
-        from curation.synth.openai_backend import OpenAIChatBackend
-
         key = os.environ.get(b.api_key_env) if b.api_key_env else None
         return OpenAIChatBackend(base_url=b.base_url, model=b.model, api_key=key, timeout_s=b.timeout_s,
                                  max_retries=b.max_retries, backoff_s=b.backoff_s, concurrency=b.concurrency,
                                  json_schema=b.json_schema, cache_dir=cache_dir, extra_body=b.extra_body)
     if b.kind == "gpt":
-        from curation.synth.gpt_backend import GPTCompletionBackend
-
-        return GPTCompletionBackend(b.checkpoint, generation=generation or b.generation or 1)
+        if gpt_backend is None:
+            raise ValueError(f"synthesize.backend: kind 'gpt' (checkpoint {b.checkpoint}) needs a GPT backend "
+                             "factory; pass `gpt_backend=`, a callable (checkpoint, generation=) -> CompletionBackend")
+        return gpt_backend(b.checkpoint, generation=generation or b.generation or 1)
     if b.kind == "hf":
+        # torch and transformers take seconds to import: only a run that uses the HF backend pays for them.
         from curation.synth.hf_backend import HFCompletionBackend
 
         return HFCompletionBackend(b.path, device=b.device, dtype=b.dtype, batch_size=b.batch_size,
@@ -212,13 +221,15 @@ def write_batch(fs: fsspec.AbstractFileSystem, table: pa.Table, path: str) -> No
 
 
 def generate_batch(spec: SynthSpec, schema: RecordSchema, jobs: list[Job], path: str, store_url: str,
-                   generation: int, cache_dir: str | None = None) -> dict[str, Any]:
-    """Run one batch of jobs into its attempts file, unless an earlier run already wrote it."""
+                   generation: int, cache_dir: str | None = None,
+                   gpt_backend: GPTBackendFactory | None = None) -> dict[str, Any]:
+    """Run one batch of jobs into its attempts file, unless an earlier run already wrote it (`gpt_backend`: see
+    `make_backend`)."""
     fs, _ = fsspec.core.url_to_fs(store_url)
     if fs.exists(path):
         table = pq.read_table(path, filesystem=fs, columns=[REJECT_COLUMN, "cached"])
         return {"path": path, "resumed": True, **_batch_counts(table)}
-    backend = make_backend(spec, cache_dir, generation)
+    backend = make_backend(spec, cache_dir, generation, gpt_backend)
     try:
         attempts = run_jobs(jobs, spec, schema, backend)
     finally:
@@ -245,8 +256,6 @@ def read_valid(fs: fsspec.AbstractFileSystem, path: str) -> list[tuple[str, dict
 
 def checkpoint_generation(store: Any, checkpoint: str) -> int:
     """One more than the highest `generation` in the version a checkpoint was trained on (its run.json)."""
-    import pyarrow.compute as pc
-
     run_file = Path(checkpoint).parent / "run.json"
     if not run_file.is_file():
         raise ValueError(f"{checkpoint}: no run.json beside the checkpoint, so the generation of its training "

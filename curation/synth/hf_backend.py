@@ -61,7 +61,7 @@ class HFCompletionBackend:
         generation: int = 1,
         name: str | None = None,
     ) -> None:
-        try:
+        try:  # an optional extra, and seconds to import: only when an HF model is loaded
             import transformers
         except ImportError as exc:
             raise ImportError("HFCompletionBackend needs the `transformers` package: pip install 'curate[hf]'") from exc
@@ -153,7 +153,7 @@ class HFCompletionBackend:
 
     def _generate(self, requests: list[CompletionRequest], prompts: list[list[int]]) -> list[Completion]:
         """Generate for a batch of requests that share `max_tokens`."""
-        from transformers import LogitsProcessorList, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList  # optional extra: see __init__
 
         width = max(len(ids) for ids in prompts)
         input_ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)

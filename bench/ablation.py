@@ -37,6 +37,12 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from curation.demo import build_demo_corpus  # noqa: E402
+from curation.evalsets import register_evalset  # noqa: E402
+from curation.store import VersionStore  # noqa: E402
+from training.ablation import NO_EFFECT  # noqa: E402
+from training.config import AblationSpec  # noqa: E402
+
 
 def _jsonl(path: Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
@@ -68,11 +74,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-    from curation.demo import build_demo_corpus
-    from curation.evalsets import register_evalset
-    from curation.store import VersionStore
-    from flows.ablate import run_ablation
-    from training.ablation import NO_EFFECT, AblationSpec
+    from flows.ablate import run_ablation  # Prefect reads its settings when imported: after the lines above
 
     def publish_rows(store: VersionStore, name: str, rows: list[tuple[str, str]], ids: list[str]) -> None:
         n = len(rows)

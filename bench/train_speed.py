@@ -59,12 +59,14 @@ from typing import Any
 
 import torch
 
+from training.config import ADAM_BETA1, TrainConfig
 from training.model import GPT, GPTConfig
 from training.trainer import PEAK_FLOPS, autocast_context
 
-WEIGHT_DECAY = 0.1
-LEARNING_RATE = 6e-4
-BETAS = (0.9, 0.95)
+# The trainer's optimiser settings (they do not change the work per step).
+WEIGHT_DECAY = TrainConfig.weight_decay
+LEARNING_RATE = TrainConfig.learning_rate
+BETAS = (ADAM_BETA1, TrainConfig.beta2)
 DISTINCT_BATCHES = 8  # batches cycled through; the same sequence for every model
 CPU_PRESETS = ("tiny", "small")
 

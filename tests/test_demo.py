@@ -5,8 +5,10 @@ from __future__ import annotations
 import collections
 import difflib
 import gzip
+import hashlib
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -16,6 +18,8 @@ import ftfy
 import pytest
 
 from curation.demo import DEFECT_COUNTS, DemoCorpus, build_demo_corpus, load_labels
+from curation.demo.defects import mojibake, typographic
+from curation.demo.web import build_web
 
 SCALE = 0.05
 REPO = Path(__file__).resolve().parents[1]
@@ -106,6 +110,20 @@ def test_same_seed_is_byte_identical_even_across_processes(corpus: DemoCorpus, t
         assert (again.root / name).read_bytes() == ref, name
         assert (tmp_path / "proc" / name).read_bytes() == ref, name
     assert again.counts == corpus.counts
+
+
+def test_crawl_generation_is_pinned() -> None:
+    """The crawl's bytes and labels for a fixed pool of documents (independent of the installed Python): a change
+    to the generators' draws changes every demo version's fingerprint, so it must be deliberate."""
+    rng = random.Random(7)
+    words = "alpha beta gamma délta epsilon zeta eta theta iota kappa lambda mu \"quoted\" it's -- ...".split()
+    pool = [(f"doc:{i}", " ".join(rng.choice(words) for _ in range(rng.randint(60, 200)))) for i in range(40)]
+    held = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(8)]
+    counts = {k: 2 for k in DEFECT_COUNTS} | {"blank_line": 1, "too_long": 1}
+    data, labels = build_web(0, pool, held, counts)
+    assert len(labels) == 34  # 2 per class (too_long: 1) and the blank line
+    digest = hashlib.sha256(data + json.dumps(labels).encode()).hexdigest()
+    assert digest == "e5e7443c71360f3e79e50aaee97416da06e856eaee85400c5332a8ada59d3775"
 
 
 def test_other_seed_differs(corpus: DemoCorpus, tmp_path: Path) -> None:
@@ -229,15 +247,11 @@ def test_mojibake_is_repaired_by_ftfy(web_lines: list[bytes], labels: list[dict]
 
 def test_typographic_mojibake_path() -> None:
     """ASCII-only originals get curly quotes/dashes/accents first; ftfy must still undo the damage."""
-    import random
-
-    from curation.demo import _mojibake, _typographic
-
     rng = random.Random(0)
     for orig in ("He said \"stop\" -- and it's done...", "plain words only " * 20):
-        typo = _typographic(rng, orig)
+        typo = typographic(rng, orig)
         assert not typo.isascii()
-        broken = _mojibake(typo)
+        broken = mojibake(typo)
         assert broken != typo and ftfy.fix_text(broken) == ftfy.fix_text(typo)
 
 

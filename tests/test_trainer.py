@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import warnings
@@ -29,8 +30,6 @@ WORDS = ("river mill people morning trade grain news weather roads prices health
 
 
 def sentences(seed: int, n: int) -> list[str]:
-    import random
-
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))) + "." for _ in range(n)]
 

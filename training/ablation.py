@@ -31,17 +31,25 @@ No Prefect, no store: plain numbers in, plain numbers out.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 from scipy import optimize, stats
 
+from curation.reportkit import write_report
 from curation.store import check_name
-from training.model import GPT, GPTConfig
-from training.trainer import TrainConfig
+from training.ablation_report import ablation_report, curves_png
+
+# AblationSpec lives in the torch-free training.config (the CLI reads its defaults at start-up); importing it
+# from here keeps working.
+from training.config import MAX_EPOCHS_BEFORE_WARNING
+from training.config import AblationSpec as AblationSpec
 
 ALPHA = 0.05  # two-sided: 95 % intervals (convention)
 POWER = 0.8  # the power at which the minimum detectable effect is quoted (Cohen 1988)
@@ -53,56 +61,6 @@ ROUNDING_ULPS = 4
 BETTER, WORSE, NO_EFFECT, NEEDS_SEEDS = "better", "worse", "no detectable effect", "needs >= 2 seeds"
 NOT_INFORMATIVE = "not informative"
 NOT_INFORMATIVE_REASON = "all seeds gave the same delta, so no interval or p-value can be computed; add seeds"
-CURVE_POINTS = 10  # evaluations per run when the spec leaves eval_every out (our choice: a readable curve)
-
-
-@dataclass(frozen=True)
-class AblationSpec:
-    """What every run of an ablation shares; only the version and the seed change between runs."""
-
-    preset: str = "tiny"
-    tokens: int | None = None  # token budget per run; None: 20 per parameter (Chinchilla)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    batch_size: int = 16
-    learning_rate: float = 2e-3
-    block_size: int | None = None
-    eval_tokens: int = 32_768  # the same fixed evaluation windows for every run
-    eval_every: int | None = None  # None: about CURVE_POINTS evaluations per run
-    device: str = "auto"
-    compile: bool = False
-
-    def model_overrides(self) -> dict[str, Any]:
-        return {"block_size": self.block_size} if self.block_size else {}
-
-    def steps(self, vocab_size: int) -> int:
-        """Optimiser steps of each run (the trainer's own plan: tokens / (batch x block), rounded up)."""
-        model_cfg = GPTConfig.from_preset(self.preset, vocab_size=vocab_size, **self.model_overrides())
-        tokens = self.tokens
-        if tokens is None:
-            import torch
-
-            from training.trainer import TOKENS_PER_PARAM
-
-            with torch.device("meta"):  # parameter count without allocating the weights
-                tokens = TOKENS_PER_PARAM * GPT(model_cfg).num_params()
-        return max(1, math.ceil(tokens / (self.batch_size * model_cfg.block_size)))
-
-    def config(self, seed: int, vocab_size: int) -> TrainConfig:
-        eval_every = self.eval_every or self.default_eval_every(vocab_size)
-        return TrainConfig(preset=self.preset, model=self.model_overrides(), tokens=self.tokens,
-                           batch_size=self.batch_size, learning_rate=self.learning_rate, seed=seed,
-                           eval_every=eval_every, eval_tokens=self.eval_tokens, device=self.device,
-                           compile=self.compile)
-
-    def default_eval_every(self, vocab_size: int) -> int:
-        """About CURVE_POINTS evaluations per run, but never more evaluated than trained tokens between two
-        of them (a short run is evaluated once, at its end)."""
-        block = GPTConfig.from_preset(self.preset, vocab_size=vocab_size, **self.model_overrides()).block_size
-        return max(math.ceil(self.steps(vocab_size) / CURVE_POINTS), math.ceil(self.eval_tokens / (self.batch_size
-                                                                                                     * block)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -358,8 +316,6 @@ class AblationError(ValueError):
 
 
 def _now() -> str:
-    from datetime import datetime, timezone
-
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -367,9 +323,6 @@ def calibration_key(context: Mapping[str, Any]) -> str:
     """What a noise floor depends on: the training setup (not the seeds), the vocabulary size, the
     evaluation sets and the device type. The version it was measured on is recorded, not matched: the
     floor of one version of a corpus is the estimate for its siblings."""
-    import hashlib
-    import json
-
     spec = {k: v for k, v in context["spec"].items() if k not in ("seeds", "device", "compile", "eval_every")}
     body = {"spec": spec, "vocab_size": context["tokenizer"]["vocab_size"], "eval_sets": context["eval_sets"],
             "device_type": context["device_type"]}
@@ -407,8 +360,6 @@ def calibration_result(context: Mapping[str, Any], runs: Sequence[Mapping[str, A
 
 def find_calibration(store, context: Mapping[str, Any]) -> dict[str, Any] | None:
     """The stored calibration with the same training setup, evaluation sets and device type, if any."""
-    import json
-
     path = f"{store.root}/{ABLATIONS_DIR}/{CALIBRATIONS_DIR}/{calibration_key(context)[:16]}.json"
     if not store.fs.exists(path):
         return None
@@ -420,8 +371,6 @@ def ablation_result(context: Mapping[str, Any], runs: Sequence[Mapping[str, Any]
                     calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Everything the report shows: per-version summaries, paired deltas against the baseline, the
     waterfall of stages, the ranking, noise and the warnings that qualify the numbers."""
-    from training.trainer import MAX_EPOCHS_BEFORE_WARNING
-
     versions = list(context["versions"])
     analysis = analyse(runs, versions, baseline)
     primary = analysis["primary"]
@@ -493,11 +442,6 @@ def save_result(store, result: dict[str, Any]) -> dict[str, str]:
     """Write `<store>/ablations/<name>/`: ablation.json, report.html and its JSON twin, curves.png (and
     the calibration under `ablations/calibrations/`, where later ablations with the same setup find it).
     Each file is written under a temporary name and moved into place."""
-    import json
-
-    from curation.report import write_report
-    from training.ablation_report import ablation_report, curves_png
-
     folder = f"{store.root}/{ABLATIONS_DIR}/{check_name(result['name'], 'ablation')}"
     store.fs.makedirs(folder, exist_ok=True)
     paths = {"folder": folder if store.local else store.fs.unstrip_protocol(folder)}
@@ -532,16 +476,6 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def load_result(store, name: str) -> dict[str, Any]:
-    import json
-
-    path = f"{store.root}/{ABLATIONS_DIR}/{name}/{RESULT_FILE}"
-    if not store.fs.exists(path):
-        raise AblationError(f"no ablation {name!r} in {store.url}")
-    with store.fs.open(path, "r") as handle:
-        return json.load(handle)
 
 
 # ---- summaries for terminals and Prefect artifacts --------------------------------------------------

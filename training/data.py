@@ -129,17 +129,9 @@ class TokenFile:
         return list(self.meta["sources"])
 
     @property
-    def tokenizer_hash(self) -> str:
-        return self.meta["tokenizer"]["hash"]
-
-    @property
     def bytes_of_text(self) -> int:
         """UTF-8 bytes of all documents' text (EOT separators excluded): bits per byte's denominator."""
         return int(self.meta["bytes_of_text"])
-
-    @property
-    def bytes_by_source(self) -> dict[str, int]:
-        return {name: int(entry["bytes"]) for name, entry in self.meta["by_source"].items()}
 
     def tokens_and_bytes(self, source: str | None = None) -> tuple[int, int]:
         """(tokens, UTF-8 bytes of text) of the whole file or of one source. Tokens include each
@@ -547,16 +539,6 @@ class Windows(_WindowsBase):
         idx = np.arange(self._n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
         return idx * self.stride
 
-    @property
-    def unique_tokens(self) -> int:
-        """Distinct target positions the windows cover (each token predicted at least once)."""
-        if self._n == 0:
-            return 0
-        last_end = min((self._n - 1) * self.stride + self.block_size + 1, len(self.tokens))
-        if self.stride >= self.block_size:
-            return (self._n - 1) * self.block_size + (last_end - (self._n - 1) * self.stride - 1)
-        return last_end - 1
-
 
 class FixedWindows(_WindowsBase):
     """Windows at explicit start offsets (every one full): a fixed evaluation set of windows."""
@@ -577,10 +559,6 @@ class FixedWindows(_WindowsBase):
 
     def starts(self, indices: Any = None) -> np.ndarray:
         return self._starts.copy() if indices is None else self._starts[np.asarray(indices, dtype=np.int64)]
-
-    @property
-    def n_target_tokens(self) -> int:
-        return len(self) * self.block_size
 
 
 def fixed_eval_windows(token_file: TokenFile, n_tokens: int, block_size: int, seed: int = 0,
@@ -639,14 +617,8 @@ class EpochSampler:
 
     n_windows: int
     seed: int = 0
-    block_size: int | None = None  # needed by tokens_trained / epochs_for
-    unique_tokens: int | None = None  # default n_windows * block_size (exact for stride == block_size)
     rank: int = 0
     world_size: int = 1
-
-    @classmethod
-    def from_windows(cls, windows: Windows, seed: int = 0) -> EpochSampler:
-        return cls(len(windows), seed, windows.block_size, windows.unique_tokens)
 
     def __post_init__(self) -> None:
         if self.n_windows < 1:
@@ -698,21 +670,3 @@ class EpochSampler:
         while end_step is None or step < end_step:
             yield step, self.batch_at(step, batch_size)
             step += 1
-
-    def _block(self) -> int:
-        if self.block_size is None:
-            raise ValueError("EpochSampler needs block_size to count tokens (use EpochSampler.from_windows)")
-        return self.block_size
-
-    def tokens_trained(self, steps: int, batch_size: int) -> int:
-        """Target tokens seen by the whole group after `steps` global steps: steps * batch * block_size."""
-        return steps * batch_size * self._block()
-
-    def epochs_for(self, tokens_trained: int) -> float:
-        """Passes over the data: tokens trained / unique tokens (the targets the windows cover)."""
-        unique = self.unique_tokens if self.unique_tokens is not None else self.n_windows * self._block()
-        return tokens_trained / unique if unique else float("inf")
-
-    def epoch_of(self, step: int, batch_size: int) -> int:
-        """The epoch the first window of `step` belongs to."""
-        return (step * batch_size) // self.n_windows

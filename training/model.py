@@ -1,4 +1,5 @@
-"""A compact GPT-2-style decoder for data ablations: one file, one config dataclass, plain PyTorch.
+"""A compact GPT-2-style decoder for data ablations: one file, plain PyTorch; its config dataclass
+(`GPTConfig`, and the presets) lives in the torch-free `training.config`.
 
 Shape of the network::
 
@@ -27,67 +28,18 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from training.config import ADAM_BETA1, PRESETS, GPTConfig, TrainConfig
 
 __all__ = ["GPT", "GPTConfig", "IGNORE_INDEX", "PRESETS"]
 
 # The target of a position that has no next token (padding): excluded from every loss and every count of
 # evaluated tokens. -100 is torch.nn.functional.cross_entropy's default ignore_index.
 IGNORE_INDEX = -100
-
-# Full configurations; ``GPTConfig.from_preset`` applies overrides on top.
-PRESETS: dict[str, dict] = {
-    # ~1 M parameters: CPU-sized ablations.
-    "tiny": {"vocab_size": 8192, "block_size": 256, "n_layer": 4, "n_head": 4, "n_embd": 80},
-    # ~10 M parameters: a single GPU (or a patient CPU).
-    "small": {"vocab_size": 8192, "block_size": 256, "n_layer": 6, "n_head": 5, "n_embd": 320},
-    # GPT-2 small, 124 M; 50257 tokens padded up to a multiple of 128.
-    "gpt2": {"vocab_size": 50304, "block_size": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768},
-}
-
-
-@dataclass
-class GPTConfig:
-    """Hyper-parameters of :class:`GPT`. The defaults are the ``tiny`` preset."""
-
-    vocab_size: int = 8192
-    block_size: int = 256  # longest context the model accepts
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 80
-    dropout: float = 0.0  # embeddings, attention weights, residual branches; active in training only
-    bias: bool = True  # False: no bias in any Linear or LayerNorm
-    rope: bool = False  # rotary position embeddings instead of a learned position table
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.rope and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"rope needs an even head size, got {self.n_embd // self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> GPTConfig:
-        """The named preset with ``overrides`` (any config field) applied on top."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(valid))}")
-        return cls(**{**PRESETS[name], **overrides})
-
-    @property
-    def head_size(self) -> int:
-        return self.n_embd // self.n_head
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -284,7 +236,7 @@ class GPT(nn.Module):
     # ---- training -----------------------------------------------------------------------------------------
 
     def configure_optimizer(self, weight_decay: float, learning_rate: float,
-                            betas: tuple[float, float] = (0.9, 0.95),
+                            betas: tuple[float, float] = (ADAM_BETA1, TrainConfig.beta2),
                             device_type: str = "cpu") -> torch.optim.AdamW:
         """AdamW that decays matrices and embeddings (dim >= 2) but not biases or LayerNorm parameters."""
         params = [p for p in self.parameters() if p.requires_grad]

@@ -2,7 +2,7 @@
 
 A run's key is a sha256 over everything that decides its numbers: the version's content fingerprint
 (not its name: a renamed or re-published identical version reuses the run), the tokenizer hash, the
-training configuration (every `TrainConfig` field but the execution plumbing `trainer.NOT_IN_KEY`:
+training configuration (every `TrainConfig` field but the execution plumbing `config.NOT_IN_KEY`:
 `device`, `checkpoint_every`; `compile` is in), the evaluation sets' fingerprints, the device type and
 the precision the run computes in (a CPU run, an fp32 GPU run and a bf16 GPU run are not the same
 computation; `dtype="auto"` means bf16 on one GPU and fp32 on another). The run lives in

@@ -49,11 +49,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from curation.store import StoreError, VersionStore
+from training.config import DEFAULT_VOCAB_SIZE
 
 EOT = "<|endoftext|>"
-DEFAULT_VOCAB_SIZE = 8192
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "tokenizer_meta.json"
 TOKENIZERS_DIR = "tokenizers"
@@ -90,8 +93,6 @@ class Tokenizer:
         key = (self.hash, allow_special)
         cached = _HF_CACHE.get(key)
         if cached is None:
-            from tokenizers import Tokenizer as HFTokenizer
-
             raw = _read_bytes(self.path)
             actual = canonical_hash(raw, self.path)
             if actual != self.hash:
@@ -206,8 +207,6 @@ def _read_bytes(path: Path) -> bytes:
 def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
     """A tokenizer from a tokenizer.json (or a folder holding one): ours or any Hugging Face one that
     has an "<|endoftext|>" token."""
-    from tokenizers import Tokenizer as HFTokenizer
-
     path = Path(path)
     if path.is_dir():
         path = path / TOKENIZER_FILE
@@ -261,9 +260,6 @@ def train_tokenizer(
     `out_dir` appears in one rename, complete; in an existing one, tokenizer.json then
     tokenizer_meta.json are each replaced in one rename.
     """
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
     if vocab_size < 257:
         raise TokenizerError(f"vocab_size must be at least 257 (256 bytes + {EOT}), got {vocab_size}")
     out_dir = Path(out_dir)
@@ -300,7 +296,7 @@ def train_tokenizer(
         "corpus": corpus,
         "trained_on": {"docs": stats["docs"], "chars": stats["chars"]},
         "train_seconds": round(seconds, 3),
-        "tokenizers_version": _tokenizers_version(),
+        "tokenizers_version": tokenizers.__version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     files = {TOKENIZER_FILE: raw, META_FILE: (json.dumps(meta, indent=2, default=str) + "\n").encode("utf-8")}
@@ -332,12 +328,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def _tokenizers_version() -> str:
-    import tokenizers
-
-    return tokenizers.__version__
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ and a run stopped at step N and resumed reaches exactly the state of an uninterr
 
 Fast paths on a GPU: bf16 autocast, TF32 matmuls, fused AdamW, optional torch.compile, DDP through
 `torchrun` (NCCL; gloo on the CPU). Everything also runs on the CPU, where the tests run.
+
+`TrainConfig` and the training defaults live in the torch-free `training.config` (the CLI reads them at
+start-up); importing them from here keeps working.
 """
 
 from __future__ import annotations
@@ -25,53 +28,20 @@ import torch
 import torch.distributed as dist
 
 from curation.glibc import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MAX_INT, mallopt
+from training.config import (
+    ADAM_BETA1,
+    MAX_EPOCHS_BEFORE_WARNING,
+    TOKENS_PER_PARAM,
+    GPTConfig,
+    TrainConfig,
+    config_for_key,
+)
 from training.data import EpochSampler, TokenFile, Windows, fixed_eval_windows, per_source_eval_windows
-from training.model import GPT, IGNORE_INDEX, GPTConfig
+from training.model import GPT, IGNORE_INDEX
 
-# Chinchilla (Hoffmann et al. 2022): ~20 training tokens per parameter is compute-optimal.
-TOKENS_PER_PARAM = 20
-# More passes than this over the unique tokens start to over-fit (the course's 1-2 epochs).
-MAX_EPOCHS_BEFORE_WARNING = 2.0
 CHECKPOINT = "checkpoint.pt"
 # Peak dense bf16 FLOP/s for MFU on common GPUs (vendor datasheets); CPU MFU is not meaningful.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
-
-
-@dataclass
-class TrainConfig:
-    preset: str = "tiny"
-    model: dict[str, Any] = field(default_factory=dict)  # GPTConfig overrides (block_size, rope, bias...)
-    tokens: int | None = None  # token budget; default TOKENS_PER_PARAM x parameters
-    batch_size: int = 16  # sequences per optimiser step, over all processes and micro-steps
-    grad_accum: int = 1  # micro-steps per optimiser step (per process)
-    learning_rate: float = 2e-3  # our choice for the ~1 M-parameter preset; nanoGPT's GPT-2 uses 6e-4
-    min_lr_ratio: float = 0.1  # cosine decays to 10 % of the peak (Chinchilla)
-    warmup_fraction: float = 0.02  # linear warm-up over the first 2 % of steps (our choice)
-    weight_decay: float = 0.1  # GPT-3
-    beta2: float = 0.95  # GPT-3
-    grad_clip: float = 1.0  # GPT-3
-    seed: int = 0
-    eval_every: int = 50  # optimiser steps
-    eval_tokens: int = 32_768  # fixed evaluation tokens per evaluation set
-    checkpoint_every: int = 200
-    device: str = "auto"  # auto: cuda, else mps, else cpu
-    dtype: str = "auto"  # auto: bf16 autocast on a GPU that has it, else fp32
-    compile: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# TrainConfig fields that change how a run is executed, not what it computes: left out of a run's key
-# (training/runs.py) and free to change when a run resumes. `compile` is not one of them: compiled kernels
-# fuse and reorder floating-point operations, so a compiled run's numbers differ from an eager one's.
-NOT_IN_KEY = ("device", "checkpoint_every")
-
-
-def config_for_key(config: TrainConfig | dict[str, Any]) -> dict[str, Any]:
-    """The configuration fields that decide a run's numbers (a TrainConfig, or one as a checkpoint stores it)."""
-    values = config.to_dict() if isinstance(config, TrainConfig) else config
-    return {k: v for k, v in values.items() if k not in NOT_IN_KEY}
 
 
 class CheckpointMismatch(ValueError):
@@ -280,8 +250,85 @@ def train(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenF
     """Train `cfg.preset` on `train_tokens`; evaluate on the frozen `eval_sets`. Resumes from
     `out_dir/checkpoint.pt` when it exists. `stop_at_step` ends early (as a crash would) after
     saving a checkpoint, for resume tests."""
-    out_dir = Path(out_dir)
-    device = pick_device(cfg.device)
+    run = _set_up(cfg, train_tokens, eval_sets, Path(out_dir))
+    start_step = _resume(run, log)
+    train_model = _wrap(run)
+    evaluator = _Evaluator(run, eval_sets)
+    if run.ddp.main:
+        log(format_plan(run.budget, run.model.config, run.device, run.ddp.world_size))
+        (run.out_dir / "plan.json").write_text(json.dumps({"plan": run.budget, "config": cfg.to_dict(),
+                                                           "meta": run.meta}, indent=2))
+
+    sampler = EpochSampler(len(run.windows), cfg.seed).shard(run.ddp.rank, run.ddp.world_size)
+    progress = _Progress(run, start_step, log)
+    train_loss = float("nan")
+    final_eval: dict[str, dict[str, float]] = {}
+    for step, indices in sampler.batches(cfg.batch_size, start_step=start_step, end_step=run.total_steps):
+        lr = lr_at(step, run.total_steps, cfg)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        train_loss = _train_step(run, train_model, indices)
+        done = step + 1
+        is_last = done == run.total_steps
+        if done % cfg.eval_every == 0 or is_last:
+            speed = progress.tokens_per_second(done)  # before evaluating
+            if is_last:  # the run's final numbers: every set overall and per source
+                final_eval = evaluator.everything()
+                curve_point = {k: e for k, e in final_eval.items() if "/" not in k}
+            else:
+                curve_point = evaluator.overall()
+            progress.write(done, lr, train_loss, speed, curve_point)
+        if run.ddp.main and (done % cfg.checkpoint_every == 0 or is_last or done == stop_at_step):
+            save_checkpoint(run.checkpoint_path, run.model, run.optimizer, done, cfg, run.meta)
+        if stop_at_step is not None and done >= stop_at_step:
+            break
+    seconds = time.perf_counter() - progress.started
+    if start_step >= run.total_steps:  # resumed from the last step's checkpoint: nothing to train, still measure
+        final_eval = evaluator.everything()
+    steps_run = min(run.total_steps, stop_at_step or run.total_steps)
+    result = TrainResult(str(run.out_dir), steps_run, steps_run * run.tokens_per_step,
+                         steps_run * run.tokens_per_step / max(train_tokens.n_tokens, 1), final_eval, train_loss,
+                         seconds, (steps_run - start_step) * run.tokens_per_step / max(seconds, 1e-9), run.budget,
+                         run.meta)
+    if run.ddp.main and steps_run == run.total_steps:
+        (run.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+        plot_curves(progress.metrics_path, run.out_dir / "loss.png")
+    if run.ddp.world_size > 1:
+        dist.barrier()
+    return result
+
+
+@dataclass
+class _Run:
+    """What one call of `train` sets up before its first step."""
+
+    cfg: TrainConfig
+    out_dir: Path
+    device: str
+    ddp: Distributed
+    ctx: Any  # autocast, or nullcontext
+    model: GPT  # the plain module: evaluation and checkpoints use it, whatever wraps it for the steps
+    optimizer: torch.optim.Optimizer
+    windows: Windows
+    budget: dict[str, Any]  # plan()
+    meta: dict[str, Any]  # what besides the configuration decides the run's numbers
+
+    @property
+    def total_steps(self) -> int:
+        return self.budget["steps"]
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.model.config.block_size
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+
+def _set_up_device(requested: str) -> tuple[str, Distributed]:
+    """The device and process group, with TF32 on a GPU and the allocator tuned on the CPU."""
+    device = pick_device(requested)
     ddp = Distributed.from_env(device)
     if device == "cuda" and ddp.world_size > 1:
         device = f"cuda:{ddp.local_rank}"
@@ -289,16 +336,18 @@ def train(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenF
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    ctx = autocast_context(device, cfg.dtype)
     if device == "cpu":
         keep_freed_memory()
+    return device, ddp
+
+
+def _set_up(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenFile], out_dir: Path) -> _Run:
+    """Device, model (seeded), training windows, plan and optimiser; refuses a budget that cannot run."""
+    device, ddp = _set_up_device(cfg.device)
     if ddp.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and in every run with this seed
-    tokenizer_hash = train_tokens.meta["tokenizer_hash"]
-    vocab = int(train_tokens.meta["vocab_size"])
-    model_cfg = GPTConfig.from_preset(cfg.preset, vocab_size=vocab, **cfg.model)
+    model_cfg = GPTConfig.from_preset(cfg.preset, vocab_size=int(train_tokens.meta["vocab_size"]), **cfg.model)
     model = GPT(model_cfg).to(device)
     windows = Windows(train_tokens.tokens(), model_cfg.block_size)
     if len(windows) == 0:
@@ -308,129 +357,133 @@ def train(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenF
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by processes x grad_accum "
                          f"({ddp.world_size} x {cfg.grad_accum})")
     budget = plan(model, cfg, train_tokens.n_tokens, ddp.world_size)
-    total_steps = budget["steps"]
     if budget["epochs"] > MAX_EPOCHS_BEFORE_WARNING and ddp.main:
         warnings.warn(f"the token budget repeats the data {budget['epochs']:.1f} times "
-                      f"(> {MAX_EPOCHS_BEFORE_WARNING:g} epochs): expect over-fitting", stacklevel=2)
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (0.9, cfg.beta2),
+                      f"(> {MAX_EPOCHS_BEFORE_WARNING:g} epochs): expect over-fitting",
+                      stacklevel=3)  # points at the caller of train()
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (ADAM_BETA1, cfg.beta2),
                                           device.split(":")[0])
-    meta = {"tokenizer_hash": tokenizer_hash, "version": train_tokens.meta.get("version"),
+    meta = {"tokenizer_hash": train_tokens.meta["tokenizer_hash"], "version": train_tokens.meta.get("version"),
             "fingerprint": train_tokens.meta.get("fingerprint"), "device": device, "world_size": ddp.world_size,
             "precision": compute_precision(device, cfg.dtype), "model": asdict(model_cfg),
             "eval_sets": {n: tf.meta.get("fingerprint") for n, tf in eval_sets.items()}}
-    start_step = 0
-    checkpoint_path = out_dir / CHECKPOINT
-    if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, device)
-        check_resumable(checkpoint_path, state, cfg, meta)
-        model.load_state_dict(_strip_compile_prefix(state["model"]))
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-        start_step = int(state["step"])
-        if ddp.main:
-            log(f"resuming from step {start_step} ({checkpoint_path})")
-    train_model: torch.nn.Module = model
-    if cfg.compile:
-        train_model = torch.compile(model)
-    if ddp.world_size > 1:
+    return _Run(cfg, out_dir, device, ddp, autocast_context(device, cfg.dtype), model, optimizer, windows, budget,
+                meta)
+
+
+def _resume(run: _Run, log) -> int:
+    """The step to start from: 0, or the step of the checkpoint in the run's folder, after restoring its
+    model, optimiser and RNG states (refused when it belongs to a run of another configuration)."""
+    path = run.checkpoint_path
+    if not path.exists():
+        return 0
+    state = load_checkpoint(path, run.device)
+    check_resumable(path, state, run.cfg, run.meta)
+    run.model.load_state_dict(_strip_compile_prefix(state["model"]))
+    run.optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+    step = int(state["step"])
+    if run.ddp.main:
+        log(f"resuming from step {step} ({path})")
+    return step
+
+
+def _wrap(run: _Run) -> torch.nn.Module:
+    """The module the training steps call: the model, compiled and/or wrapped for DDP as configured."""
+    train_model: torch.nn.Module = run.model
+    if run.cfg.compile:
+        train_model = torch.compile(run.model)
+    if run.ddp.world_size > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[ddp.local_rank] if device.startswith("cuda") else None)
+            train_model, device_ids=[run.ddp.local_rank] if run.device.startswith("cuda") else None)
+    return train_model
 
-    evals = {name: fixed_eval_windows(tf, cfg.eval_tokens, model_cfg.block_size, seed=0)
-             for name, tf in eval_sets.items()}
-    per_source = {name: per_source_eval_windows(tf, cfg.eval_tokens, model_cfg.block_size, seed=0)
-                  for name, tf in eval_sets.items()}
-    for name, tf in eval_sets.items():
-        if tf.meta["tokenizer_hash"] != tokenizer_hash:
-            raise ValueError(f"evaluation set {name!r} was tokenised with another tokenizer")
-    peak = next((v for k, v in PEAK_FLOPS.items() if device.startswith("cuda")
-                 and k in torch.cuda.get_device_name()), None)
-    if ddp.main:
-        log(format_plan(budget, model_cfg, device, ddp.world_size))
-        (out_dir / "plan.json").write_text(json.dumps({"plan": budget, "config": cfg.to_dict(), "meta": meta},
-                                                      indent=2))
-    metrics_path = out_dir / "metrics.jsonl"
 
-    def evaluate_all() -> dict[str, dict[str, float]]:
-        """Loss and bits per byte on every evaluation set, overall and per source."""
+def _train_step(run: _Run, train_model: torch.nn.Module, indices: np.ndarray) -> float:
+    """One optimiser step on this process's share of a global batch, in grad_accum micro-steps (gradients
+    are synchronised across processes on the last one); the step's mean loss over all processes."""
+    cfg = run.cfg
+    loss_sum = 0.0
+    for k, chunk in enumerate(np.array_split(indices, cfg.grad_accum)):
+        x, y = run.windows.batch(chunk)
+        x, y = x.to(run.device), y.to(run.device)
+        sync = k == cfg.grad_accum - 1 or run.ddp.world_size == 1
+        with (nullcontext() if sync else train_model.no_sync()), run.ctx:
+            _, loss = train_model(x, y)
+            (loss / cfg.grad_accum).backward()
+        loss_sum += float(loss.detach()) / cfg.grad_accum
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return run.ddp.mean(loss_sum, run.device)
+
+
+class _Evaluator:
+    """Loss and bits per byte on the frozen evaluation sets, on fixed windows chosen once per run."""
+
+    def __init__(self, run: _Run, eval_sets: dict[str, TokenFile]):
+        self.run = run
+        self.eval_sets = eval_sets
+        block, n_tokens = run.model.config.block_size, run.cfg.eval_tokens
+        self.windows = {name: fixed_eval_windows(tf, n_tokens, block, seed=0) for name, tf in eval_sets.items()}
+        self.per_source = {name: per_source_eval_windows(tf, n_tokens, block, seed=0)
+                           for name, tf in eval_sets.items()}
+        for name, tf in eval_sets.items():
+            if tf.meta["tokenizer_hash"] != run.meta["tokenizer_hash"]:
+                raise ValueError(f"evaluation set {name!r} was tokenised with another tokenizer")
+
+    def _measure(self, windows, name: str, source: str | None = None) -> dict[str, float]:
+        run = self.run
+        loss = run.ddp.mean(evaluate(run.model, windows, run.device, run.ctx), run.device)
+        return {"loss": loss, "bpb": bits_per_byte(loss, self.eval_sets[name], source)}
+
+    def overall(self) -> dict[str, dict[str, float]]:
+        """Every evaluation set as a whole (the curve's points)."""
+        return {name: self._measure(windows, name) for name, windows in self.windows.items()}
+
+    def everything(self) -> dict[str, dict[str, float]]:
+        """Every evaluation set as a whole, and per source as `set/source` (the run's final numbers)."""
         out: dict[str, dict[str, float]] = {}
-        for name, ew in evals.items():
-            loss_value = ddp.mean(evaluate(model, ew, device, ctx), device)
-            out[name] = {"loss": loss_value, "bpb": bits_per_byte(loss_value, eval_sets[name])}
-            for source, sw in per_source[name].items():
-                sl = ddp.mean(evaluate(model, sw, device, ctx), device)
-                out[f"{name}/{source}"] = {"loss": sl, "bpb": bits_per_byte(sl, eval_sets[name], source)}
+        for name, windows in self.windows.items():
+            out[name] = self._measure(windows, name)
+            for source, source_windows in self.per_source[name].items():
+                out[f"{name}/{source}"] = self._measure(source_windows, name, source)
         return out
 
-    sampler = EpochSampler(len(windows), cfg.seed)
-    started = time.perf_counter()
-    last_time, last_step = started, start_step
-    train_loss = float("nan")
-    final_eval: dict[str, dict[str, float]] = {}
-    for step, indices in sampler.batches(cfg.batch_size, start_step=start_step):
-        if step >= total_steps:
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_steps, cfg)
-        mine = np.asarray(indices).reshape(ddp.world_size, -1)[ddp.rank]  # this process's slice of the batch
-        loss_sum = 0.0
-        for k, chunk in enumerate(np.array_split(mine, cfg.grad_accum)):
-            x, y = windows.batch(chunk)
-            x, y = x.to(device), y.to(device)
-            sync = k == cfg.grad_accum - 1 or ddp.world_size == 1
-            with (nullcontext() if sync else train_model.no_sync()), ctx:
-                _, loss = train_model(x, y)
-                (loss / cfg.grad_accum).backward()
-            loss_sum += float(loss.detach()) / cfg.grad_accum
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_loss = ddp.mean(loss_sum, device)
-        done = step + 1
-        is_last = done == total_steps
-        if done % cfg.eval_every == 0 or is_last:
-            now = time.perf_counter()
-            tokens_per_second = (done - last_step) * cfg.batch_size * model_cfg.block_size / max(now - last_time, 1e-9)
-            last_time, last_step = now, done
-            record: dict[str, Any] = {"step": done, "tokens": done * cfg.batch_size * model_cfg.block_size,
-                                      "lr": lr_at(step, total_steps, cfg), "train_loss": train_loss,
-                                      "tokens_per_second": tokens_per_second}
-            if peak:
-                record["mfu"] = model.estimate_mfu(tokens_per_second / ddp.world_size, peak)
-            if is_last:
-                final_eval = evaluate_all()
-                record.update({f"eval/{k}/{m}": v for k, e in final_eval.items() if "/" not in k for m, v in e.items()})
-            else:
-                for name, ew in evals.items():
-                    loss_value = ddp.mean(evaluate(model, ew, device, ctx), device)
-                    record[f"eval/{name}/loss"] = loss_value
-                    record[f"eval/{name}/bpb"] = bits_per_byte(loss_value, eval_sets[name])
-            if ddp.main:
-                with open(metrics_path, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        if ddp.main and (done % cfg.checkpoint_every == 0 or is_last or done == stop_at_step):
-            save_checkpoint(checkpoint_path, model, optimizer, done, cfg, meta)
-        if stop_at_step is not None and done >= stop_at_step:
-            break
-    seconds = time.perf_counter() - started
-    steps_run = min(total_steps, stop_at_step or total_steps)
-    if start_step >= total_steps:  # resumed from the last step's checkpoint: nothing to train, still measure
-        final_eval = evaluate_all()
-    tokens_trained = steps_run * cfg.batch_size * model_cfg.block_size
-    result = TrainResult(str(out_dir), steps_run, tokens_trained, tokens_trained / max(train_tokens.n_tokens, 1),
-                         final_eval, train_loss, seconds,
-                         (steps_run - start_step) * cfg.batch_size * model_cfg.block_size / max(seconds, 1e-9),
-                         budget, meta)
-    if ddp.main and steps_run == total_steps:
-        (out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
-        plot_curves(metrics_path, out_dir / "loss.png")
-    if ddp.world_size > 1:
-        dist.barrier()
-    return result
+
+class _Progress:
+    """Throughput between evaluations, and the lines of metrics.jsonl (and the log)."""
+
+    def __init__(self, run: _Run, start_step: int, log):
+        self.run, self.log = run, log
+        self.metrics_path = run.out_dir / "metrics.jsonl"
+        self.peak = next((v for k, v in PEAK_FLOPS.items() if run.device.startswith("cuda")
+                          and k in torch.cuda.get_device_name()), None)
+        self.started = time.perf_counter()
+        self.last_time, self.last_step = self.started, start_step
+
+    def tokens_per_second(self, done: int) -> float:
+        """Training tokens per second since the previous evaluation (its time included)."""
+        now = time.perf_counter()
+        speed = (done - self.last_step) * self.run.tokens_per_step / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_step = now, done
+        return speed
+
+    def write(self, done: int, lr: float, train_loss: float, speed: float,
+              evals: dict[str, dict[str, float]]) -> None:
+        run = self.run
+        record: dict[str, Any] = {"step": done, "tokens": done * run.tokens_per_step, "lr": lr,
+                                  "train_loss": train_loss, "tokens_per_second": speed}
+        if self.peak:
+            record["mfu"] = run.model.estimate_mfu(speed / run.ddp.world_size, self.peak)
+        record.update({f"eval/{name}/{metric}": v for name, e in evals.items() for metric, v in e.items()})
+        if run.ddp.main:
+            with open(self.metrics_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
 
 
 def format_plan(budget: dict[str, Any], model_cfg: GPTConfig, device: str, world_size: int) -> str:
@@ -445,15 +498,14 @@ def format_plan(budget: dict[str, Any], model_cfg: GPTConfig, device: str, world
 
 def plot_curves(metrics_path: Path, png: Path) -> None:
     """Training and evaluation loss against tokens, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # matplotlib (~0.5 s to import) only when a run finishes; a Figure without pyplot leaves no global state.
+    from matplotlib.figure import Figure
 
     rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     tokens = [r["tokens"] for r in rows]
     ax.plot(tokens, [r["train_loss"] for r in rows], label="train")
     for key in sorted({k for r in rows for k in r if k.startswith("eval/") and k.endswith("/loss")}):
@@ -464,4 +516,3 @@ def plot_curves(metrics_path: Path, png: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
-    plt.close(fig)

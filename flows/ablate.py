@@ -18,24 +18,30 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
-from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
+from curation.diff import diff_versions, summarize_diff
+from curation.evalsets import evalset_names, read_info
+from curation.recipe import load_recipe
+from curation.steps.decontaminate import version_overlap
 from curation.store import VersionStore
+from flows.cli_common import printer
+from flows.curate import artifact_key, run_curation, task_runner
+from training import ablation
 from training.ablation import AblationSpec
-from training.trainer import TrainConfig
+from training.config import DEFAULT_VOCAB_SIZE
+from training.data import TokenFile, tokenize_evalset, tokenize_version
+from training.runs import train_version
+from training.tokenizer import Tokenizer, load_tokenizer, tokenizer_for_version
+from training.trainer import TrainConfig, pick_device
 
 
 @task(name="train-run")
 def train_run_task(store_url: str, version: str, cfg: TrainConfig, tokenizer_path: str, eval_sets: list[str],
                    threads: int) -> dict[str, Any]:
-    import torch
-
-    from training.runs import train_version
-    from training.tokenizer import load_tokenizer
-
     torch.set_num_threads(threads)
     record = train_version(VersionStore(store_url), version, cfg, load_tokenizer(tokenizer_path), eval_sets,
                            log=lambda *_: None)
@@ -44,26 +50,18 @@ def train_run_task(store_url: str, version: str, cfg: TrainConfig, tokenizer_pat
 
 @task(name="evalset-overlap")
 def overlap_task(store_url: str, version: str, eval_sets: list[str]) -> dict[str, int]:
-    from curation.steps.decontaminate import version_overlap
-
     return version_overlap(VersionStore(store_url), version, eval_sets)
 
 
 @task(name="diff")
 def diff_task(store_url: str, a: str, b: str) -> dict[str, Any]:
-    from curation.diff import diff_versions, summarize_diff
-
     return summarize_diff(diff_versions(VersionStore(store_url), a, b, examples=0))
 
 
 def plan_workers(runs: int, device: str, parallel: int | None = None) -> tuple[int, int, list[str]]:
     """(processes, torch threads per process, device of each slot)."""
-    from training.trainer import pick_device
-
     resolved = pick_device(device)
     if resolved.startswith("cuda") and ":" not in resolved:
-        import torch
-
         gpus = max(1, torch.cuda.device_count())
         workers = max(1, min(runs, parallel or gpus))
         return workers, 1, [f"cuda:{i % gpus}" for i in range(workers)]
@@ -74,19 +72,14 @@ def plan_workers(runs: int, device: str, parallel: int | None = None) -> tuple[i
 
 @flow(name="ablate", log_prints=True)
 def ablate_flow(store_url: str, versions: list[str], spec: AblationSpec, name: str, *, baseline: str | None = None,
-                tokenizer: str | None = None, vocab_size: int = 8192, eval_sets: list[str] | None = None,
+                tokenizer: str | None = None, vocab_size: int = DEFAULT_VOCAB_SIZE, eval_sets: list[str] | None = None,
                 effect: float | None = None, stages: list[dict[str, Any]] | None = None, calibrate: bool = False,
                 parallel: int | None = None, show_progress: bool = False) -> dict[str, Any]:
     """Train `spec` on every version with every seed; compare each version with `baseline` (default:
     the first), and with `stages`, each stage with the one before it. `calibrate`: one version, its
     seed-to-seed noise. Writes `<store>/ablations/<name>/` and returns the result."""
-    from curation.evalsets import evalset_names, read_info
-    from training import ablation
-    from training.data import tokenize_evalset, tokenize_version
-    from training.tokenizer import load_tokenizer, tokenizer_for_version
-
     started = time.perf_counter()
-    say = _printer(show_progress)
+    say = printer(show_progress)
     store = VersionStore(store_url)
     baseline = baseline or versions[0]
     manifests = {v: store.manifest(v) for v in versions}
@@ -99,15 +92,7 @@ def ablate_flow(store_url: str, versions: list[str], spec: AblationSpec, name: s
     token_files = {v: tokenize_version(store, v, tok) for v in versions}  # cached; tasks only read them
     for n in names:
         tokenize_evalset(store, n, tok)
-
-    by_content: dict[tuple[str, int], str] = {}  # (fingerprint, seed) -> the version whose run is trained
-    jobs: list[tuple[str, TrainConfig]] = []
-    for version in versions:
-        for seed in spec.seeds:
-            content = (manifests[version]["fingerprint"], seed)
-            if content not in by_content:
-                by_content[content] = version
-                jobs.append((version, spec.config(seed, tok.vocab_size)))
+    jobs = _distinct_runs(versions, manifests, spec, tok)
     workers, threads, devices = plan_workers(len(jobs), spec.device, parallel)
     say(f"ablation {name}: {len(versions)} version(s) x {len(spec.seeds)} seed(s) = {len(jobs)} distinct run(s) of "
         f"{spec.preset} ({spec.steps(tok.vocab_size):,} steps each), tokenizer {tok.hash[:12]}, eval sets "
@@ -122,20 +107,9 @@ def ablate_flow(store_url: str, versions: list[str], spec: AblationSpec, name: s
         if devices[i % workers] != cfg.device:
             cfg = TrainConfig(**{**cfg.to_dict(), "device": devices[i % workers]})
         futures.append(train_run_task.submit(store.url, version, cfg, str(tok.path), names, threads))
-    finished: dict[tuple[str, int], dict[str, Any]] = {}
-    for done, future in enumerate(as_completed(futures), 1):
-        record = future.result()
-        finished[(record["fingerprint"], record["seed"])] = record
-        primary = record["final_eval"][names[0]]["loss"]
-        how = "found in the store" if record["cached"] else f"{record['seconds']:.0f} s"
-        say(f"  run {done}/{len(jobs)}: {record['version']} seed {record['seed']}: {names[0]} loss {primary:.4f} "
-            f"({how})")
-    runs = []
-    for version in versions:
-        for seed in spec.seeds:
-            record = dict(finished[(manifests[version]["fingerprint"], seed)])
-            record["version"] = version
-            runs.append(record)
+    finished = _collect_runs(futures, names[0], say)
+    runs = [{**finished[(manifests[version]["fingerprint"], seed)], "version": version}
+            for version in versions for seed in spec.seeds]
 
     context = {
         "device_type": runs[0]["device"].split(":")[0],
@@ -143,10 +117,7 @@ def ablate_flow(store_url: str, versions: list[str], spec: AblationSpec, name: s
         "tokenizer": {"hash": tok.hash, "vocab_size": tok.vocab_size, "path": str(tok.path),
                       "trained_on": tokenizer or baseline},
         "eval_sets": eval_fingerprints,
-        "versions": {v: {"fingerprint": manifests[v]["fingerprint"], "rows": manifests[v]["rows"],
-                         "parents": manifests[v].get("parents", []), "tokens": token_files[v].n_tokens,
-                         "tokens_by_source": {s: int(e["tokens"]) for s, e in token_files[v].meta["by_source"].items()},
-                         "overlap": overlaps[v].result()} for v in versions},
+        "versions": {v: _version_context(manifests[v], token_files[v], overlaps[v].result()) for v in versions},
         "diffs": [diffs[pair].result() for pair in pairs],
         "stages": stages,
     }
@@ -160,31 +131,54 @@ def ablate_flow(store_url: str, versions: list[str], spec: AblationSpec, name: s
     return result
 
 
-def _printer(enabled: bool):
-    if not enabled:
-        return lambda *_: None
-    from flows.cli_common import console
+def _distinct_runs(versions: list[str], manifests: dict[str, dict[str, Any]], spec: AblationSpec,
+                   tok: Tokenizer) -> list[tuple[str, TrainConfig]]:
+    """One run per (content, seed): versions with the same fingerprint share their runs."""
+    by_content: dict[tuple[str, int], str] = {}  # (fingerprint, seed) -> the version whose run is trained
+    jobs: list[tuple[str, TrainConfig]] = []
+    for version in versions:
+        for seed in spec.seeds:
+            content = (manifests[version]["fingerprint"], seed)
+            if content not in by_content:
+                by_content[content] = version
+                jobs.append((version, spec.config(seed, tok.vocab_size)))
+    return jobs
 
-    return lambda message: console.print(message, markup=False, highlight=False)
+
+def _collect_runs(futures: list[Any], primary: str, say) -> dict[tuple[str, int], dict[str, Any]]:
+    """The run records by (fingerprint, seed), each reported as it finishes."""
+    finished: dict[tuple[str, int], dict[str, Any]] = {}
+    for done, future in enumerate(as_completed(futures), 1):
+        record = future.result()
+        finished[(record["fingerprint"], record["seed"])] = record
+        loss = record["final_eval"][primary]["loss"]
+        how = "found in the store" if record["cached"] else f"{record['seconds']:.0f} s"
+        say(f"  run {done}/{len(futures)}: {record['version']} seed {record['seed']}: {primary} loss {loss:.4f} "
+            f"({how})")
+    return finished
+
+
+def _version_context(manifest: dict[str, Any], token_file: TokenFile, overlap: dict[str, int]) -> dict[str, Any]:
+    return {"fingerprint": manifest["fingerprint"], "rows": manifest["rows"], "parents": manifest.get("parents", []),
+            "tokens": token_file.n_tokens,
+            "tokens_by_source": {s: int(e["tokens"]) for s, e in token_file.meta["by_source"].items()},
+            "overlap": overlap}
 
 
 def publish_artifacts(result: dict[str, Any]) -> None:
     """The ablation's table and summary, shown by the Prefect UI on the flow run."""
-    from flows.curate import artifact_key
-    from training.ablation import summary_markdown, summary_rows
-
-    create_table_artifact(summary_rows(result), key=artifact_key(f"ablation-{result['name']}-table"),
+    create_table_artifact(ablation.summary_rows(result), key=artifact_key(f"ablation-{result['name']}-table"),
                           description=f"Loss per version and paired deltas of ablation {result['name']}")
-    create_markdown_artifact(summary_markdown(result), key=artifact_key(f"ablation-{result['name']}-summary"),
+    create_markdown_artifact(ablation.summary_markdown(result), key=artifact_key(f"ablation-{result['name']}-summary"),
                              description=f"Summary of ablation {result['name']}")
 
 
 def run_ablation(store_url: str, versions: list[str], spec: AblationSpec, name: str, *, parallel: int | None = None,
                  **kwargs: Any) -> dict[str, Any]:
-    runs = len(versions) * len(spec.seeds)
-    workers, _, _ = plan_workers(runs, spec.device, parallel)
-    runner = ThreadPoolTaskRunner(max_workers=1) if workers == 1 else ProcessPoolTaskRunner(max_workers=workers)
-    return ablate_flow.with_options(task_runner=runner)(store_url, versions, spec, name, parallel=parallel, **kwargs)
+    """Run `ablate_flow` on a pool of a process per run at once (at most a core, or a GPU, each)."""
+    workers, _, _ = plan_workers(len(versions) * len(spec.seeds), spec.device, parallel)
+    return ablate_flow.with_options(task_runner=task_runner(workers))(store_url, versions, spec, name,
+                                                                      parallel=parallel, **kwargs)
 
 
 # ---- a recipe's cumulative stages as versions -------------------------------------------------------
@@ -196,10 +190,7 @@ def stage_versions(recipe_path: Path, store_url: str, prefix: str | None = None,
     the steps labelled `raw`), then each stage added. A version of the store made by the same recipe
     content is reused whatever its name; new ones are named `<prefix>.<i>-<label>`, each the parent of
     the next. Returns the version names and the stages (label, steps, version)."""
-    from curation.recipe import load_recipe
-    from flows.curate import run_curation
-
-    say = _printer(show_progress)
+    say = printer(show_progress)
     recipe = load_recipe(recipe_path)
     store = VersionStore(store_url)
     prefix = prefix or recipe.name or Path(recipe_path).stem

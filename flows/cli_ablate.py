@@ -17,7 +17,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail, prefect_env, valid_name
+# The rest of training/ (torch), curation/ and flows.ablate (Prefect) are imported inside the commands: Prefect
+# must wait for `prefect_env`, and they would slow every start (flows/cli_common.py); training.config is
+# torch-free and is where the options' defaults live.
+from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail, prefect_env, require_version, valid_name
+from flows.cli_train import PRESET_HELP, VOCAB_HELP
+from training.config import DEFAULT_VOCAB_SIZE, PRESETS, AblationSpec
+
+SEEDS = len(AblationSpec.seeds)  # the command counts seeds (0 .. N-1); the spec lists them
 
 MAX_NAME = 100
 
@@ -43,62 +50,75 @@ def _delta(c: dict[str, Any]) -> str:
 def print_result(result: dict[str, Any]) -> None:
     """The ablation as a few narrow tables (the HTML report has every number)."""
     if result["kind"] == "calibration":
-        noise = result["noise"]
-        console.print(f"noise floor of {escape(result['version'])} on {escape(result['primary'])}: "
-                      f"{noise['runs']['n']} seeds, loss {noise['runs']['mean']:.4f}, single-run sd "
-                      f"{noise['sd_single_run']:.4g}; paired-difference sd <= {noise['sd_paired_delta_bound']:.4g}")
-        console.print("minimum detectable effect (95 %, power 0.8) by seeds: "
-                      + ", ".join(f"{k}: {v:.4f}" for k, v in noise["mde_by_seeds"].items()))
-        if noise.get("effect") is not None:
-            needed = noise.get("seeds_needed") or "more than 1000"
-            console.print(f"seeds needed for an effect of {noise['effect']:g}: {needed}")
+        _print_noise(result)
     else:
-        analysis, primary = result["analysis"], result["primary"]
-        table = Table(title=escape(f"loss on {primary} (mean ± sd over seeds; Δ against {result['baseline']}, "
-                                   "paired by seed, 95% CI)"), title_justify="left")
-        for column in ("version", "loss", "Δ loss [95% CI]", "p", "verdict", "epochs", "eval overlap"):
-            table.add_column(column, justify="left" if column in ("version", "verdict") else "right")
-        for version in analysis["versions_order"]:
-            info = analysis["versions"][version]
-            loss = info["eval"][primary]["loss"]
-            c = analysis["comparisons"].get(version, {}).get(primary, {}).get("loss")
-            sd = f" ± {loss['std']:.4f}" if loss["std"] is not None else ""
-            p = "" if c is None or c["p_value"] is None else f"{c['p_value']:.3f}"
-            overlap = (result["versions"][version].get("overlap") or {}).get("contaminated", 0)
-            table.add_row(escape(version), f"{loss['mean']:.4f}{sd}", "baseline" if c is None else _delta(c), p,
-                          "" if c is None else c["verdict"], f"{info['epochs']:.2f}", f"{overlap:,} docs")
-        console.print(table)
-        domains = [k for k in analysis["eval_keys"] if k != primary]
-        if domains:
-            per = Table(title="per domain: Δ loss [95% CI], verdict", title_justify="left")
-            per.add_column("version")
-            single = len(result["eval_sets"]) == 1
-            for key in domains:
-                per.add_column(escape(key.split("/", 1)[1] if single else key), justify="right")
-            for version, by_key in analysis["comparisons"].items():
-                cells = [_delta(c) + f" {c['verdict']}" if (c := by_key.get(key, {}).get("loss")) else "-"
-                         for key in domains]
-                per.add_row(escape(version), *cells)
-            console.print(per)
+        _print_comparison(result)
         if result.get("waterfall"):
-            for row in result["waterfall"]:
-                console.print(f"  stage {escape(row['label'])} = {escape(', '.join(row['steps']) or 'ingestion only')}"
-                              f" -> {escape(row['stage'])}", highlight=False)
-            fall = Table(title="waterfall: the loss change each stage caused (paired by seed)", title_justify="left")
-            for column in ("stage", "loss", "Δ this stage [95% CI]", "verdict", "Δ total"):
-                fall.add_column(column, justify="left" if column in ("stage", "verdict") else "right")
-            for row in result["waterfall"]:
-                step, total = row["step"], row["cumulative"]
-                if step is None:
-                    fall.add_row(escape(row["label"]), f"{row['level']:.4f}", "", "baseline", "")
-                else:
-                    fall.add_row(f"+{escape(row['label'])}", f"{row['level']:.4f}", _delta(step), step["verdict"],
-                                 f"{total['mean']:+.4f}")
-            console.print(fall)
+            _print_waterfall(result["waterfall"])
         console.print("ranking (lowest loss first): " + " < ".join(escape(v) for v in result["ranking"]))
     for warning in result["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     console.print(f"report: {result['paths']['report']} ({result['wall_seconds']:.0f} s)")
+
+
+def _print_noise(result: dict[str, Any]) -> None:
+    noise = result["noise"]
+    console.print(f"noise floor of {escape(result['version'])} on {escape(result['primary'])}: "
+                  f"{noise['runs']['n']} seeds, loss {noise['runs']['mean']:.4f}, single-run sd "
+                  f"{noise['sd_single_run']:.4g}; paired-difference sd <= {noise['sd_paired_delta_bound']:.4g}")
+    console.print("minimum detectable effect (95 %, power 0.8) by seeds: "
+                  + ", ".join(f"{k}: {v:.4f}" for k, v in noise["mde_by_seeds"].items()))
+    if noise.get("effect") is not None:
+        needed = noise.get("seeds_needed") or "more than 1000"
+        console.print(f"seeds needed for an effect of {noise['effect']:g}: {needed}")
+
+
+def _print_comparison(result: dict[str, Any]) -> None:
+    """Loss per version with its paired delta against the baseline, then the same per evaluation domain."""
+    analysis, primary = result["analysis"], result["primary"]
+    table = Table(title=escape(f"loss on {primary} (mean ± sd over seeds; Δ against {result['baseline']}, "
+                               "paired by seed, 95% CI)"), title_justify="left")
+    for column in ("version", "loss", "Δ loss [95% CI]", "p", "verdict", "epochs", "eval overlap"):
+        table.add_column(column, justify="left" if column in ("version", "verdict") else "right")
+    for version in analysis["versions_order"]:
+        info = analysis["versions"][version]
+        loss = info["eval"][primary]["loss"]
+        c = analysis["comparisons"].get(version, {}).get(primary, {}).get("loss")
+        sd = f" ± {loss['std']:.4f}" if loss["std"] is not None else ""
+        p = "" if c is None or c["p_value"] is None else f"{c['p_value']:.3f}"
+        overlap = (result["versions"][version].get("overlap") or {}).get("contaminated", 0)
+        table.add_row(escape(version), f"{loss['mean']:.4f}{sd}", "baseline" if c is None else _delta(c), p,
+                      "" if c is None else c["verdict"], f"{info['epochs']:.2f}", f"{overlap:,} docs")
+    console.print(table)
+    domains = [k for k in analysis["eval_keys"] if k != primary]
+    if domains:
+        per = Table(title="per domain: Δ loss [95% CI], verdict", title_justify="left")
+        per.add_column("version")
+        single = len(result["eval_sets"]) == 1
+        for key in domains:
+            per.add_column(escape(key.split("/", 1)[1] if single else key), justify="right")
+        for version, by_key in analysis["comparisons"].items():
+            cells = [_delta(c) + f" {c['verdict']}" if (c := by_key.get(key, {}).get("loss")) else "-"
+                     for key in domains]
+            per.add_row(escape(version), *cells)
+        console.print(per)
+
+
+def _print_waterfall(waterfall: list[dict[str, Any]]) -> None:
+    for row in waterfall:
+        console.print(f"  stage {escape(row['label'])} = {escape(', '.join(row['steps']) or 'ingestion only')}"
+                      f" -> {escape(row['stage'])}", highlight=False)
+    fall = Table(title="waterfall: the loss change each stage caused (paired by seed)", title_justify="left")
+    for column in ("stage", "loss", "Δ this stage [95% CI]", "verdict", "Δ total"):
+        fall.add_column(column, justify="left" if column in ("stage", "verdict") else "right")
+    for row in waterfall:
+        step, total = row["step"], row["cumulative"]
+        if step is None:
+            fall.add_row(escape(row["label"]), f"{row['level']:.4f}", "", "baseline", "")
+        else:
+            fall.add_row(f"+{escape(row['label'])}", f"{row['level']:.4f}", _delta(step), step["verdict"],
+                         f"{total['mean']:+.4f}")
+    console.print(fall)
 
 
 def ablate_command(
@@ -110,22 +130,24 @@ def ablate_command(
     each_step: Annotated[bool, typer.Option("--each-step", help="With --steps: every step its own stage.")] = False,
     calibrate: Annotated[str | None, typer.Option(help="Measure the seed-to-seed noise of this version.")] = None,
     baseline: Annotated[str | None, typer.Option(help="The version the others are compared with.")] = None,
-    preset: Annotated[str, typer.Option(help="Model preset: tiny (~1 M), small (~10 M), gpt2 (124 M).")] = "tiny",
-    tokens: Annotated[int | None, typer.Option(help="Token budget of every run (default: 20 per parameter).")] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds per version (0 .. N-1), the same for every version.")] = 3,
+    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = AblationSpec.preset,
+    tokens: Annotated[int | None, typer.Option(help="Token budget of every run (default: 20 per parameter).")
+                      ] = AblationSpec.tokens,
+    seeds: Annotated[int, typer.Option(help="Seeds per version (0 .. N-1), the same for every version.")] = SEEDS,
     effect: Annotated[float | None, typer.Option(help="The effect size you care about (nats/token): warns when the "
                                                       "seeds cannot detect it.")] = None,
     eval_set: Annotated[list[str] | None, typer.Option(help="Registered evaluation set(s) (default: all).")] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="A tokenizer.json (default: trained on the baseline).")] = None,
-    vocab_size: Annotated[int, typer.Option(help="Vocabulary of the trained tokenizer.")] = 8192,
-    batch_size: Annotated[int, typer.Option(help="Sequences per optimiser step.")] = 16,
-    learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
-    block_size: Annotated[int | None, typer.Option(help="Context length (default: the preset's).")] = None,
+    vocab_size: Annotated[int, typer.Option(help=VOCAB_HELP)] = DEFAULT_VOCAB_SIZE,
+    batch_size: Annotated[int, typer.Option(help="Sequences per optimiser step.")] = AblationSpec.batch_size,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = AblationSpec.learning_rate,
+    block_size: Annotated[int | None, typer.Option(help="Context length (default: the preset's).")
+                          ] = AblationSpec.block_size,
     name: Annotated[str | None, typer.Option(help="Name of the result under <store>/ablations/.")] = None,
     parallel: Annotated[int | None, typer.Option(help="Runs at once (default: a run per core, or per GPU).")] = None,
     workers: Annotated[int | None, typer.Option(help="Curation worker processes for --steps.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = AblationSpec.device,
+    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = AblationSpec.compile,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
     """Train the same model on each version with the same seeds; loss deltas with 95% intervals and verdicts."""
@@ -136,21 +158,52 @@ def ablate_command(
 
 
 def ablate(versions: list[str], store: str, *, steps: Path | None = None, each_step: bool = False,
-           calibrate: str | None = None,
-           baseline: str | None = None, preset: str = "tiny", tokens: int | None = None, seeds: int = 3,
-           effect: float | None = None, eval_set: list[str] | None = None, tokenizer: Path | None = None,
-           vocab_size: int = 8192, batch_size: int = 16, learning_rate: float = 2e-3, block_size: int | None = None,
-           name: str | None = None, parallel: int | None = None, workers: int | None = None, device: str = "auto",
-           compile: bool = False, verbose: bool = False, stage_prefix: str | None = None) -> dict[str, Any]:
+           calibrate: str | None = None, baseline: str | None = None, preset: str = AblationSpec.preset,
+           tokens: int | None = AblationSpec.tokens, seeds: int = SEEDS, effect: float | None = None,
+           eval_set: list[str] | None = None, tokenizer: Path | None = None, vocab_size: int = DEFAULT_VOCAB_SIZE,
+           batch_size: int = AblationSpec.batch_size, learning_rate: float = AblationSpec.learning_rate,
+           block_size: int | None = AblationSpec.block_size, name: str | None = None, parallel: int | None = None,
+           workers: int | None = None, device: str = AblationSpec.device, compile: bool = AblationSpec.compile,
+           verbose: bool = False, stage_prefix: str | None = None) -> dict[str, Any]:
     """The command's body, also called by `curate demo` (which names the stage versions after its own)."""
     prefect_env(verbose)
     from curation.recipe import RecipeError
     from curation.store import StoreError, VersionStore
-    from training.ablation import AblationError, AblationSpec
-    from training.model import PRESETS
+    from flows.ablate import run_ablation, stage_versions
+    from training.ablation import AblationError
 
-    modes = [bool(versions), steps is not None, calibrate is not None]
-    if sum(modes) != 1:
+    _check_arguments(versions, steps, calibrate, preset, seeds, name)
+    spec = AblationSpec(preset=preset, tokens=tokens, seeds=tuple(range(seeds)), batch_size=batch_size,
+                        learning_rate=learning_rate, block_size=block_size, device=device, compile=compile)
+    target = VersionStore(store)
+    stages = None
+    try:
+        if steps is not None:
+            versions, stages = stage_versions(steps, store, stage_prefix, workers=workers, show_progress=True,
+                                              each_step=each_step)
+        elif calibrate is not None:
+            versions = [calibrate]
+        for version in versions:
+            require_version(target, version)
+        if baseline is not None and baseline not in versions:
+            fail(f"--baseline {baseline!r} is not among the versions ({', '.join(versions)})")
+        if baseline is not None:  # the baseline leads the table
+            versions = [baseline, *(v for v in versions if v != baseline)]
+        kind = "calibrate" if calibrate else "ablation"
+        name = name or default_name(kind, versions, preset, tokens, seeds)
+        result = run_ablation(target.url, versions, spec, name, baseline=baseline, tokenizer=str(tokenizer) if
+                              tokenizer else None, vocab_size=vocab_size, eval_sets=eval_set, effect=effect,
+                              stages=stages, calibrate=calibrate is not None, parallel=parallel, show_progress=True)
+    except (StoreError, AblationError, RecipeError, ValueError) as exc:
+        fail(str(exc))
+    print_result(result)
+    return result
+
+
+def _check_arguments(versions: list[str], steps: Path | None, calibrate: str | None, preset: str, seeds: int,
+                     name: str | None) -> None:
+    """Mistakes in the command's arguments, each one line and exit 2 before any work."""
+    if sum([bool(versions), steps is not None, calibrate is not None]) != 1:
         fail("give versions to compare, or --steps RECIPE, or --calibrate VERSION (exactly one of them)")
     if preset not in PRESETS:
         fail(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
@@ -163,32 +216,3 @@ def ablate(versions: list[str], store: str, *, steps: Path | None = None, each_s
         fail(f"a version is listed twice: {', '.join(versions)}")
     if calibrate is not None and seeds < 2:
         fail("calibration needs at least 2 seeds (--seeds 5 is a good start)")
-    target = VersionStore(store)
-    spec = AblationSpec(preset=preset, tokens=tokens, seeds=tuple(range(seeds)), batch_size=batch_size,
-                        learning_rate=learning_rate, block_size=block_size, device=device, compile=compile)
-    stages = None
-    try:
-        if steps is not None:
-            from flows.ablate import stage_versions
-
-            versions, stages = stage_versions(steps, store, stage_prefix, workers=workers, show_progress=True,
-                                              each_step=each_step)
-        elif calibrate is not None:
-            versions = [calibrate]
-        for version in versions:
-            target.manifest(version)
-        if baseline is not None and baseline not in versions:
-            fail(f"--baseline {baseline!r} is not among the versions ({', '.join(versions)})")
-        if baseline is not None:  # the baseline leads the table
-            versions = [baseline, *(v for v in versions if v != baseline)]
-        kind = "calibrate" if calibrate else "ablation"
-        name = name or default_name(kind, versions, preset, tokens, seeds)
-        from flows.ablate import run_ablation
-
-        result = run_ablation(target.url, versions, spec, name, baseline=baseline, tokenizer=str(tokenizer) if
-                              tokenizer else None, vocab_size=vocab_size, eval_sets=eval_set, effect=effect,
-                              stages=stages, calibrate=calibrate is not None, parallel=parallel, show_progress=True)
-    except (StoreError, AblationError, RecipeError, ValueError) as exc:
-        fail(str(exc))
-    print_result(result)
-    return result

@@ -11,12 +11,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+# curation/ (fastText, pyarrow) is imported inside the commands, so that every start stays fast
+# (flows/cli_common.py).
 from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail
 
 classifier_app = typer.Typer(help="Train and use fastText quality classifiers (DCLM-style).",
                              no_args_is_help=True, pretty_exceptions_enable=False)
-
-
 
 
 def _fmt(value: float | None) -> str:

@@ -10,12 +10,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+# curation/ (pyarrow) is imported inside the commands, so that every start stays fast (flows/cli_common.py).
 from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail
 
 evalset_app = typer.Typer(help="Frozen evaluation sets: held-out text, registered once, hashed, never curated.",
                           no_args_is_help=True, pretty_exceptions_enable=False)
-
-
 
 
 @evalset_app.command()

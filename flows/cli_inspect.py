@@ -16,7 +16,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+# curation/ (pyarrow, fsspec) is imported inside the commands, so that every start stays fast (flows/cli_common.py).
 from flows.cli_common import DEFAULT_STORE, StoreOption, console, err, fail
+from flows.printing import guard_rows
 
 
 def _number(value: Any) -> str:
@@ -115,7 +117,8 @@ def diff_command(
     if html is not None:
         import fsspec
 
-        from curation.report import diff_report, diff_report_input, write_report
+        from curation.report import diff_report, diff_report_input
+        from curation.reportkit import write_report
 
         page, twin = diff_report(diff_report_input(result))
         html.mkdir(parents=True, exist_ok=True)
@@ -190,12 +193,13 @@ def guards_command(
     """Model-collapse guards of a version, measured now (the version's own report is in `curate show --json`)."""
     from curation.guards import GuardConfig, version_guards
     from curation.store import StoreError, VersionStore
-    from flows.curate import guard_rows
+    from flows.gpt import perplexity_scorer
 
     target = VersionStore(store)
     try:
         config = GuardConfig(reference=reference, reference_model=str(reference_model) if reference_model else None)
-        report = version_guards(target, version, config, parent=parent)
+        report = version_guards(target, version, config, parent=parent,
+                                perplexity=perplexity_scorer(config.reference_model))
     except (StoreError, ValueError) as exc:
         fail(str(exc))
     if as_json:

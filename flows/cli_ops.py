@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+# curation/ and flows.schedule (Prefect) are imported inside the commands, and httpx (~0.2 s) only by `serve`:
+# Prefect must wait for `prefect_env`, and they would slow every start (flows/cli_common.py).
 from flows.cli_common import DEFAULT_STORE, ClusterOption, StoreOption, console, fail, prefect_env, valid_name
 
 SeriesOption = Annotated[str | None, typer.Option(help="Series name: versions are <series>-0001, -0002, ... "
@@ -70,9 +72,9 @@ def increment_command(
 
 
 def _api_url(api_url: str | None) -> str:
-    url = api_url or os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{DEFAULT_PORT}/api"
     import httpx
 
+    url = api_url or os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{DEFAULT_PORT}/api"
     try:
         httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
     except httpx.HTTPError as exc:

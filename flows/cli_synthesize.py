@@ -9,7 +9,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+# curation/ and flows.synthesize are imported inside the command: Prefect must wait for `prefect_env`, and they
+# would slow every start (flows/cli_common.py).
 from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail, prefect_env, valid_name
+from flows.printing import accounting, print_guards
 
 
 def synthesize_command(
@@ -29,6 +32,7 @@ def synthesize_command(
     from curation.recipe import RecipeError, load_recipe
     from curation.store import StoreError
     from curation.synth.schemas import SchemaError
+    from flows.synthesize import rejects_by_reason, run_synthesis
 
     try:
         parsed = load_recipe(recipe)
@@ -43,8 +47,6 @@ def synthesize_command(
     spec = parsed.synthesize
     console.print(f"[bold]synthesize[/] {name}: {spec.records:,} attempts, method {spec.method}, backend "
                   f"{spec.backend.kind}, schema {spec.schema_ if isinstance(spec.schema_, str) else 'json_schema'}")
-    from flows.synthesize import rejects_by_reason, run_synthesis
-
     try:
         manifest = run_synthesis(parsed, store, name, workers=workers, show_progress=True,
                                  override_guards=override_guards)
@@ -55,8 +57,7 @@ def synthesize_command(
 
 
 def print_outcome(manifest: dict[str, Any], rejects: list[dict[str, Any]]) -> None:
-    from flows.cli import print_guards
-
+    """Every attempt's fate (accepted, or the step and reason that rejected it), the guards, and the version."""
     synthesis = manifest["synthesis"]
     table = Table(title=f"{manifest['name']}: every attempt, accepted or rejected", title_justify="left")
     for column in ("step", "reason", "records"):
@@ -71,5 +72,5 @@ def print_outcome(manifest: dict[str, Any], rejects: list[dict[str, Any]]) -> No
                   f"accepted (generator {synthesis['generator']}, generation {synthesis['generation']}); "
                   f"{synthesis['batches_resumed']} of {synthesis['batches']} batches and "
                   f"{synthesis['cached_requests']:,} requests reused from an earlier run; accounting "
-                  f"{'ok' if manifest['accounting']['ok'] else 'FAILED'}")
+                  f"{accounting(manifest)}")
     console.print(f"path: {manifest.get('path', '')}")

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail
+# The rest of training/ (torch) and curation/ are imported inside the commands, so that every start stays fast
+# (flows/cli_common.py); training.config is torch-free and is where the options' defaults live.
+from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail, require_version
+from training.config import DEFAULT_VOCAB_SIZE, TrainConfig
+
+if TYPE_CHECKING:
+    from curation.store import VersionStore
+    from training.runs import RunRecord
+
+PRESET_HELP = "Model preset: tiny (~1 M), small (~10 M), gpt2 (124 M)."
+VOCAB_HELP = "Vocabulary of the trained tokenizer."
 
 
 def _is_main() -> bool:
@@ -23,37 +33,33 @@ def _is_main() -> bool:
 def train_command(
     version: Annotated[str, typer.Argument(help="Version to train on.")],
     store: StoreOption = DEFAULT_STORE,
-    preset: Annotated[str, typer.Option(help="Model preset: tiny (~1 M), small (~10 M), gpt2 (124 M).")] = "tiny",
-    tokens: Annotated[int | None, typer.Option(help="Token budget (default: 20 per parameter).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the initialisation and the data order.")] = 0,
+    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = TrainConfig.preset,
+    tokens: Annotated[int | None, typer.Option(help="Token budget (default: 20 per parameter).")] = TrainConfig.tokens,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation and the data order.")] = TrainConfig.seed,
     eval_set: Annotated[list[str] | None, typer.Option(help="Registered evaluation set(s) (default: all).")] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="A tokenizer.json to use instead of training one.")] = None,
-    vocab_size: Annotated[int, typer.Option(help="Vocabulary of the trained tokenizer.")] = 8192,
-    batch_size: Annotated[int, typer.Option(help="Sequences per optimiser step.")] = 16,
+    vocab_size: Annotated[int, typer.Option(help=VOCAB_HELP)] = DEFAULT_VOCAB_SIZE,
+    batch_size: Annotated[int, typer.Option(help="Sequences per optimiser step.")] = TrainConfig.batch_size,
     block_size: Annotated[int | None, typer.Option(help="Context length (default: the preset's).")] = None,
-    grad_accum: Annotated[int, typer.Option(help="Micro-steps per optimiser step.")] = 1,
-    learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps.")] = 50,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+    grad_accum: Annotated[int, typer.Option(help="Micro-steps per optimiser step.")] = TrainConfig.grad_accum,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = TrainConfig.learning_rate,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps.")] = TrainConfig.eval_every,
+    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = TrainConfig.compile,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = TrainConfig.device,
 ) -> None:
     """Train a GPT on a version and evaluate it on the frozen evaluation sets."""
-    from curation.store import StoreError, VersionStore
-    from training.trainer import TrainConfig
+    from curation.store import VersionStore
 
     target = VersionStore(store)
-    try:
-        target.manifest(version)
-    except StoreError as exc:
-        fail(str(exc))
+    require_version(target, version)
     cfg = TrainConfig(preset=preset, tokens=tokens, seed=seed, batch_size=batch_size, grad_accum=grad_accum,
                       learning_rate=learning_rate, eval_every=eval_every, compile=compile, device=device,
                       model={"block_size": block_size} if block_size else {})
     train_version(target, version, cfg, eval_sets=eval_set, tokenizer=tokenizer, vocab_size=vocab_size)
 
 
-def train_version(target, version: str, cfg, *, eval_sets: list[str] | None = None, tokenizer: Path | None = None,
-                  vocab_size: int = 8192):
+def train_version(target: VersionStore, version: str, cfg: TrainConfig, *, eval_sets: list[str] | None = None,
+                  tokenizer: Path | None = None, vocab_size: int = DEFAULT_VOCAB_SIZE) -> RunRecord:
     """Tokenise (cached), train and evaluate, or reuse the finished run; prints the results."""
     from curation.evalsets import evalset_names
     from training.runs import train_version as train_or_reuse
@@ -81,13 +87,11 @@ def train_version(target, version: str, cfg, *, eval_sets: list[str] | None = No
 def sample(checkpoint: Path, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
            top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> str:
     """The prompt continued by a trained model (its folder holds the tokenizer)."""
-    import torch
+    import torch  # ~2 s: only when sampling, not at every start
 
-    from training.tokenizer import load_tokenizer
-    from training.trainer import load_model
+    from flows.gpt import load_gpt
 
-    tok = load_tokenizer(checkpoint.parent / "tokenizer.json")
-    model, _ = load_model(checkpoint)
+    model, tok = load_gpt(checkpoint)
     generator = torch.Generator().manual_seed(seed)
     idx = torch.tensor([tok.encode(prompt) or [tok.eot_id]], dtype=torch.long)
     out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -106,7 +110,6 @@ def generate_command(
 ) -> None:
     """Continue a prompt with a trained model; stops at end-of-text."""
     if not checkpoint.exists():
-        console.print(f"[bold red]error:[/] {checkpoint}: no such checkpoint")
-        raise typer.Exit(2)
+        fail(f"{checkpoint}: no such checkpoint (`curate train` writes <run>/checkpoint.pt)")
     text = sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p, seed)
     console.print(text, markup=False, highlight=False)

@@ -46,24 +46,35 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import torch
+from matplotlib.figure import Figure
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
-from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
+from curation.demo import KJV_FILE, STDLIB_FILE, build_demo_corpus
+from curation.evalsets import evalset_exists, register_evalset
+from curation.guards import GuardConfig, version_guards
 from curation.store import VersionStore, check_name
-from flows.ablate import _printer, plan_workers, train_run_task
-from training.ablation import AblationSpec
+from flows.ablate import plan_workers, train_run_task
+from flows.cli_common import printer
+from flows.collapse_spec import POLICIES, CollapseError, CollapseSpec, default_name
+from flows.curate import artifact_key, task_runner
+from flows.gpt import load_gpt, perplexity_scorer
+from training.ablation import WORSE, compare, summarize
+from training.data import tokenize_evalset, tokenize_version
+from training.tokenizer import Tokenizer, tokenizer_for_version
 
-POLICIES = ("replace", "accumulate")
 SHARED = "shared"  # the chain label of generation 1's samples, drawn from the shared generation-0 model
 COLLAPSE_DIR = "collapse"
 RESULT_FILE = "collapse.json"
@@ -76,70 +87,6 @@ KEY_MARK = "collapse key "  # versions carry their content key in the descriptio
 # Guards shown as columns of the tables and plotted (their values per seed are all in collapse.json).
 TABLE_GUARDS = ("synthetic_fraction", "parent_human_kept", "unigram_js", "tail_mass", "perplexity_spread")
 PLOT_GUARDS = ("unigram_js", "tail_mass", "perplexity_spread")
-
-
-class CollapseError(ValueError):
-    """A collapse experiment that cannot run as asked; the message says why."""
-
-
-@dataclass(frozen=True)
-class CollapseSpec:
-    """Everything that decides the experiment's numbers (the defaults are `curate collapse-sim`'s)."""
-
-    generations: int = 3
-    # Three seeds (our choice, as the ablations' default): with two, the paired t interval has one degree of
-    # freedom (t = 12.7); in one of our three 2-seed trials it contained zero although both seeds had replace
-    # worse than accumulate by 0.67 and 0.86 nats.
-    seeds: int = 3
-    # Training budget of every run (our choice): ~1.1 epochs of the default human version; ~15 s per run on
-    # one core of a 2-core machine with two runs at a time (the default command: ~6 min).
-    tokens: int = 102_400
-    samples: int | None = None  # streams per generation; None: human tokens / (generations + 1) / sample_tokens
-    sample_tokens: int = 64  # Shumailov et al. sample 64-token sequences
-    temperature: float = 1.0  # both papers sample at temperature 1
-    preset: str = "tiny"
-    block_size: int = 64  # our choice: the length of a sampled stream (as Shumailov et al.'s 64-token blocks)
-    batch_size: int = 8  # the demo's batches of 8 (README, "Defaults")
-    learning_rate: float = 2e-3  # the trainer's default for the tiny preset
-    vocab_size: int = 4096  # the demo's vocabulary (README, "Defaults")
-    eval_tokens: int = 32_768  # the trainer's default; the demo's held-out set is smaller, so all of it
-    # The demo corpus when no human version is given (our choice): scale 0.4 holds out 24 human documents
-    # (~22 k tokens), enough for the perplexity guard's 10-document reference half; a seeded 25 % of its
-    # human documents (~90 k tokens) keeps the sampling, which grows with the human tokens, inside minutes.
-    scale: float = 0.4
-    human_share: float = 0.25
-    device: str = "auto"
-
-    def training(self) -> AblationSpec:
-        """The ablation spec every run of the experiment shares (only the version and the seed change)."""
-        return AblationSpec(preset=self.preset, tokens=self.tokens, seeds=tuple(range(self.seeds)),
-                            batch_size=self.batch_size, learning_rate=self.learning_rate,
-                            block_size=self.block_size, eval_tokens=self.eval_tokens, device=self.device)
-
-    def check(self) -> None:
-        if self.generations < 1:
-            raise CollapseError(f"generations must be at least 1, got {self.generations}")
-        if self.seeds < 1:
-            raise CollapseError(f"seeds must be at least 1, got {self.seeds}")
-        if self.sample_tokens < 1 or (self.samples is not None and self.samples < 1):
-            raise CollapseError("samples and sample_tokens must be at least 1")
-        if self.tokens < self.batch_size * self.block_size:
-            raise CollapseError(f"tokens ({self.tokens}) is less than one batch ({self.batch_size} x "
-                                f"{self.block_size})")
-        if not 0 < self.human_share <= 1:
-            raise CollapseError(f"human_share must lie in (0, 1], got {self.human_share}")
-        if self.temperature <= 0:
-            raise CollapseError(f"temperature must be > 0 (sampling, not greedy decoding), got {self.temperature}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def default_name(spec: CollapseSpec, human: str | None = None) -> str:
-    """Readable, and different whenever the sampled versions would differ (seeds only add chains)."""
-    samples = f"n{spec.samples}x{spec.sample_tokens}" if spec.samples else f"auto{spec.sample_tokens}"
-    data = human or f"demo{spec.scale:g}x{spec.human_share:g}"
-    return f"collapse-{data}-{spec.preset}-t{spec.tokens}-b{spec.block_size}-g{spec.generations}-{samples}"
 
 
 def version_name(name: str, seed: int, policy: str, generation: int, synthetic: bool = False) -> str:
@@ -172,15 +119,9 @@ def split_documents(ids: list[int], eot_id: int, decode) -> list[str]:
 def sample_task(checkpoint: str, streams: int, sample_tokens: int, temperature: float, key: str, threads: int,
                 device: str = "cpu") -> dict[str, Any]:
     """`streams` unconditional samples of `sample_tokens` tokens from a checkpoint, split into documents."""
-    import torch
-
-    from training.tokenizer import load_tokenizer
-    from training.trainer import load_model
-
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    tok = load_tokenizer(Path(checkpoint).parent / "tokenizer.json")
-    model, _ = load_model(Path(checkpoint), device)
+    model, tok = load_gpt(checkpoint, device)
     texts: list[str] = []
     tokens = 0
     for batch, start in enumerate(range(0, streams, SAMPLE_BATCH)):
@@ -198,13 +139,10 @@ def sample_task(checkpoint: str, streams: int, sample_tokens: int, temperature: 
 def guards_task(store_url: str, version: str, parent: str | None, reference: str, reference_model: str,
                 max_generation: int, threads: int) -> dict[str, Any]:
     """The data guards of one training version against its predecessor."""
-    import torch
-
-    from curation.guards import GuardConfig, version_guards
-
     torch.set_num_threads(threads)
     config = GuardConfig(reference=reference, reference_model=reference_model, max_generation=max_generation)
-    return version_guards(VersionStore(store_url), version, config, parent=parent)
+    return version_guards(VersionStore(store_url), version, config, parent=parent,
+                          perplexity=perplexity_scorer(reference_model))
 
 
 # ---- versions -----------------------------------------------------------------------------------------
@@ -227,8 +165,6 @@ def _reusable(store: VersionStore, version: str, key: str) -> bool:
 
 def _records(rows: list[dict[str, Any]]):
     """Rows (id, text, source, origin, generation, generator) as an Arrow table in the record schema."""
-    import pyarrow as pa
-
     return pa.table({
         "id": [r["id"] for r in rows], "text": pa.array([r["text"] for r in rows], pa.large_string()),
         "source": [r["source"] for r in rows], "origin": [r["origin"] for r in rows],
@@ -246,9 +182,6 @@ def prepare_human(store: VersionStore, name: str, spec: CollapseSpec, say) -> tu
     """The demo's human sources (docstrings and Bible chapters, not the web crawl; a seeded `human_share` of
     each source's documents) as version `<name>-human`, and its held-out human documents as evaluation set
     `<name>-heldout` (or an existing set of that name). Returns (version, evaluation set)."""
-    from curation.demo import KJV_FILE, STDLIB_FILE, build_demo_corpus
-    from curation.evalsets import evalset_exists, register_evalset
-
     version, evalset = f"{name}-human", f"{name}-heldout"
     key = _content_key("human", spec.scale, spec.human_share, 0)
     if _reusable(store, version, key) and evalset_exists(store, evalset):
@@ -282,20 +215,18 @@ def samples_per_generation(spec: CollapseSpec, human_tokens: int) -> int:
 # ---- the flow ---------------------------------------------------------------------------------------
 
 
+Key = tuple[int, str, int]  # (seed, policy, generation)
+
+
 @flow(name="collapse-sim", log_prints=True)
 def collapse_flow(store_url: str, spec: CollapseSpec, name: str, *, human: str | None = None,
                   evalset: str | None = None, check_guards: bool = True, parallel: int | None = None,
                   show_progress: bool = False) -> dict[str, Any]:
     """Generation 0 on human text, then `spec.generations` generations of replace and accumulate per seed;
     held-out loss, guards and sample text per generation. Writes `<store>/collapse/<name>/`."""
-    import pyarrow as pa
-
-    from training.data import tokenize_evalset, tokenize_version
-    from training.tokenizer import tokenizer_for_version
-
     started = time.perf_counter()
     spec.check()
-    say = _printer(show_progress)
+    say = printer(show_progress)
     store = VersionStore(store_url)
     if human is None:
         human, built = prepare_human(store, name, spec, say)
@@ -307,160 +238,15 @@ def collapse_flow(store_url: str, spec: CollapseSpec, name: str, *, human: str |
     human_tokens = tokenize_version(store, human, tok)
     tokenize_evalset(store, evalset, tok)
     samples = samples_per_generation(spec, human_tokens.n_tokens)
-    training = spec.training()
     G = spec.generations
-    n_runs = spec.seeds * (1 + 2 * G)
-    workers, threads, devices = plan_workers(n_runs, spec.device, parallel)
-    sample_device = "cpu" if devices[0] == "cpu" else devices[0]
+    workers, threads, devices = plan_workers(spec.runs(), spec.device, parallel)
     say(f"collapse-sim {name}: {spec.seeds} seed(s) x (generation 0 + {G} generation(s) x 2 policies) = "
-        f"{n_runs} runs of {spec.preset} ({spec.tokens:,} tokens, block {spec.block_size}); human {human} "
+        f"{spec.runs()} runs of {spec.preset} ({spec.tokens:,} tokens, block {spec.block_size}); human {human} "
         f"({human_tokens.n_tokens:,} tokens), {samples:,} samples x {spec.sample_tokens} tokens per generation, "
         f"evaluation set {evalset}; {workers} process(es) x {threads} thread(s)")
-
-    pending: dict[Any, tuple[str, tuple]] = {}
-    slot = iter(range(10**9))
-    runs: dict[tuple[int, str, int], dict[str, Any]] = {}  # (seed, policy, g) -> run record (g0 under both)
-    versions: dict[tuple[int, str, int], str] = {}
-    synthetic: dict[tuple[int, str, int], dict[str, Any]] = {}  # (seed, policy, g) -> the sampled version
-    guard_results: dict[tuple[int, str, int], dict[str, Any]] = {}
-    previews: dict[tuple[str, int], str] = {}
-    mix: dict[str, dict[str, Any]] = {}  # training version -> tokens by origin
-
-    def submit_train(seed: int, policy: str, g: int, version: str) -> None:
-        cfg = training.config(seed, tok.vocab_size)
-        device = devices[next(slot) % workers]
-        if device != cfg.device:
-            cfg = type(cfg)(**{**cfg.to_dict(), "device": device})
-        pending[train_run_task.submit(store.url, version, cfg, str(tok.path), [evalset], threads)] = \
-            ("train", (seed, policy, g))
-
-    def submit_sample(seed: int, chain: str, g: int, source: dict[str, Any], streams: int) -> None:
-        key = _content_key("sample", source["key"], streams, spec.sample_tokens, spec.temperature, seed, chain, g)
-        pending[sample_task.submit(str(Path(source["dir"]) / "checkpoint.pt"), streams, spec.sample_tokens,
-                                   spec.temperature, key, threads, sample_device)] = ("sample", (seed, chain, g, key))
-
-    waiting_guards: list[tuple[int, str, int]] = []  # off the chains' critical path: they fill idle workers
-
-    def submit_guards(seed: int, policy: str, g: int) -> None:
-        if check_guards:
-            waiting_guards.append((seed, policy, g))
-
-    def fill_idle_workers() -> None:
-        while waiting_guards and (len(pending) < workers or not pending):
-            seed, policy, g = waiting_guards.pop(0)
-            reference_model = str(Path(runs[(seed, POLICIES[0], 0)]["dir"]) / "checkpoint.pt")
-            version, parent = (human, None) if g == 0 else (versions[(seed, policy, g)],
-                                                            versions[(seed, policy, g - 1)])
-            pending[guards_task.submit(store.url, version, parent, evalset, reference_model, G, threads)] = \
-                ("guards", (seed, policy, g))
-
-    def record_mix(version: str) -> None:
-        token_file = tokenize_version(store, version, tok)  # cached; the training tasks only read it
-        by_source = {s: int(e["tokens"]) for s, e in token_file.meta["by_source"].items()}
-        synthetic_tokens = sum(v for s, v in by_source.items() if s.startswith("synthetic-"))
-        mix[version] = {"tokens": token_file.n_tokens, "synthetic_tokens": synthetic_tokens,
-                        "synthetic_fraction": synthetic_tokens / max(1, token_file.n_tokens),
-                        "tokens_by_source": by_source}
-
-    def publish_generation(seed: int, chain: str, g: int, key: str, sampled: dict[str, Any] | None) -> None:
-        """Generation g's synthetic version(s) and training version(s) of `chain`; train and guard them."""
-        policies = POLICIES if chain == SHARED else (chain,)
-        source_policy = policies[0]
-        writer = runs[(seed, source_policy, g - 1)]
-        generator = f"gpt:{Path(writer['dir']).name}"
-        for policy in policies:
-            syn_name = version_name(name, seed, policy, g, synthetic=True)
-            if not _reusable(store, syn_name, key):
-                assert sampled is not None
-                rows = [{"id": f"{name}-s{seed}-{chain}-g{g}-{i:05d}", "text": text,
-                         "source": SYNTHETIC_SOURCE.format(g=g), "origin": "synthetic", "generation": g,
-                         "generator": generator} for i, text in enumerate(sampled["texts"])]
-                store.publish_table(syn_name, _records(rows), parents=[versions[(seed, policy, g - 1)]],
-                                    description=f"collapse-sim {name}: {len(rows):,} documents sampled from "
-                                                f"{generator} (seed {seed}, {chain}, generation {g}); "
-                                                f"{KEY_MARK}{key}")
-            synthetic[(seed, policy, g)] = {"version": syn_name, "key": key, "generator": generator}
-            train_name = version_name(name, seed, policy, g)
-            parts = [synthetic[(seed, policy, k)]["key"] for k in range(1, g + 1)] if policy == "accumulate" \
-                else [key]
-            train_key = _content_key("train", policy, human if policy == "accumulate" else None, parts)
-            if not _reusable(store, train_name, train_key):
-                members = ([human] + [synthetic[(seed, policy, k)]["version"] for k in range(1, g + 1)]
-                           if policy == "accumulate" else [syn_name])
-                table = pa.concat_tables([store.read_table(v) for v in members], promote_options="permissive")
-                store.publish_table(train_name, table, parents=[versions[(seed, policy, g - 1)]],
-                                    description=f"collapse-sim {name}: {policy} training data of generation {g} "
-                                                f"(seed {seed}): {' + '.join(members)}; {KEY_MARK}{train_key}")
-            versions[(seed, policy, g)] = train_name
-            record_mix(train_name)
-            submit_train(seed, policy, g, train_name)
-            submit_guards(seed, policy, g)
-
-    def after_training(seed: int, policy: str, g: int) -> None:
-        """The next step of the chain: sample generation g+1 from this model (or a preview at the end)."""
-        chain = SHARED if g == 0 else policy
-        record = runs[(seed, POLICIES[0] if chain == SHARED else policy, g)]
-        if g < G:
-            key = _content_key("sample", record["key"], samples, spec.sample_tokens, spec.temperature, seed,
-                               chain, g + 1)
-            targets = POLICIES if chain == SHARED else (chain,)
-            if all(_reusable(store, version_name(name, seed, p, g + 1, synthetic=True), key) for p in targets):
-                say(f"  seed {seed} {chain} generation {g + 1}: samples found in the store")
-                publish_generation(seed, chain, g + 1, key, None)
-                if seed == 0:
-                    for p in targets:
-                        texts = store.read_table(synthetic[(0, p, g + 1)]["version"], columns=["text"])
-                        previews[(p, g)] = preview(texts.column("text").to_pylist())
-            else:
-                submit_sample(seed, chain, g + 1, record, samples)
-        elif seed == 0:
-            submit_sample(seed, f"preview-{policy}", g + 1, record, PREVIEW_STREAMS)
-
-    human_version = human
-    for seed in range(spec.seeds):
-        for policy in POLICIES:
-            versions[(seed, policy, 0)] = human_version
-        record_mix(human_version)
-        submit_train(seed, "human", 0, human_version)
-    finished = 0
-    while True:
-        fill_idle_workers()  # the one place queued guards are submitted, whichever task finished last
-        if not pending:
-            break
-        future = next(as_completed(list(pending)))
-        kind, what = pending.pop(future)
-        value = future.result()
-        if kind == "train":
-            seed, policy, g = what
-            finished += 1
-            how = "found in the store" if value["cached"] else f"{value['seconds']:.0f} s"
-            say(f"  run {finished}/{n_runs}: seed {seed} {policy} generation {g}: "
-                f"loss {value['final_eval'][evalset]['loss']:.4f} ({how})")
-            if g == 0:
-                for p in POLICIES:
-                    runs[(seed, p, 0)] = value
-                after_training(seed, SHARED, 0)
-                submit_guards(seed, SHARED, 0)  # the human version's own values: the baseline of every guard
-            else:
-                runs[(seed, policy, g)] = value
-                after_training(seed, policy, g)
-        elif kind == "sample":
-            seed, chain, g, key = what
-            if chain.startswith("preview-"):
-                previews[(chain.removeprefix("preview-"), g - 1)] = preview(value["texts"])
-                continue
-            say(f"  seed {seed} {chain} generation {g}: sampled {len(value['texts']):,} documents, "
-                f"{value['tokens']:,} tokens in {value['seconds']:.0f} s")
-            if seed == 0:
-                for p in (POLICIES if chain == SHARED else (chain,)):
-                    previews[(p, g - 1)] = preview(value["texts"])
-            publish_generation(seed, chain, g, key, value)
-        else:
-            seed, policy, g = what
-            for p in (POLICIES if policy == SHARED else (policy,)):
-                guard_results[(seed, p, g)] = value
-            failed = ", ".join(value.get("failures", [])) or "none"
-            say(f"  guards seed {seed} {'human' if g == 0 else policy} generation {g}: failed {failed}")
+    experiment = CollapseScheduler(store, spec, name, human, evalset, tok, samples, check_guards=check_guards,
+                                   slots=(workers, threads, devices), say=say)
+    experiment.run()
 
     context = {"name": name, "store": store.url, "spec": spec.to_dict(), "human": human, "evalset": evalset,
                "tokenizer": {"hash": tok.hash, "vocab_size": tok.vocab_size, "path": str(tok.path)},
@@ -469,11 +255,202 @@ def collapse_flow(store_url: str, spec: CollapseSpec, name: str, *, human: str |
                                   "max_generation": G, "note": "the experiment goes `generations` deep on purpose: "
                                   "its lineage guard is set to that depth (the generation histogram is reported "
                                   "instead); every other guard keeps its default threshold"}}
-    result = collapse_result(context, runs, versions, synthetic, mix, guard_results, previews)
+    result = collapse_result(context, experiment.runs, experiment.versions, experiment.synthetic, experiment.mix,
+                             experiment.guard_results, experiment.previews)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     result["paths"] = save_result(store, result)
     publish_artifacts(result)
     return result
+
+
+class CollapseScheduler:
+    """The experiment's tasks, each submitted as soon as what it needs has finished: every seed's generation 0,
+    then per chain sample -> publish -> train, generation after generation. Guard tasks are off the chains'
+    critical path: they wait in a queue and fill idle workers. What the tasks return is kept per
+    (seed, policy, generation); generation 0 is stored under both policies."""
+
+    def __init__(self, store: VersionStore, spec: CollapseSpec, name: str, human: str, evalset: str,
+                 tok: Tokenizer, samples: int, *, check_guards: bool, slots: tuple[int, int, list[str]],
+                 say: Callable[[str], None]) -> None:
+        self.store, self.spec, self.name, self.human, self.evalset = store, spec, name, human, evalset
+        self.tok, self.samples, self.check_guards, self.say = tok, samples, check_guards, say
+        self.workers, self.threads, self.devices = slots  # processes, torch threads each, device of each slot
+        self.sample_device = "cpu" if self.devices[0] == "cpu" else self.devices[0]
+        self.training = spec.training()
+        self.pending: dict[Any, tuple[str, tuple]] = {}  # future -> (kind, what it is for)
+        self.waiting_guards: list[Key] = []
+        self.trains_submitted = 0  # round-robin over the devices' slots
+        self.trains_finished = 0
+        self.runs: dict[Key, dict[str, Any]] = {}  # the run record
+        self.versions: dict[Key, str] = {}  # the training version
+        self.synthetic: dict[Key, dict[str, Any]] = {}  # the sampled version: name, content key, generator
+        self.guard_results: dict[Key, dict[str, Any]] = {}
+        self.previews: dict[tuple[str, int], str] = {}  # (policy, generation of the writing model) -> text
+        self.mix: dict[str, dict[str, Any]] = {}  # training version -> tokens by origin
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Train every seed's generation 0, then handle each task as it finishes until none is left."""
+        for seed in range(self.spec.seeds):
+            for policy in POLICIES:
+                self.versions[(seed, policy, 0)] = self.human
+            self.record_mix(self.human)
+            self.submit_train(seed, "human", 0, self.human)
+        handlers = {"train": self.trained, "sample": self.sampled, "guards": self.guarded}
+        while True:
+            self.fill_idle_workers()  # the one place queued guards are submitted, whichever task finished last
+            if not self.pending:
+                break
+            future = next(as_completed(list(self.pending)))
+            kind, what = self.pending.pop(future)
+            handlers[kind](what, future.result())
+
+    def trained(self, what: Key, record: dict[str, Any]) -> None:
+        seed, policy, g = what
+        self.trains_finished += 1
+        how = "found in the store" if record["cached"] else f"{record['seconds']:.0f} s"
+        self.say(f"  run {self.trains_finished}/{self.spec.runs()}: seed {seed} {policy} generation {g}: "
+                 f"loss {record['final_eval'][self.evalset]['loss']:.4f} ({how})")
+        if g == 0:
+            for p in POLICIES:
+                self.runs[(seed, p, 0)] = record
+            self.after_training(seed, SHARED, 0)
+            self.queue_guards(seed, SHARED, 0)  # the human version's own values: the baseline of every guard
+        else:
+            self.runs[(seed, policy, g)] = record
+            self.after_training(seed, policy, g)
+
+    def sampled(self, what: tuple[int, str, int, str], value: dict[str, Any]) -> None:
+        seed, chain, g, key = what
+        if chain.startswith("preview-"):
+            self.previews[(chain.removeprefix("preview-"), g - 1)] = preview(value["texts"])
+            return
+        self.say(f"  seed {seed} {chain} generation {g}: sampled {len(value['texts']):,} documents, "
+                 f"{value['tokens']:,} tokens in {value['seconds']:.0f} s")
+        if seed == 0:
+            for p in _policies(chain):
+                self.previews[(p, g - 1)] = preview(value["texts"])
+        self.publish_generation(seed, chain, g, key, value)
+
+    def guarded(self, what: Key, report: dict[str, Any]) -> None:
+        seed, policy, g = what
+        for p in _policies(policy):
+            self.guard_results[(seed, p, g)] = report
+        failed = ", ".join(report.get("failures", [])) or "none"
+        self.say(f"  guards seed {seed} {'human' if g == 0 else policy} generation {g}: failed {failed}")
+
+    # ---- what follows a finished task ------------------------------------------------------------------
+
+    def after_training(self, seed: int, policy: str, g: int) -> None:
+        """The next step of the chain: sample generation g+1 from this model (or a preview at the end)."""
+        chain = SHARED if g == 0 else policy
+        record = self.runs[(seed, POLICIES[0] if chain == SHARED else policy, g)]
+        if g == self.spec.generations:
+            if seed == 0:
+                self.submit_sample(seed, f"preview-{policy}", g + 1, record, PREVIEW_STREAMS)
+            return
+        spec = self.spec
+        key = _content_key("sample", record["key"], self.samples, spec.sample_tokens, spec.temperature, seed, chain,
+                           g + 1)
+        targets = _policies(chain)
+        if not all(_reusable(self.store, version_name(self.name, seed, p, g + 1, synthetic=True), key)
+                   for p in targets):
+            self.submit_sample(seed, chain, g + 1, record, self.samples)
+            return
+        self.say(f"  seed {seed} {chain} generation {g + 1}: samples found in the store")
+        self.publish_generation(seed, chain, g + 1, key, None)
+        if seed == 0:
+            for p in targets:
+                texts = self.store.read_table(self.synthetic[(0, p, g + 1)]["version"], columns=["text"])
+                self.previews[(p, g)] = preview(texts.column("text").to_pylist())
+
+    def publish_generation(self, seed: int, chain: str, g: int, key: str, sampled: dict[str, Any] | None) -> None:
+        """Generation g's synthetic version(s) and training version(s) of `chain`; train and guard them."""
+        generator = f"gpt:{Path(self.runs[(seed, _policies(chain)[0], g - 1)]['dir']).name}"
+        for policy in _policies(chain):
+            self.publish_synthetic(seed, chain, policy, g, key, generator, sampled)
+            train_name = self.publish_training(seed, policy, g)
+            self.versions[(seed, policy, g)] = train_name
+            self.record_mix(train_name)
+            self.submit_train(seed, policy, g, train_name)
+            self.queue_guards(seed, policy, g)
+
+    def publish_synthetic(self, seed: int, chain: str, policy: str, g: int, key: str, generator: str,
+                          sampled: dict[str, Any] | None) -> None:
+        """The sampled documents as version `<name>-s<seed>-<policy>-g<g>-synthetic` (unless the store has it)."""
+        syn_name = version_name(self.name, seed, policy, g, synthetic=True)
+        if not _reusable(self.store, syn_name, key):
+            assert sampled is not None
+            rows = [{"id": f"{self.name}-s{seed}-{chain}-g{g}-{i:05d}", "text": text,
+                     "source": SYNTHETIC_SOURCE.format(g=g), "origin": "synthetic", "generation": g,
+                     "generator": generator} for i, text in enumerate(sampled["texts"])]
+            self.store.publish_table(syn_name, _records(rows), parents=[self.versions[(seed, policy, g - 1)]],
+                                     description=f"collapse-sim {self.name}: {len(rows):,} documents sampled from "
+                                                 f"{generator} (seed {seed}, {chain}, generation {g}); "
+                                                 f"{KEY_MARK}{key}")
+        self.synthetic[(seed, policy, g)] = {"version": syn_name, "key": key, "generator": generator}
+
+    def publish_training(self, seed: int, policy: str, g: int) -> str:
+        """Generation g's training data under `policy` (replace: its samples; accumulate: the human rows and every
+        generation's samples so far) as a version, unless the store has it; returns its name."""
+        train_name = version_name(self.name, seed, policy, g)
+        accumulate = policy == "accumulate"
+        sampled = [self.synthetic[(seed, policy, k)] for k in (range(1, g + 1) if accumulate else (g,))]
+        train_key = _content_key("train", policy, self.human if accumulate else None, [s["key"] for s in sampled])
+        if not _reusable(self.store, train_name, train_key):
+            members = ([self.human] if accumulate else []) + [s["version"] for s in sampled]
+            table = pa.concat_tables([self.store.read_table(v) for v in members], promote_options="permissive")
+            self.store.publish_table(train_name, table, parents=[self.versions[(seed, policy, g - 1)]],
+                                     description=f"collapse-sim {self.name}: {policy} training data of generation "
+                                                 f"{g} (seed {seed}): {' + '.join(members)}; {KEY_MARK}{train_key}")
+        return train_name
+
+    def record_mix(self, version: str) -> None:
+        token_file = tokenize_version(self.store, version, self.tok)  # cached; the training tasks only read it
+        by_source = {s: int(e["tokens"]) for s, e in token_file.meta["by_source"].items()}
+        synthetic_tokens = sum(v for s, v in by_source.items() if s.startswith("synthetic-"))
+        self.mix[version] = {"tokens": token_file.n_tokens, "synthetic_tokens": synthetic_tokens,
+                             "synthetic_fraction": synthetic_tokens / max(1, token_file.n_tokens),
+                             "tokens_by_source": by_source}
+
+    # ---- submitting tasks ------------------------------------------------------------------------------
+
+    def submit_train(self, seed: int, policy: str, g: int, version: str) -> None:
+        cfg = self.training.config(seed, self.tok.vocab_size)
+        device = self.devices[self.trains_submitted % self.workers]
+        self.trains_submitted += 1
+        if device != cfg.device:
+            cfg = type(cfg)(**{**cfg.to_dict(), "device": device})
+        future = train_run_task.submit(self.store.url, version, cfg, str(self.tok.path), [self.evalset], self.threads)
+        self.pending[future] = ("train", (seed, policy, g))
+
+    def submit_sample(self, seed: int, chain: str, g: int, source: dict[str, Any], streams: int) -> None:
+        spec = self.spec
+        key = _content_key("sample", source["key"], streams, spec.sample_tokens, spec.temperature, seed, chain, g)
+        future = sample_task.submit(str(Path(source["dir"]) / "checkpoint.pt"), streams, spec.sample_tokens,
+                                    spec.temperature, key, self.threads, self.sample_device)
+        self.pending[future] = ("sample", (seed, chain, g, key))
+
+    def queue_guards(self, seed: int, policy: str, g: int) -> None:
+        if self.check_guards:
+            self.waiting_guards.append((seed, policy, g))
+
+    def fill_idle_workers(self) -> None:
+        """Submit queued guard tasks while a worker is idle, or all of them once nothing else is running."""
+        store, evalset, G, threads = self.store, self.evalset, self.spec.generations, self.threads
+        while self.waiting_guards and (len(self.pending) < self.workers or not self.pending):
+            seed, policy, g = self.waiting_guards.pop(0)
+            reference_model = str(Path(self.runs[(seed, POLICIES[0], 0)]["dir"]) / "checkpoint.pt")
+            version, parent = (self.human, None) if g == 0 else (self.versions[(seed, policy, g)],
+                                                                 self.versions[(seed, policy, g - 1)])
+            self.pending[guards_task.submit(store.url, version, parent, evalset, reference_model, G, threads)] = \
+                ("guards", (seed, policy, g))
+
+
+def _policies(chain: str) -> tuple[str, ...]:
+    """The policies a chain's samples or guard report belong to: both for the shared generation 0 -> 1."""
+    return POLICIES if chain == SHARED else (chain,)
 
 
 def preview(texts: list[str]) -> str:
@@ -484,23 +461,19 @@ def preview(texts: list[str]) -> str:
     return text.strip()[:PREVIEW_CHARS]
 
 
-def run_collapse(store_url: str, *, generations: int = CollapseSpec.generations, seeds: int = CollapseSpec.seeds,
-                 tokens: int = CollapseSpec.tokens,
-                 samples: int | None = None, sample_tokens: int = CollapseSpec.sample_tokens,
-                 human: str | None = None, evalset: str | None = None, name: str | None = None,
+def run_collapse(store_url: str, *, human: str | None = None, evalset: str | None = None, name: str | None = None,
                  workers: int | None = None, check_guards: bool = True, show_progress: bool = False,
                  **spec_fields: Any) -> dict[str, Any]:
     """Run the collapse experiment (`collapse_flow`) on a process pool and return its result.
-    `spec_fields`: any other `CollapseSpec` field (block_size, batch_size, vocab_size, scale, ...)."""
-    spec = CollapseSpec(generations=generations, seeds=seeds, tokens=tokens, samples=samples,
-                        sample_tokens=sample_tokens, **spec_fields)
+    `spec_fields`: any `CollapseSpec` field (generations, seeds, tokens, samples, block_size, ...); the others
+    keep the spec's defaults."""
+    spec = CollapseSpec(**spec_fields)
     spec.check()
     name = name or default_name(spec, human)
-    n_workers, _, _ = plan_workers(spec.seeds * (1 + 2 * spec.generations), spec.device, workers)
-    runner = ThreadPoolTaskRunner(max_workers=1) if n_workers == 1 else ProcessPoolTaskRunner(max_workers=n_workers)
-    return collapse_flow.with_options(task_runner=runner)(store_url, spec, name, human=human, evalset=evalset,
-                                                          check_guards=check_guards, parallel=workers,
-                                                          show_progress=show_progress)
+    n_workers, _, _ = plan_workers(spec.runs(), spec.device, workers)
+    return collapse_flow.with_options(task_runner=task_runner(n_workers))(
+        store_url, spec, name, human=human, evalset=evalset, check_guards=check_guards, parallel=workers,
+        show_progress=show_progress)
 
 
 # ---- the result -------------------------------------------------------------------------------------
@@ -516,8 +489,6 @@ def collapse_result(context: dict[str, Any], runs: dict[tuple[int, str, int], di
                     previews: dict[tuple[str, int], str]) -> dict[str, Any]:
     """Every number of the experiment: runs, loss per (policy, generation) with its paired delta against
     generation 0, guards per (policy, generation, seed) and their summary, samples and the verdict."""
-    from training.ablation import compare, summarize
-
     G = context["spec"]["generations"]
     seeds = list(range(context["spec"]["seeds"]))
     evalset = context["evalset"]
@@ -601,8 +572,6 @@ def collapse_result(context: dict[str, Any], runs: dict[tuple[int, str, int], di
 def collapse_verdict(accumulate: dict[int, float], replace: dict[int, float], levels: dict[str, list[dict[str, Any]]],
                      generations: int) -> dict[str, Any]:
     """Replace against accumulate at the last generation, paired by seed (delta = replace - accumulate)."""
-    from training.ablation import WORSE, compare
-
     c = compare(accumulate, replace).to_dict()
     last = {p: levels[p][generations]["delta_vs_generation_0"] for p in POLICIES}
     interval = "" if c["ci_low"] is None else f" [95% CI {c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
@@ -680,8 +649,6 @@ def summary_markdown(result: dict[str, Any]) -> str:
 
 def publish_artifacts(result: dict[str, Any]) -> None:
     """The experiment's table and summary, shown by the Prefect UI on the flow run."""
-    from flows.curate import artifact_key
-
     create_table_artifact(summary_rows(result), key=artifact_key(f"collapse-{result['name']}-table"),
                           description=f"Held-out loss and guards per policy and generation of {result['name']}")
     create_markdown_artifact(summary_markdown(result), key=artifact_key(f"collapse-{result['name']}-summary"),
@@ -691,20 +658,14 @@ def publish_artifacts(result: dict[str, Any]) -> None:
 def collapse_png(result: dict[str, Any]) -> bytes:
     """Held-out loss per generation (mean and every seed) per policy, and guard values per generation (mean over
     seeds, with the guard's threshold)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     colours = {"replace": "tab:red", "accumulate": "tab:blue"}
     generations = range(result["spec"]["generations"] + 1)
     guards = [n for n in PLOT_GUARDS if any((row.get("guard_values") or {}).get(n, {}).get("mean") is not None
                                             for p in POLICIES for row in result["levels"][p])]
     columns = 2 if guards else 1
     rows_of_panels = math.ceil((1 + len(guards)) / columns)
-    fig, axes = plt.subplots(rows_of_panels, columns, figsize=(6 * columns, 4 * rows_of_panels), squeeze=False)
+    fig = Figure(figsize=(6 * columns, 4 * rows_of_panels))  # no pyplot: no global figure registry
+    axes = fig.subplots(rows_of_panels, columns, squeeze=False)
     panels = [ax for row in axes for ax in row]
     ax = panels[0]
     for policy in POLICIES:
@@ -739,7 +700,6 @@ def collapse_png(result: dict[str, Any]) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     return buffer.getvalue()
 
 

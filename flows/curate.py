@@ -20,6 +20,8 @@ from curation import pipeline
 from curation.guards import gate, staged_guards
 from curation.recipe import Recipe
 from curation.store import VersionStore
+from flows.gpt import perplexity_scorer
+from flows.printing import accounting, guard_rows
 from flows.progress import RunProgress
 
 
@@ -58,52 +60,8 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
         with RunProgress(show_progress) as progress:
             if staging.resumed:
                 progress.note(f"resuming an interrupted run of {name!r}: finished tasks in {staging.path} are reused")
-            clock = time.perf_counter()
-            stage = progress.stage("ingest", total=max(plan.nbytes, 1), unit="bytes")
-            futures = [ingest_task.submit(recipe, unit, store.url, staging.path) for unit in plan.units]
-            ingested = []
-            for future in as_completed(futures):
-                result = future.result()
-                ingested.append(result)
-                progress.advance(stage, result.bytes_read, result.records)
-            ingested.sort(key=lambda r: r.unit)
-            if plan.quarantined:
-                pipeline.write_quarantine(store.url, staging.path, plan.quarantined)
-
-            shards = [s for r in ingested for s in r.shards]
-            drops = pipeline.duplicate_ids(store.url, shards, carried=carry)
-            timings["ingest"] = _timing(clock, sum(r.lines_read for r in ingested), plan.nbytes)
-            processed: list[pipeline.ShardResult] = []
-            decisions: dict[int, Any] = {}
-            reports: dict[str, dict[str, Any]] = {}
-            inputs = {s: s for s in shards}  # raw shard -> the shard the next round reads
-            previous: list[pipeline.ShardResult] = []
-            for number, (start, stop) in enumerate(pipeline.rounds(recipe)):
-                clock = time.perf_counter()
-                if previous:  # the round starts at a global step: decide from every shard's summary
-                    decisions[start], report = pipeline.decide(recipe, start, previous, store.url)
-                    if report is not None:
-                        reports[recipe.build_steps()[start][0]] = report
-                decided = time.perf_counter() - clock  # in this process, on one core
-                label = "steps" if number == 0 else f"steps {number + 1}"
-                stage = progress.stage(label, total=sum(r.records for r in ingested) or 1)
-                futures = [shard_task.submit(recipe, inputs[s], drops.get(s, []) if number == 0 else [], store.url,
-                                             staging.path, start, stop, decisions, s) for s in shards]
-                previous = []
-                docs = 0
-                for future in as_completed(futures):
-                    result = future.result()
-                    processed.append(result)
-                    if result.output:
-                        inputs[result.shard] = result.output
-                        previous.append(result)
-                    n = next(iter(result.steps.values()))["in"] if result.steps else result.rows_out
-                    docs += n + result.duplicate_id_rejects
-                    progress.advance(stage, n + result.duplicate_id_rejects, n + result.duplicate_id_rejects)
-                timings[label] = _timing(clock, docs)
-                timings[label].update(steps=[n for n, _ in recipe.build_steps()[start:stop]],
-                                      decide_seconds=round(decided, 3))
-            processed.sort(key=lambda r: r.shard)
+            ingested, drops = _ingest(recipe, plan, store.url, staging.path, carry, progress, timings)
+            processed, reports = _process_shards(recipe, ingested, drops, store.url, staging.path, progress, timings)
 
         clock = time.perf_counter()
         planted = pipeline.planted_defects(recipe, store.url, staging.path)
@@ -116,7 +74,8 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
             manifest["resumed"] = {**resumed, "of_ingest_tasks": len(ingested), "of_shard_tasks": len(processed)}
         manifest.update(manifest_extra or {})
         manifest["guards"] = staged_guards(store, staging.path, recipe.resolved_guards, recipe=recipe, parents=parents,
-                                           synthesis=synthesis)
+                                           synthesis=synthesis,
+                                           perplexity=perplexity_scorer(recipe.resolved_guards.reference_model))
         override = gate(manifest["guards"], name, override_guards)
         if override:
             manifest["guard_override"] = override
@@ -138,6 +97,68 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
     result["path"] = path
     publish_artifacts(result)
     return result
+
+
+def _ingest(recipe: Recipe, plan: pipeline.Plan, store_url: str, staging: str, carry: str | None,
+            progress: RunProgress, timings: dict[str, dict[str, float]]
+            ) -> tuple[list[pipeline.IngestResult], dict[str, list[tuple[int, str]]]]:
+    """Ingest every input unit (a task each) and find the duplicate ids; returns the results in unit order and
+    the rows to drop per raw shard."""
+    clock = time.perf_counter()
+    stage = progress.stage("ingest", total=max(plan.nbytes, 1), unit="bytes")
+    futures = [ingest_task.submit(recipe, unit, store_url, staging) for unit in plan.units]
+    ingested = []
+    for future in as_completed(futures):
+        result = future.result()
+        ingested.append(result)
+        progress.advance(stage, result.bytes_read, result.records)
+    ingested.sort(key=lambda r: r.unit)
+    if plan.quarantined:
+        pipeline.write_quarantine(store_url, staging, plan.quarantined)
+    drops = pipeline.duplicate_ids(store_url, [s for r in ingested for s in r.shards], carried=carry)
+    timings["ingest"] = _timing(clock, sum(r.lines_read for r in ingested), plan.nbytes)
+    return ingested, drops
+
+
+def _process_shards(recipe: Recipe, ingested: list[pipeline.IngestResult], drops: dict[str, list[tuple[int, str]]],
+                    store_url: str, staging: str, progress: RunProgress, timings: dict[str, dict[str, float]]
+                    ) -> tuple[list[pipeline.ShardResult], dict[str, dict[str, Any]]]:
+    """Run the steps over every shard (a task each), in rounds: a round starts at a global step, decided from
+    every shard's summary of the round before. Returns the shard results in shard order and the global steps'
+    reports."""
+    shards = [s for r in ingested for s in r.shards]
+    processed: list[pipeline.ShardResult] = []
+    decisions: dict[int, Any] = {}
+    reports: dict[str, dict[str, Any]] = {}
+    inputs = {s: s for s in shards}  # raw shard -> the shard the next round reads
+    previous: list[pipeline.ShardResult] = []
+    for number, (start, stop) in enumerate(pipeline.rounds(recipe)):
+        clock = time.perf_counter()
+        if previous:  # the round starts at a global step: decide from every shard's summary
+            decisions[start], report = pipeline.decide(recipe, start, previous, store_url)
+            if report is not None:
+                reports[recipe.build_steps()[start][0]] = report
+        decided = time.perf_counter() - clock  # in this process, on one core
+        label = "steps" if number == 0 else f"steps {number + 1}"
+        stage = progress.stage(label, total=sum(r.records for r in ingested) or 1)
+        futures = [shard_task.submit(recipe, inputs[s], drops.get(s, []) if number == 0 else [], store_url,
+                                     staging, start, stop, decisions, s) for s in shards]
+        previous = []
+        docs = 0
+        for future in as_completed(futures):
+            result = future.result()
+            processed.append(result)
+            if result.output:
+                inputs[result.shard] = result.output
+                previous.append(result)
+            n = next(iter(result.steps.values()))["in"] if result.steps else result.rows_out
+            docs += n + result.duplicate_id_rejects
+            progress.advance(stage, n + result.duplicate_id_rejects, n + result.duplicate_id_rejects)
+        timings[label] = _timing(clock, docs)
+        timings[label].update(steps=[n for n, _ in recipe.build_steps()[start:stop]],
+                              decide_seconds=round(decided, 3))
+    processed.sort(key=lambda r: r.shard)
+    return processed, reports
 
 
 def _timing(since: float, docs: int, nbytes: int | None = None) -> dict[str, float]:
@@ -164,7 +185,7 @@ def publish_artifacts(manifest: dict[str, Any]) -> None:
                           description=f"What each step of version {manifest['name']} kept and removed")
     lines = [f"# Version `{manifest['name']}`", "",
              f"- records: **{manifest['rows']:,}** kept, {manifest['rejected_rows']:,} rejected "
-             f"(accounting {'ok' if manifest['accounting']['ok'] else 'FAILED'})",
+             f"(accounting {accounting(manifest)})",
              f"- characters: {manifest['size']['chars']:,}; fingerprint `{manifest['fingerprint'][:16]}`",
              f"- parents: {', '.join(manifest['parents']) or 'none'}; path: `{manifest.get('path', '')}`"]
     stats = manifest.get("stats_summary")
@@ -186,23 +207,12 @@ def publish_artifacts(manifest: dict[str, Any]) -> None:
                               description=f"Model-collapse guards of version {manifest['name']}")
 
 
-def guard_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per guard: value, threshold, verdict (for artifacts and tables)."""
-    def verdict(g: dict[str, Any]) -> str:
-        if g["passed"] is None:
-            return "not measured" if g["value"] is None else "not applied"
-        return "pass" if g["passed"] else ("FAIL (hard)" if g["hard"] else "warn")
-
-    return [{"guard": g["name"], "value": g["value"], "threshold": f"{g['op']} {g['threshold']}"
-             if g["threshold"] is not None else "", "verdict": verdict(g), "detail": g["detail"]}
-            for g in report["guards"]]
-
-
 def task_runner(workers: int | None, cluster: str | None = None):
     """Where the tasks run: a process per core by default; one worker runs them in-process (handy for
     debugging); `local:N` starts a Dask LocalCluster of N single-threaded worker processes and
     `tcp://host:8786` uses an existing Dask scheduler, both through Prefect's DaskTaskRunner."""
     if cluster:
+        # Only with --cluster: dask.distributed adds ~0.6 s to every flow start and to each pool worker.
         from prefect_dask import DaskTaskRunner
 
         if cluster.startswith("local:"):

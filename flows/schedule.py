@@ -12,8 +12,11 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.deployments.runner import EntrypointType
 
 from curation import series as S
+from curation.diff import diff_versions, summarize_diff
 from curation.pipeline import plan_ingest
 from curation.recipe import load_recipe
 from curation.store import VersionStore
@@ -55,8 +58,6 @@ def increment_flow(recipe_path: str, store_url: str, series: str, workers: int |
 
 def publish_diff(store: VersionStore, a: str, b: str) -> dict[str, Any]:
     """What the increment changed, as a Prefect table artifact (and returned for the caller)."""
-    from curation.diff import diff_versions, summarize_diff
-
     summary = summarize_diff(diff_versions(store, a, b, examples=3))
     rows = [{"measure": k, "value": summary[k]} for k in ("added", "removed", "changed")]
     rows += [{"measure": f"removed by {r['step']}: {r['reason']}", "value": r["count"]} for r in summary["top_reasons"]]
@@ -69,9 +70,6 @@ def serve(recipe_path: Path, store_url: str, series: str, cron: str, workers: in
           cluster: str | None = None, timezone: str | None = None, start: str | None = None) -> None:
     """Register the deployment `curate-increment/<series>` with its cron schedule and serve its runs
     (blocks until interrupted)."""
-    from prefect.client.schemas.schedules import CronSchedule
-    from prefect.deployments.runner import EntrypointType
-
     store = VersionStore(store_url)
     parameters = {"recipe_path": str(recipe_path.resolve()), "store_url": store.url if not store.local else store.root,
                   "series": series, "workers": workers, "cluster": cluster, "start": start}

@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
-from prefect.futures import as_completed
-from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from curation.ingest import InputSpec
 from curation.recipe import Recipe
@@ -41,6 +42,7 @@ from curation.synth.schemas import RecordSchema, load_schema
 from curation.synth.spec import SynthSpec
 from flows.curate import artifact_key, curate_flow
 from flows.curate import task_runner as curation_runner
+from flows.gpt import GPTCompletionBackend
 from flows.progress import RunProgress
 
 SYNTH_DIR = "synth"
@@ -51,10 +53,11 @@ SMALL_RUN = 5000  # attempts curated in-process rather than in a process pool
 def generate_task(spec: SynthSpec, schema: RecordSchema, jobs: list[Job], path: str, store_url: str,
                   generation: int, cache_dir: str | None, threads: int) -> dict[str, Any]:
     if spec.backend.kind in ("gpt", "hf"):
-        import torch
+        import torch  # ~2 s per worker: only for the backends that run a model in this process
 
         torch.set_num_threads(threads)
-    return G.generate_batch(spec, schema, jobs, path, store_url, generation, cache_dir)
+    return G.generate_batch(spec, schema, jobs, path, store_url, generation, cache_dir,
+                            gpt_backend=GPTCompletionBackend)
 
 
 def work_key(spec: SynthSpec, schema: RecordSchema, seed_text: str) -> str:
@@ -94,45 +97,17 @@ def synthesize_flow(recipe: Recipe, store_url: str, name: str, workers: int | No
     workers = workers or os.cpu_count() or 1
     threads = max(1, (os.cpu_count() or 1) // workers)
     if spec.backend.kind in ("gpt", "hf", "programmatic"):
-        make_backend_once = G.make_backend(spec, None, generation)  # fail now (missing model), not per batch
+        # fail now (missing model), not per batch
+        make_backend_once = G.make_backend(spec, None, generation, gpt_backend=GPTCompletionBackend)
         del make_backend_once
 
-    batches: list[dict[str, Any]] = []
     with RunProgress(show_progress) as progress:
         stage = progress.stage("generate", total=spec.records)
+        attempts = Attempts(spec, schema, store, work_dir, generation, cache_dir, threads)
         if spec.method == "grounded":
-            documents = sample_documents(store.iter_batches(spec.source, ["id", "text"]), spec.records, spec.seed)
-            if not documents:
-                raise ValueError(f"version {spec.source!r} has no document long enough to ground a task")
-            chosen = [documents[i % len(documents)] for i in range(spec.records)]
-            jobs = grounded_jobs(chosen, spec.seed, schema, list(spec.tasks), spec.passage_words)
-            futures = [generate_task.submit(spec, schema, jobs[start:start + spec.batch_size],
-                                            G.batch_path(work_dir, number), store.url, generation, cache_dir, threads)
-                       for number, start in enumerate(range(0, len(jobs), spec.batch_size))]
-            for future in as_completed(futures):
-                result = future.result()
-                batches.append(result)
-                progress.advance(stage, result["attempts"], result["attempts"])
+            batches = _generate_grounded(attempts, progress, stage)
         else:
-            # Self-Instruct's pool compares instructions (the seed tasks' and the accepted generated ones').
-            pool = NoveltyPool([schema.flat(rec)["instruction"] or "" for _, rec in seeds], [rid for rid, _ in seeds])
-            generated: list[tuple[str, dict[str, Any]]] = []
-            index = number = 0
-            while index < spec.records:
-                count = min(spec.batch_size, spec.records - index)
-                jobs = [self_instruct_job(index + i, spec.seed, schema, seeds, generated, spec.seed_examples,
-                                          spec.generated_examples) for i in range(count)]
-                path = G.batch_path(work_dir, number)
-                result = generate_task.submit(spec, schema, jobs, path, store.url, generation, cache_dir,
-                                              threads).result()
-                batches.append(result)
-                valid = G.read_valid(store.fs, path)
-                verdicts = pool.admit([task_text for _, _, task_text in valid], [rid for rid, _, _ in valid])
-                generated += [(rid, rec) for (rid, rec, _), (score, _) in zip(valid, verdicts)
-                              if score <= pool.threshold]
-                progress.advance(stage, count, count)
-                index += count
-                number += 1
+            batches = _generate_self_instruct(attempts, seeds, progress, stage)
     batches.sort(key=lambda b: b["path"])
     summary = {
         "method": spec.method, "schema": schema.name, "backend": spec.backend.kind,
@@ -146,9 +121,80 @@ def synthesize_flow(recipe: Recipe, store_url: str, name: str, workers: int | No
     print(f"generated {summary['attempts']:,} attempts ({summary['valid_attempts']:,} schema-valid) in "
           f"{summary['generation_seconds']:.1f} s; {summary['batches_resumed']} of {summary['batches']} batches "
           f"resumed from an earlier run")
-    inputs = [InputSpec(path=work_dir, format="parquet", glob="batch-*.parquet", source=f"synthetic-{spec.method}",
-                        reject_field=G.REJECT_COLUMN, origin="synthetic", generation=generation,
-                        generator=G.generator_name(spec))]
+    manifest = _curate_attempts(recipe, store, name, summary, workers, show_progress, override_guards)
+    publish_synthesis_artifact(manifest)
+    return manifest
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """Where and how a run's attempts are generated: one `generate_task` per batch, into `work_dir`."""
+
+    spec: SynthSpec
+    schema: RecordSchema
+    store: VersionStore
+    work_dir: str
+    generation: int
+    cache_dir: str | None
+    threads: int
+
+    def submit(self, jobs: list[Job], number: int) -> PrefectFuture:
+        """Batch `number`'s attempts (a batch whose file exists is read, not generated again)."""
+        return generate_task.submit(self.spec, self.schema, jobs, G.batch_path(self.work_dir, number), self.store.url,
+                                    self.generation, self.cache_dir, self.threads)
+
+
+def _generate_grounded(attempts: Attempts, progress: RunProgress, stage: int | None) -> list[dict[str, Any]]:
+    """Tasks grounded in documents of the source version: independent batches, generated in parallel."""
+    spec, schema = attempts.spec, attempts.schema
+    documents = sample_documents(attempts.store.iter_batches(spec.source, ["id", "text"]), spec.records, spec.seed)
+    if not documents:
+        raise ValueError(f"version {spec.source!r} has no document long enough to ground a task")
+    chosen = [documents[i % len(documents)] for i in range(spec.records)]
+    jobs = grounded_jobs(chosen, spec.seed, schema, list(spec.tasks), spec.passage_words)
+    futures = [attempts.submit(jobs[start:start + spec.batch_size], number)
+               for number, start in enumerate(range(0, len(jobs), spec.batch_size))]
+    batches = []
+    for future in as_completed(futures):
+        result = future.result()
+        batches.append(result)
+        progress.advance(stage, result["attempts"], result["attempts"])
+    return batches
+
+
+def _generate_self_instruct(attempts: Attempts, seeds: list[tuple[str, dict[str, Any]]], progress: RunProgress,
+                            stage: int | None) -> list[dict[str, Any]]:
+    """Self-Instruct in rounds: each round's prompts show tasks from the pool, and only the generated tasks that
+    pass the ROUGE-L novelty check join it."""
+    spec, schema = attempts.spec, attempts.schema
+    # Self-Instruct's pool compares instructions (the seed tasks' and the accepted generated ones').
+    pool = NoveltyPool([schema.flat(rec)["instruction"] or "" for _, rec in seeds], [rid for rid, _ in seeds])
+    generated: list[tuple[str, dict[str, Any]]] = []
+    batches = []
+    index = number = 0
+    while index < spec.records:
+        count = min(spec.batch_size, spec.records - index)
+        jobs = [self_instruct_job(index + i, spec.seed, schema, seeds, generated, spec.seed_examples,
+                                  spec.generated_examples) for i in range(count)]
+        batches.append(attempts.submit(jobs, number).result())
+        valid = G.read_valid(attempts.store.fs, G.batch_path(attempts.work_dir, number))
+        verdicts = pool.admit([task_text for _, _, task_text in valid], [rid for rid, _, _ in valid])
+        generated += [(rid, rec) for (rid, rec, _), (score, _) in zip(valid, verdicts) if score <= pool.threshold]
+        progress.advance(stage, count, count)
+        index += count
+        number += 1
+    return batches
+
+
+def _curate_attempts(recipe: Recipe, store: VersionStore, name: str, summary: dict[str, Any], workers: int,
+                     show_progress: bool, override_guards: str | None) -> dict[str, Any]:
+    """The attempts as the input of an ordinary curation run with the recipe's steps and guards, published as
+    version `name`: failed attempts are ingest rejects with their generation reason."""
+    spec = recipe.synthesize
+    assert spec is not None
+    inputs = [InputSpec(path=summary["work_dir"], format="parquet", glob="batch-*.parquet",
+                        source=f"synthetic-{spec.method}", reject_field=G.REJECT_COLUMN, origin="synthetic",
+                        generation=summary["generation"], generator=summary["generator"])]
     curation = Recipe(name=name, inputs=inputs, steps=list(recipe.steps), shard_size_mb=recipe.shard_size_mb,
                       guards=recipe.guards, base_dir=recipe.base_dir)
     parents = [spec.source] if spec.method == "grounded" else []
@@ -157,11 +203,9 @@ def synthesize_flow(recipe: Recipe, store_url: str, name: str, workers: int | No
     # Our measurement: on 2 cores a process pool takes ~15 s to start, longer than curating a few thousand
     # records in this process.
     curation_workers = 1 if summary["attempts"] < SMALL_RUN else workers
-    manifest = curate_flow.with_options(task_runner=curation_runner(curation_workers))(
+    return curate_flow.with_options(task_runner=curation_runner(curation_workers))(
         curation, store.url, name, parents=parents, show_progress=show_progress, manifest_extra=extra,
         override_guards=override_guards, synthesis=True)
-    publish_synthesis_artifact(manifest)
-    return manifest
 
 
 def _templates(spec: SynthSpec, schema: RecordSchema) -> list[str]:
@@ -191,9 +235,7 @@ def run_synthesis(recipe: Recipe, store_url: str, name: str, workers: int | None
     assert spec is not None
     # An HTTP backend runs one batch at a time, its own `concurrency` requests in flight (so that bound holds);
     # local models and code use the cores (a process each).
-    runner = ThreadPoolTaskRunner(max_workers=1) if spec.backend.kind == "openai" else (
-        ThreadPoolTaskRunner(max_workers=1) if (workers or os.cpu_count() or 1) == 1
-        else ProcessPoolTaskRunner(max_workers=workers or os.cpu_count() or 1))
+    runner = ThreadPoolTaskRunner(max_workers=1) if spec.backend.kind == "openai" else curation_runner(workers)
     return synthesize_flow.with_options(task_runner=runner)(recipe, store_url, name, workers=workers,
                                                             show_progress=show_progress,
                                                             override_guards=override_guards)

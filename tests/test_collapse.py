@@ -5,12 +5,14 @@ row must carry its generation."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
 import pytest
 
 from curation.store import VersionStore
+from flows import cli_collapse
 from flows.collapse import POLICIES, CollapseSpec, run_collapse, version_name
 
 # Tiny settings (our choice): half the human text of the demo corpus at scale 0.2, a 1,024-token vocabulary,
@@ -88,8 +90,7 @@ def test_one_worker_checks_every_version_even_when_a_preview_finishes_last(tmp_p
 
 
 def test_the_command_defaults_are_the_experiments():
-    from flows import cli_collapse
-
+    options = inspect.signature(cli_collapse.collapse_command).parameters
     spec = CollapseSpec()
-    assert (cli_collapse.GENERATIONS, cli_collapse.SEEDS, cli_collapse.TOKENS, cli_collapse.SAMPLE_TOKENS) == \
-        (spec.generations, spec.seeds, spec.tokens, spec.sample_tokens)
+    for field in ("generations", "seeds", "tokens", "samples", "sample_tokens"):
+        assert options[field].default == getattr(spec, field), field

@@ -229,7 +229,7 @@ def test_demo_synthesizes_schema_valid_instructions_with_its_own_gpt(demo_run):
 @pytest.mark.e2e
 def test_the_gpt_backend_is_reproducible_and_honest_about_cuts(demo_run):
     from curation.synth.backends import CompletionRequest
-    from curation.synth.gpt_backend import GPTCompletionBackend
+    from flows.gpt import GPTCompletionBackend
 
     store_path, _, _ = demo_run
     checkpoint = next(store_path.glob("runs/*/*/checkpoint.pt"))
@@ -267,12 +267,14 @@ def test_every_demo_version_carries_guards_and_the_perplexity_guard_flags_degene
     # The scale-0.1 demo's held-out set is too small for the perplexity guard's reference half: the raw
     # version's text is the human reference here.
     from curation.guards import GUARD_COLUMNS, compute_guards
+    from flows.gpt import perplexity_scorer
 
     reference = store.read_table("demo-raw", columns=["text"]).column("text").to_pylist()[:400]
     config = GuardConfig(reference_model=checkpoint)
 
     def guards(batches) -> dict:
-        report = compute_guards(batches, config, reference_name="demo-raw", reference_texts=reference)
+        report = compute_guards(batches, config, reference_name="demo-raw", reference_texts=reference,
+                                perplexity=perplexity_scorer(checkpoint))
         return {g["name"]: g for g in report["guards"]}
 
     degenerate = guards([loop])

@@ -35,9 +35,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
+import fasttext
 import numpy as np
 
 from curation.glibc import M_PERTURB, mallopt
@@ -358,8 +360,45 @@ def train_quality_classifier(
     training and scored to give the metrics. `threads=1` makes training reproducible: the same inputs
     and seed give the same model file. `out_dir` must not hold a classifier unless `overwrite`.
     """
-    import fasttext
+    _check_options(positive, negative, holdout, max_docs_per_class, quantize, dim)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ClassifierError(f"{out}: already holds a classifier; pick another name or overwrite")
+    target = VersionStore(store) if isinstance(store, (str, os.PathLike)) else store
+    started = time.perf_counter()
+    data = _training_data(parse_sources(positive), parse_sources(negative), target, random.Random(seed),
+                          max_docs_per_class, balance, holdout, max_words)
+    params = {"dim": dim, "word_ngrams": word_ngrams, "bucket": bucket, "epoch": epoch, "lr": lr,
+              "min_count": min_count, "loss": loss, "threads": threads, "quantize": quantize,
+              "quantize_cutoff": quantize_cutoff if quantize else None, "qnorm": quantize if quantize else None,
+              "holdout": holdout, "max_docs_per_class": max_docs_per_class, "balance": balance}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        model, extra = _fit(data, params, seed)
+        model_file = "model.ftz" if quantize else "model.bin"
+        model.save_model(str(staging / model_file))
+        metrics = binary_metrics(_predict_hq(model, data.test_texts), data.test_labels) if data.test_texts else {}
+        info = ClassifierInfo(
+            directory=out, model_file=model_file, sha256=file_sha256(staging / model_file),
+            size_bytes=(staging / model_file).stat().st_size, counts=data.counts, metrics=metrics, params=params,
+            seed=seed, sources=data.sources, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            fasttext_version=_fasttext_version(), train_seconds=round(time.perf_counter() - started, 3),
+            preprocessing={"lowercase": True, "collapse_whitespace": True, "max_words": max_words,
+                           "label_prefix_in_text": "__label__ -> _label_"},
+            extra=extra,
+        )
+        _write_json(staging / METADATA_FILE, info.to_json())
+        _move_into_place(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return info
 
+
+def _check_options(positive: Sequence[Any], negative: Sequence[Any], holdout: float, max_docs_per_class: int | None,
+                   quantize: bool, dim: int) -> None:
     if not positive or not negative:
         raise ClassifierError("need at least one positive and one negative source")
     if not 0 <= holdout < 1:
@@ -368,19 +407,28 @@ def train_quality_classifier(
         raise ClassifierError(f"max_docs_per_class must be at least 2, got {max_docs_per_class}")
     if quantize and dim % 2:
         raise ClassifierError(f"dim must be even to quantize (product quantization, dsub 2), got {dim}")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ClassifierError(f"{out}: already holds a classifier; pick another name or overwrite")
-    target = VersionStore(store) if isinstance(store, (str, os.PathLike)) else store
-    pos_sources, neg_sources = parse_sources(positive), parse_sources(negative)
-    started = time.perf_counter()
 
+
+@dataclass
+class _TrainingData:
+    """The shuffled training rows, the held-out texts with their labels, and what the metadata records."""
+
+    rows: list[tuple[str, str]]
+    test_texts: list[str]
+    test_labels: np.ndarray
+    counts: dict[str, dict[str, int]]
+    sources: dict[str, list[dict[str, Any]]]
+
+
+def _training_data(pos_sources: list[TextSource], neg_sources: list[TextSource], target: VersionStore | None,
+                   rng: random.Random, max_docs_per_class: int | None, balance: bool, holdout: float,
+                   max_words: int) -> _TrainingData:
+    """Read, balance and split both classes; every draw comes from `rng` in a fixed order (reproducible)."""
     # Provenance first: it hashes the files and fails early on unreadable sources or missing versions.
     sources: dict[str, list[dict[str, Any]]] = {
         "positive": [s.provenance(target) for s in pos_sources],
         "negative": [s.provenance(target) for s in neg_sources],
     }
-    rng = random.Random(seed)
     pos, pos_read = _read_class(pos_sources, target, max_docs_per_class, rng, max_words)
     neg, neg_read = _read_class(neg_sources, target, max_docs_per_class, rng, max_words)
     for what, docs in (("positive", pos), ("negative", neg)):
@@ -399,63 +447,42 @@ def train_quality_classifier(
             entry["docs_read"] = read[i]
             entry["docs_train"] = sum(1 for j, _ in train if j == i)
             entry["docs_heldout"] = sum(1 for j, _ in test if j == i)
-    train_rows = [(HQ_LABEL, t) for _, t in pos_train] + [(LQ_LABEL, t) for _, t in neg_train]
-    rng.shuffle(train_rows)
+    rows = [(HQ_LABEL, t) for _, t in pos_train] + [(LQ_LABEL, t) for _, t in neg_train]
+    rng.shuffle(rows)
+    counts = {"available": available, "train": {"hq": len(pos_train), "lq": len(neg_train)},
+              "heldout": {"hq": len(pos_test), "lq": len(neg_test)}}
+    return _TrainingData(rows, [t for _, t in pos_test] + [t for _, t in neg_test],
+                         np.array([True] * len(pos_test) + [False] * len(neg_test)), counts, sources)
 
-    params = {"dim": dim, "word_ngrams": word_ngrams, "bucket": bucket, "epoch": epoch, "lr": lr,
-              "min_count": min_count, "loss": loss, "threads": threads, "quantize": quantize,
-              "quantize_cutoff": quantize_cutoff if quantize else None, "qnorm": quantize if quantize else None,
-              "holdout": holdout, "max_docs_per_class": max_docs_per_class, "balance": balance}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
-        with tempfile.TemporaryDirectory(prefix="curate-fasttext-") as tmp:
-            train_file = Path(tmp) / "train.txt"
-            with open(train_file, "w", encoding="utf-8") as handle:
-                for label, text in train_rows:
-                    handle.write(f"{label} {text}\n")
+
+def _fit(data: _TrainingData, params: dict[str, Any], seed: int) -> tuple[Any, dict[str, Any]]:
+    """The trained (and, if asked, quantized) fastText model, and the unquantized held-out metrics."""
+    extra: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="curate-fasttext-") as tmp:
+        train_file = Path(tmp) / "train.txt"
+        with open(train_file, "w", encoding="utf-8") as handle:
+            for label, text in data.rows:
+                handle.write(f"{label} {text}\n")
+        try:
+            with _zeroed_allocations():
+                model = fasttext.train_supervised(
+                    input=str(train_file), dim=params["dim"], wordNgrams=params["word_ngrams"],
+                    bucket=params["bucket"], epoch=params["epoch"], lr=params["lr"], minCount=params["min_count"],
+                    loss=params["loss"], thread=params["threads"], seed=seed, verbose=0)
+        except RuntimeError as exc:  # "Encountered NaN."
+            raise ClassifierError(f"fastText training failed ({exc}); lower lr (was {params['lr']})") from exc
+        _check_finite(model)
+        if params["quantize"]:
+            if data.test_texts:
+                extra["heldout_metrics_unquantized"] = binary_metrics(_predict_hq(model, data.test_texts),
+                                                                      data.test_labels)
             try:
                 with _zeroed_allocations():
-                    model = fasttext.train_supervised(
-                        input=str(train_file), dim=dim, wordNgrams=word_ngrams, bucket=bucket, epoch=epoch, lr=lr,
-                        minCount=min_count, loss=loss, thread=threads, seed=seed, verbose=0)
-            except RuntimeError as exc:  # "Encountered NaN."
-                raise ClassifierError(f"fastText training failed ({exc}); lower lr (was {lr})") from exc
-            _check_finite(model)
-            extra: dict[str, Any] = {}
-            test_texts = [t for _, t in pos_test] + [t for _, t in neg_test]
-            test_labels = np.array([True] * len(pos_test) + [False] * len(neg_test))
-            if quantize:
-                if test_texts:
-                    extra["heldout_metrics_unquantized"] = binary_metrics(_predict_hq(model, test_texts),
-                                                                          test_labels)
-                try:
-                    with _zeroed_allocations():
-                        model.quantize(input=str(train_file), retrain=False, qnorm=True, cutoff=quantize_cutoff)
-                except RuntimeError as exc:
-                    raise ClassifierError(f"fastText quantization failed ({exc})") from exc
-        model_file = "model.ftz" if quantize else "model.bin"
-        model.save_model(str(staging / model_file))
-        metrics = binary_metrics(_predict_hq(model, test_texts), test_labels) if test_texts else {}
-        info = ClassifierInfo(
-            directory=out, model_file=model_file, sha256=file_sha256(staging / model_file),
-            size_bytes=(staging / model_file).stat().st_size,
-            counts={"available": available, "train": {"hq": len(pos_train), "lq": len(neg_train)},
-                    "heldout": {"hq": len(pos_test), "lq": len(neg_test)}},
-            metrics=metrics, params=params, seed=seed, sources=sources,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            fasttext_version=_fasttext_version(), train_seconds=round(time.perf_counter() - started, 3),
-            preprocessing={"lowercase": True, "collapse_whitespace": True, "max_words": max_words,
-                           "label_prefix_in_text": "__label__ -> _label_"},
-            extra=extra,
-        )
-        _write_json(staging / METADATA_FILE, info.to_json())
-        _move_into_place(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return info
+                    model.quantize(input=str(train_file), retrain=False, qnorm=True,
+                                   cutoff=params["quantize_cutoff"])
+            except RuntimeError as exc:
+                raise ClassifierError(f"fastText quantization failed ({exc})") from exc
+    return model, extra
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
@@ -481,15 +508,11 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _fasttext_version() -> str:
-    from importlib import metadata
-
     for dist in ("fasttext-modern", "fasttext", "fasttext-wheel", "fasttext-numpy2"):
         try:
             return f"{dist} {metadata.version(dist)}"
         except metadata.PackageNotFoundError:
             continue
-    import fasttext
-
     return f"fasttext {getattr(fasttext, '__version__', 'unknown')}"
 
 
@@ -571,8 +594,6 @@ class QualityModel:
         if actual != info.sha256:
             raise ClassifierError(f"{model_path}: sha256 {actual[:16]}… does not match {info.sha256[:16]}… "
                                   f"recorded in {info.metadata_path}; the model file was changed or corrupted")
-        import fasttext
-
         try:
             model = fasttext.load_model(str(model_path))
         except Exception as exc:  # noqa: BLE001 - fastText raises ValueError/RuntimeError for bad files

@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.ingest import IngestError, InputSpec, preflight, read_input, resolve_files
-from curation.store import StoreError, VersionStore, check_name
+from curation.store import StoreError, VersionStore, check_name, write_json
 
 EVALSETS_DIR = "evalsets"
 DATA_FILE = "data.parquet"
@@ -340,17 +340,10 @@ def register_evalset(
     return info
 
 
-def _write_json(store: VersionStore, path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp"
-    with store.fs.open(tmp, "w") as handle:
-        json.dump(obj, handle, indent=2, default=str)
-    store.fs.mv(tmp, path)
-
-
 def _publish(store: VersionStore, staging: str, final: str, info: EvalSetInfo) -> None:
     """Make the staged set visible: one atomic rename locally; data then JSON (the commit marker) elsewhere."""
     if store.local:
-        _write_json(store, f"{staging}/{INFO_FILE}", info.to_json())
+        write_json(store.fs, f"{staging}/{INFO_FILE}", info.to_json())
         try:
             os.rename(staging, final)  # atomic; fails if the name appeared meanwhile
         except OSError as exc:
@@ -363,7 +356,7 @@ def _publish(store: VersionStore, staging: str, final: str, info: EvalSetInfo) -
         raise EvalSetExistsError(f"eval set {info.name!r} already exists in {store.url}")
     store.fs.makedirs(final, exist_ok=True)
     store.fs.mv(f"{staging}/{DATA_FILE}", f"{final}/{DATA_FILE}")
-    _write_json(store, f"{final}/{INFO_FILE}", info.to_json())
+    write_json(store.fs, f"{final}/{INFO_FILE}", info.to_json())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import zstandard
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.record import CORE_NAMES, ORIGINS, conform_rejects
@@ -290,8 +291,6 @@ def _open_binary(file: str) -> io.BufferedIOBase:
     if file.endswith(".gz"):
         return gzip.open(file, "rb")  # type: ignore[return-value]
     if file.endswith(".zst"):
-        import zstandard
-
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(file, "rb"), closefd=True))
     return open(file, "rb")
 
@@ -806,7 +805,7 @@ _SAVED_DATASET_FILES = (("dataset_info.json", "state.json"), ("dataset_dict.json
 def load_hf_dataset(spec: InputSpec, location: str) -> Any:
     """Load a Hugging Face dataset from `location` (from `resolve_files`): a `save_to_disk` folder, a local
     folder or file that `load_dataset` reads, or a hub name; failures (offline hub names too) are one line."""
-    import datasets
+    import datasets  # a second or more to import: only runs with Hugging Face inputs pay for it
 
     folder = Path(location)
     try:
@@ -825,7 +824,7 @@ def load_hf_dataset(spec: InputSpec, location: str) -> Any:
 
 def _load_saved_dataset(spec: InputSpec, location: str) -> Any:
     """A `save_to_disk` folder (memory-mapped, so `streaming` only changes how it is iterated)."""
-    import datasets
+    import datasets  # see load_hf_dataset
 
     if spec.hf_name:
         raise IngestError(f"hf:{location}: a save_to_disk folder has no configurations; remove `hf_name: "

@@ -17,6 +17,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import fsspec
@@ -25,7 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation import markers
+from curation import __version__, markers
+from curation.analysis import TOKENS
 from curation.ingest import (
     INGEST_STEP,
     PROVENANCE_COLUMNS,
@@ -35,9 +37,14 @@ from curation.ingest import (
     read_input,
     resolve_files,
 )
+from curation.recall import load_labels, planted_defect_report
 from curation.recipe import Recipe
 from curation.record import as_rejects, conform, conform_rejects, conform_to, unified_schema
+from curation.report import removed_examples, version_report
+from curation.reportkit import write_report
+from curation.stats import compute_stats
 from curation.steps import Collected, reason_key
+from curation.store import VersionStore, write_text
 
 PARQUET_COMPRESSION = "zstd"
 T = TypeVar("T")
@@ -151,7 +158,7 @@ def run_key(recipe: Recipe, plan: Plan, parents: list[str], extra: str = "") -> 
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _done_path(staging: str, key: str) -> str:
+def marker_path(staging: str, key: str) -> str:
     return f"{staging}/work/done/{key}.arrow"
 
 
@@ -159,7 +166,7 @@ def finished(fs: fsspec.AbstractFileSystem, staging: str, key: str, expected: ty
     """A task's result, persisted by an earlier attempt of this run once all its files were written. The
     staging folder may be shared, so the marker is data, never code: one that cannot be read as an
     `expected` of this task is ignored with a warning, and the task is done again."""
-    path = _done_path(staging, key)
+    path = marker_path(staging, key)
     if not fs.exists(path):
         return None
     with fs.open(path, "rb") as handle:
@@ -171,7 +178,7 @@ def finished(fs: fsspec.AbstractFileSystem, staging: str, key: str, expected: ty
 
 def mark_finished(fs: fsspec.AbstractFileSystem, staging: str, key: str, result: T) -> T:
     """Persist a task's result after its files (write then rename: a half-written marker never counts)."""
-    path = _done_path(staging, key)
+    path = marker_path(staging, key)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     tmp = f"{path}.tmp"
     with fs.open(tmp, "wb") as handle:
@@ -277,8 +284,6 @@ def duplicate_ids(store_url: str, shards: list[str], carried: str | None = None)
     out: dict[str, list[tuple[int, str]]] = {}
     taken = np.zeros(table.num_rows, bool)
     if carried:
-        from curation.store import VersionStore
-
         existing = VersionStore(store_url).read_table(carried, columns=["id"]).column("id")
         taken = pc.is_in(table.column("id"), value_set=existing.combine_chunks()).to_numpy(zero_copy_only=False)
         reused = table.filter(pa.array(taken)).select(["id", "shard", "row"]).to_pydict()
@@ -305,8 +310,6 @@ def carry_over(store_url: str, staging: str, version: str) -> dict[str, Any]:
     """Put an earlier version's data files into the staged version unchanged (hard links on a local disk:
     published files are immutable), ahead of the run's own parts: an incremental version holds everything
     its parent held plus what the run added."""
-    from curation.store import VersionStore
-
     store = VersionStore(store_url)
     files = store.manifest(version)["files"]
     data = [f for f in files if f["kind"] == "data"]
@@ -350,8 +353,6 @@ def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], stor
         return _process_shard(recipe, shard, drops, store_url, staging, start, stop, decisions, source_shard, fs, key,
                               stem)
     finally:
-        from curation.analysis import TOKENS
-
         TOKENS.clear()  # the shard's token lists: shared by its steps, never by the next shard
 
 
@@ -446,10 +447,6 @@ def build_manifest(recipe: Recipe, plan: Plan, ingested: list[IngestResult], dup
                    planted: dict[str, Any] | None = None,
                    step_reports: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything about the run that the store cannot see in the files themselves."""
-    from datetime import datetime, timezone
-
-    from curation import __version__
-
     inputs = []
     for index, spec in enumerate(recipe.inputs):
         files = [dict(zip(("path", "bytes", "mtime_ns"), (f, *(file_identity(f) or (None, None)))))
@@ -493,8 +490,6 @@ def planted_defects(recipe: Recipe, store_url: str, staging: str) -> dict[str, A
     """The recall report for a recipe that names planted-defect labels."""
     if not recipe.labels:
         return None
-    from curation.recall import load_labels, planted_defect_report
-
     path = recipe.resolve(recipe.labels)
     report = planted_defect_report(
         load_labels(path), read_staged(store_url, staging, "data", ["id", "source"]),
@@ -509,10 +504,6 @@ STATS_COLUMNS = ("id", "text", "source", "lang", "lang_score", "quality_score", 
 def version_extras(store_url: str, parents: list[str]):
     """The publish hook: statistics (stats.json, and the semantic model a later version measures its
     coverage against, compared here with the first parent's) and the HTML report with its JSON twin."""
-    from curation.report import removed_examples, version_report, write_report
-    from curation.stats import compute_stats
-    from curation.store import VersionStore
-
     def extras(staging, manifest: dict[str, Any]) -> list[str]:
         store = VersionStore(store_url)
         fs = store.fs
@@ -532,7 +523,7 @@ def version_extras(store_url: str, parents: list[str]):
 
         reference_path = url(f"{store.version_path(reference)}/stats_model.npz") if reference else None
         stats, model = compute_stats(batches(), reference_model=reference_path, reference_name=reference)
-        _write_text(fs, staging.sub("stats.json"), json.dumps(stats, indent=1))
+        write_text(fs, staging.sub("stats.json"), json.dumps(stats, indent=1))
         model.save(url(staging.sub("stats_model.npz")))
         lexical, semantic = stats.get("lexical") or {}, stats.get("semantic") or {}
         manifest["stats_summary"] = {
@@ -548,13 +539,6 @@ def version_extras(store_url: str, parents: list[str]):
         return ["stats.json", "stats_model.npz", "report.html", "report.json"]
 
     return extras
-
-
-def _write_text(fs: fsspec.AbstractFileSystem, path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with fs.open(tmp, "w") as handle:
-        handle.write(text)
-    fs.mv(tmp, path)
 
 
 # ---- resource estimate ----------------------------------------------------------------------------

@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from curation.recipe import Recipe, StepSpec
-from curation.steps import REGISTRY
-from curation.store import StoreError, VersionStore, _write_json, check_name
+from curation.steps import step_class
+from curation.store import StoreError, VersionStore, check_name, write_json
 
 SERIES_DIR = "series"
 
@@ -95,7 +95,7 @@ def record(store: VersionStore, series: str) -> Watermark:
     """Rewrite the series' summary file from the manifests (atomically), repairing one a crash left behind."""
     mark = read_watermark(store, series)
     store.fs.makedirs(f"{store.root}/{SERIES_DIR}", exist_ok=True)
-    _write_json(store.fs, _path(store, series), {
+    write_json(store.fs, _path(store, series), {
         "series": series, "versions": mark.versions, "files": mark.files,
         "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return mark
@@ -107,7 +107,7 @@ def dedup_against(recipe: Recipe, versions: list[str]) -> Recipe:
         return recipe
     steps = []
     for spec in recipe.steps:
-        if "against" in REGISTRY[spec.step].Params.model_fields:
+        if "against" in step_class(spec.step).Params.model_fields:
             params = spec.params
             against = list(dict.fromkeys([*params.get("against", []), *versions]))
             spec = StepSpec(step=spec.step, name=spec.name, stage=spec.stage, **{**params, "against": against})

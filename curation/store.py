@@ -25,20 +25,23 @@ import json
 import os
 import re
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import fsspec
+import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from curation.card import CARD, dataset_card
-from curation.record import CORE_NAMES, conform_to, unified_schema
+from curation.record import CORE_NAMES, conform, conform_to, unified_schema
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -174,7 +177,7 @@ class VersionStore:
 
     def load(self, name: str, kind: str = "data"):  # -> datasets.Dataset
         """The version as a Hugging Face `Dataset` (memory-mapped Arrow, read through `load_dataset`)."""
-        import datasets
+        import datasets  # a second or more to import: only callers of `load` pay for it
 
         files = self.files(name, kind)
         if not files:
@@ -222,10 +225,6 @@ class VersionStore:
         into place exclusively, so no run ever sees a lock without its owner; on object stores it is
         exists-then-write, which narrows but cannot close the race. A lock left by a dead process, or empty or
         unreadable for longer than LOCK_GRACE_SECONDS, is taken over."""
-        import socket
-
-        import psutil
-
         me = psutil.Process()
         owner = {"pid": me.pid, "host": socket.gethostname(), "started": me.create_time(),
                  "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -236,7 +235,7 @@ class VersionStore:
                 elif self.fs.exists(path):
                     raise FileExistsError(path)
                 else:
-                    _write_json(self.fs, path, owner)
+                    write_json(self.fs, path, owner)
                 return path
             except FileExistsError:
                 try:
@@ -309,10 +308,10 @@ class VersionStore:
                                   + "; ".join(manifest["accounting"]["failures"]))
         if extras is not None:
             files.extend([self._staged_entry(staging, extra, "report") for extra in extras(staging, manifest)])
-        _write_text(self.fs, staging.sub(CARD), dataset_card(manifest))  # from the final manifest, so written last
+        write_text(self.fs, staging.sub(CARD), dataset_card(manifest))  # from the final manifest, so written last
         files.append(self._staged_entry(staging, CARD, "card"))
         target = self.version_path(staging.name)
-        _write_json(self.fs, staging.sub(MANIFEST), manifest)
+        write_json(self.fs, staging.sub(MANIFEST), manifest)
         self.fs.makedirs(self._versions_dir(), exist_ok=True)
         if self.local:
             try:
@@ -327,7 +326,7 @@ class VersionStore:
                 raise VersionExistsError(f"version {staging.name!r} already exists in {self.url}")
             for f in files:
                 self.fs.mv(staging.sub(f["path"]), f"{target}/{f['path']}")
-            _write_json(self.fs, f"{target}/{MANIFEST}", manifest)  # last: the commit marker
+            write_json(self.fs, f"{target}/{MANIFEST}", manifest)  # last: the commit marker
             self.fs.rm(staging.path, recursive=True)
         self._release(staging.lock)
         return self._uri(target)
@@ -338,10 +337,6 @@ class VersionStore:
         """Publish records that need no curation run (a table made elsewhere, generated data) as a version:
         one data file, every row counted in by an `ingest` step, and the same checks as any version
         (no statistics or report: those come with a curation run)."""
-        from datetime import datetime, timezone
-
-        from curation.record import conform
-
         staging = self.begin(name)
         try:
             pq.write_table(conform(table), staging.sub("data", "part-0.parquet"), filesystem=self.fs,
@@ -358,10 +353,6 @@ class VersionStore:
 
 def _alive(owner: dict[str, Any]) -> bool:
     """Whether the process that wrote a lock still runs (a lock from another host is assumed alive)."""
-    import socket
-
-    import psutil
-
     if owner.get("host") != socket.gethostname():
         return True
     try:
@@ -399,11 +390,11 @@ def _read_lock(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | Non
     return held if isinstance(held, dict) and "pid" in held else None
 
 
-def _write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
-    _write_text(fs, path, json.dumps(obj, indent=2, sort_keys=False, default=str))
+def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
+    write_text(fs, path, json.dumps(obj, indent=2, sort_keys=False, default=str))
 
 
-def _write_text(fs: fsspec.AbstractFileSystem, path: str, text: str) -> None:
+def write_text(fs: fsspec.AbstractFileSystem, path: str, text: str) -> None:
     """Write then rename, so no reader finds the file half written."""
     tmp = f"{path}.tmp"
     with fs.open(tmp, "w", encoding="utf-8") as handle:

@@ -13,7 +13,7 @@ import pytest
 from conftest import write_jsonl
 
 from curation import markers
-from curation.pipeline import IngestResult, IngestUnit, ShardResult, _done_path, finished, ingest_unit, mark_finished
+from curation.pipeline import IngestResult, IngestUnit, ShardResult, finished, ingest_unit, mark_finished, marker_path
 from curation.recipe import Recipe
 from curation.steps.line_dedup import LineDedupSummary
 
@@ -79,7 +79,7 @@ def test_a_planted_or_corrupt_marker_is_ignored_and_the_task_redone(tmp_path, pl
                "garbage": b"\x00not an arrow file",
                "other_task": markers.encode(first, "ingest-00001"),
                "other_type": markers.encode(ShardResult("s", {}, 0), key)}[planted]
-    Path(_done_path(staging, key)).write_bytes(content)
+    Path(marker_path(staging, key)).write_bytes(content)
     with pytest.warns(markers.MarkerWarning, match="done again"):
         again = ingest_unit(recipe, unit, store, staging)
     assert not evidence.exists()
@@ -91,6 +91,6 @@ def test_markers_are_written_atomically_under_their_own_name(tmp_path):
     fs = fsspec.filesystem("file")
     staging = str(tmp_path / "staging")
     mark_finished(fs, staging, "ingest-00003", IngestResult(3, ["a.parquet"], 4, 4, {}, 10))
-    done = sorted(os.listdir(Path(_done_path(staging, "x")).parent))
+    done = sorted(os.listdir(Path(marker_path(staging, "x")).parent))
     assert done == ["ingest-00003.arrow"]
     assert finished(fs, staging, "ingest-00003", IngestResult).shards == ["a.parquet"]

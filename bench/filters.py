@@ -1,6 +1,7 @@
 """Heuristic quality filters: our stack vs datatrove's, speed per core and keep/drop agreement.
 
-    .venv/bin/python bench/filters.py --docs 2000
+    .venv/bin/python bench/filters.py --docs 2000                  # both corpora, 2,000 documents each
+    .venv/bin/python bench/filters.py --corpus technical --check
     .venv/bin/python bench/filters.py --docs 20000 --workers 2 --json bench/out/filters.json
 
 Compares, on the same documents, each of our filters with datatrove's filter of the same rules
@@ -18,10 +19,20 @@ for documents both sides keep, the share with identical rewritten text is report
 FineWeb order (gopher_repetition, gopher_quality, c4_quality, fineweb_quality). `--workers N` also
 runs ours over N processes and reports aggregate docs/s.
 
-Documents: the demo corpus (`curation.demo.build_demo_corpus`: stdlib docstrings, KJV chapters, a
-simulated crawl with planted defects; malformed lines, non-string / empty texts and documents over
-100 KB are skipped), `--docs` of them in a seeded sample, repeated (with suffixed ids) when more are
-asked for than the corpus holds. The mean document size is reported (about 3 KB).
+Documents (`--corpus demo|technical|both`, default both; each corpus is sampled, run and reported on
+its own), `--docs` of them in a seeded sample, repeated (with suffixed ids) when more are asked for than
+the corpus holds; the mean document size is reported:
+
+* demo: the demo corpus (`curation.demo.build_demo_corpus`: stdlib docstrings, KJV chapters, a
+  simulated crawl with planted defects; malformed lines, non-string / empty texts and documents over
+  100 KB are skipped), about 3 KB a document;
+* technical: technical prose from what is installed in the project's environment, built the same way
+  on every run with the same packages: one document per module of TECHNICAL_PACKAGES (numpy, scipy,
+  pandas, pyarrow, torch, datasets, httpx, pydantic, rich, typer: those installed), made of its
+  docstring and those of its public classes, functions and methods (source parsed with `ast` as the
+  demo does for the standard library, never imported), and one per installed distribution's long
+  description (its README, from `importlib.metadata`), skipping documents under 50 words or over
+  100 KB; about 6 KB a document (median 2.4 KB), code-heavy: roles, signatures, URLs, tables.
 
 datatrove runs in its own virtual environment, never in the project's (it is not a dependency):
 
@@ -35,8 +46,8 @@ temporary folder and runs it with that venv's python (`--datatrove-python` to us
 Our filters are imported when the comparison starts; if they are not registered yet in
 `curation.steps.REGISTRY`, the harness polls every 60 s for up to `--wait-minutes` (default 50).
 
-Targets (`--check` exits 1 when missed): our full stack >= 1,000 docs/s per core on ~3 KB
-documents, and >= 99 % keep/drop agreement with datatrove for every filter.
+Targets (`--check` exits 1 when missed): our full stack >= 1,000 docs/s per core on the demo corpus's
+~3 KB documents, and >= 99 % keep/drop agreement with datatrove for every filter on every corpus run.
 """
 
 from __future__ import annotations
@@ -56,113 +67,21 @@ from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DT_PYTHON = REPO / "bench" / ".venv-datatrove" / "bin" / "python"
-FILTERS = ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality")  # also the stack order
-DATATROVE = {
-    "gopher_repetition": "GopherRepetitionFilter",
-    "gopher_quality": "GopherQualityFilter",
-    "c4_quality": "C4QualityFilter",
-    "fineweb_quality": "FineWebQualityFilter",
-}
-MAX_DOC_BYTES = 100_000
+from corpora import DATATROVE_SETUP, DEFAULT_DT_PYTHON, FILTERS, MAX_DOC_BYTES, REPO, run_datatrove, technical_corpus
+
+CORPORA = ("demo", "technical")
 TARGET_DOCS_PER_S = 1000.0
 TARGET_AGREEMENT = 99.0
 CHECK_REGISTRY = ("from curation.steps import REGISTRY; "
                   f"missing = [k for k in {FILTERS!r} if k not in REGISTRY]; "
                   "assert not missing, f'not registered yet: {missing}'")
 
-# The datatrove side: run in bench/.venv-datatrove by subprocess. Reads docs JSONL, writes one JSON
-# line per document with each filter's verdict (null = keep, else the reason), C4's rewritten text,
-# and a summary line with the timings.
-DT_RUNNER = r'''
-import json, os, sys, time
-
-cpu = int(sys.argv[3])
-if cpu >= 0:
-    os.sched_setaffinity(0, {cpu})
-from loguru import logger
-logger.remove()
-from datatrove.data import Document
-from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                        GopherRepetitionFilter)
-from datatrove.utils import text as dt_text
-from datatrove.utils.word_tokenizers import load_word_tokenizer
-from importlib.metadata import version
-
-names = json.loads(sys.argv[4])
-repeat = int(sys.argv[5])
-classes = {"gopher_repetition": GopherRepetitionFilter, "gopher_quality": GopherQualityFilter,
-           "c4_quality": C4QualityFilter, "fineweb_quality": FineWebQualityFilter}
-docs = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
-filters = {name: classes[name]() for name in names}
-load_word_tokenizer("eng").tokenizer  # load spaCy once, outside the timings
-
-
-def verdict(flt, doc):
-    try:
-        res = flt.filter(doc)
-    except Exception as exc:  # datatrove would crash the pipeline; record it as a drop
-        return "exception:" + type(exc).__name__
-    keep, reason = (res if isinstance(res, tuple) else (res, None))
-    return None if keep else (reason or "dropped")
-
-
-for flt in filters.values():  # warm up
-    for d in docs[:20]:
-        verdict(flt, Document(text=d["text"], id=d["id"]))
-
-results = {name: [] for name in names}
-c4_text = [None] * len(docs)
-timings = {}
-for name, flt in filters.items():
-    best = None
-    for r in range(repeat):
-        dt_text.split_into_parts.cache_clear()
-        out = []
-        start, cpu_start = time.perf_counter(), time.process_time()
-        for i, d in enumerate(docs):
-            doc = Document(text=d["text"], id=d["id"])
-            out.append(verdict(flt, doc))
-            if name == "c4_quality" and out[-1] is None and r == 0:
-                c4_text[i] = doc.text
-        took = (time.perf_counter() - start, time.process_time() - cpu_start)
-        best = took if best is None else (min(best[0], took[0]), min(best[1], took[1]))
-        if r == 0:
-            results[name] = out
-    timings[name] = best
-
-# The stack as a datatrove pipeline: each filter sees the survivors of the previous one, C4's
-# rewritten text included (and shares the lru-cached tokenization of the same text, as in datatrove).
-stack_best, survivors = None, 0
-for r in range(repeat):
-    dt_text.split_into_parts.cache_clear()
-    kept = 0
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for d in docs:
-        doc = Document(text=d["text"], id=d["id"])
-        for flt in filters.values():
-            if verdict(flt, doc) is not None:
-                break
-        else:
-            kept += 1
-    took = (time.perf_counter() - start, time.process_time() - cpu_start)
-    stack_best = took if stack_best is None else (min(stack_best[0], took[0]), min(stack_best[1], took[1]))
-    survivors = kept
-
-with open(sys.argv[2], "w", encoding="utf-8") as out:
-    for i, d in enumerate(docs):
-        out.write(json.dumps({"id": d["id"], "r": {n: results[n][i] for n in names}, "c4_text": c4_text[i]}) + "\n")
-    out.write(json.dumps({"summary": {"seconds": timings, "stack_seconds": stack_best, "stack_kept": survivors,
-                                      "version": version("datatrove")}}) + "\n")
-'''
-
 
 # ------------------------------------------------------------------------------------------------
 # Corpus
 
 
-def load_corpus(folder: Path) -> tuple[list[dict], dict]:
+def _read_demo_corpus(folder: Path) -> tuple[list[dict], dict]:
     """Build the demo corpus in `folder` and read its documents (skipping what ingest would drop)."""
     from curation.demo import build_demo_corpus
 
@@ -193,6 +112,11 @@ def load_corpus(folder: Path) -> tuple[list[dict], dict]:
                     doc_id = f"{doc_id}#{seen[doc_id]}"
                 docs.append({"id": doc_id, "text": text, "source": source})
     return docs, dict(skipped)
+
+
+def load_corpus(name: str, folder: Path) -> tuple[list[dict], dict]:
+    """The documents of corpus `name` ("demo" or "technical") and what was skipped, by reason."""
+    return _read_demo_corpus(folder) if name == "demo" else technical_corpus()
 
 
 def sample_docs(pool: list[dict], n: int, seed: int) -> list[dict]:
@@ -363,30 +287,6 @@ def ours_workers(docs: list[dict], workers: int, repeat: int, batch_size: int, f
 # datatrove side
 
 
-def run_datatrove(python: Path, docs: list[dict], folder: Path, cpu: int, repeat: int) -> tuple[dict, dict]:
-    runner = folder / "datatrove_runner.py"
-    runner.write_text(DT_RUNNER, encoding="utf-8")
-    docs_path = folder / "docs.jsonl"
-    with open(docs_path, "w", encoding="utf-8") as handle:
-        for d in docs:
-            handle.write(json.dumps({"id": d["id"], "text": d["text"]}) + "\n")
-    out_path = folder / "datatrove_results.jsonl"
-    proc = subprocess.run([str(python), str(runner), str(docs_path), str(out_path), str(cpu), json.dumps(FILTERS),
-                           str(repeat)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"datatrove runner failed ({python}):\n{proc.stderr[-4000:]}")
-    per_doc: dict = {}
-    summary: dict = {}
-    with open(out_path, encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            if "summary" in row:
-                summary = row["summary"]
-            else:
-                per_doc[row["id"]] = row
-    return per_doc, summary
-
-
 # ------------------------------------------------------------------------------------------------
 # Comparison and report
 
@@ -445,12 +345,12 @@ def fmt_rate(docs: int, seconds: float | None) -> str:
     return f"{docs / seconds:,.0f}" if seconds else "-"
 
 
-def print_report(report: dict, top: int) -> None:
+def print_report(report: dict, args: argparse.Namespace) -> None:
     n = report["corpus"]["docs"]
     c = report["corpus"]
-    print(f"\ndocuments: {n:,} (mean {c['mean_bytes']:,.0f} B, median {c['median_bytes']:,.0f} B; "
-          f"sources {c['sources']}); best of {report['config']['repeat']} (ours), "
-          f"{report['config']['dt_repeat']} (datatrove {report.get('datatrove_version', '-')})")
+    print(f"\n=== corpus {c['name']}: {n:,} documents (mean {c['mean_bytes']:,.0f} B, median "
+          f"{c['median_bytes']:,.0f} B; sources {c['sources']}); best of {args.repeat} (ours), "
+          f"{args.dt_repeat} (datatrove {report.get('datatrove_version', '-')})")
     head = (f"{'filter':<18} {'ours docs/s':>11} {'(wall)':>8} {'datatrove':>10} {'(wall)':>7} {'speed x':>8} "
             f"{'agree %':>8} {'ours drop':>10} {'dt drop':>8}")
     print(head)
@@ -482,18 +382,91 @@ def print_report(report: dict, top: int) -> None:
             continue
         total = sum(g["count"] for g in dis)
         print(f"\n{name}: {total} disagreement(s)  (ours reason key  vs  datatrove reason)")
-        for g in dis[:top]:
+        for g in dis[:args.top]:
             print(f"  {g['count']:>5}  ours {g['ours']:<40} datatrove {g['datatrove']}")
             for ex in g["examples"]:
                 print(f"         {ex['id']}: ours={ex['ours']!s}  datatrove={ex['datatrove']!s}")
-    t = report.get("targets")
-    if t:
-        print("\ntargets: " + "; ".join(f"{k}: {v['value']} ({'PASS' if v['ok'] else 'FAIL'})" for k, v in t.items()))
+
+
+def run_corpus(name: str, args: argparse.Namespace, work: Path, cpus: list[int]) -> dict:
+    """Sample corpus `name`, run datatrove and ours on it (pinned to one CPU) and compare: its report."""
+    cpu = cpus[-1]
+    pool, skipped = load_corpus(name, work / f"corpus-{name}")
+    docs = sample_docs(pool, args.docs, args.seed)
+    sizes = [len(d["text"].encode("utf-8")) for d in docs]
+    report: dict = {
+        "corpus": {"name": name, "docs": len(docs), "pool": len(pool), "skipped": skipped,
+                   "mean_bytes": statistics.fmean(sizes), "median_bytes": statistics.median(sizes),
+                   "mean_chars": statistics.fmean(len(d["text"]) for d in docs),
+                   "sources": dict(Counter(d["source"] for d in docs))},
+        "filters": {f: {} for f in (*FILTERS, "stack")},
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    print(f"\n== corpus {name}: {len(docs):,} docs sampled from {len(pool):,} (skipped {skipped}), "
+          f"mean {report['corpus']['mean_bytes']:,.0f} B", flush=True)
+    folder = work / f"run-{name}"
+    folder.mkdir()
+    theirs = None
+    if not args.skip_datatrove:
+        print(f"datatrove: running on cpu {cpu} ...", flush=True)
+        theirs, summary = run_datatrove(args.datatrove_python, docs, folder, cpu, args.dt_repeat)
+        report["datatrove_version"] = summary["version"]
+        for f in FILTERS:
+            report["filters"][f]["datatrove_wall_s"], report["filters"][f]["datatrove_cpu_s"] = summary["seconds"][f]
+        report["filters"]["stack"]["datatrove_wall_s"], report["filters"]["stack"]["datatrove_cpu_s"] = \
+            summary["stack_seconds"]
+        report["filters"]["stack"]["datatrove_stack_dropped"] = len(docs) - summary["stack_kept"]
+
+    print(f"ours: running on cpu {cpu} ...", flush=True)
+    import pyarrow as pa
+
+    threads = pa.cpu_count()
+    os.sched_setaffinity(0, {cpu})
+    pa.set_cpu_count(1)  # Arrow's compute threads too: one core
+    try:
+        ours = ours_single_core(docs, args.repeat, args.batch_size)
+    finally:
+        os.sched_setaffinity(0, cpus)
+        pa.set_cpu_count(threads)
+    for f in FILTERS:
+        report["filters"][f]["ours_wall_s"], report["filters"][f]["ours_cpu_s"] = ours["seconds"][f]
+        report["filters"][f]["ours_dropped"] = sum(r is not None for r in ours["reasons"][f])
+    report["filters"]["stack"]["ours_wall_s"], report["filters"]["stack"]["ours_cpu_s"] = ours["stack_seconds"]
+    report["filters"]["stack"]["ours_stack_dropped"] = len(docs) - ours["stack_kept"]
+    if theirs is not None:
+        for f, result in compare(docs, ours, theirs, args.examples).items():
+            report["filters"][f].update(result)
+    if args.workers > 1:
+        print(f"ours: {args.workers} processes ...", flush=True)
+        report["workers"] = {"workers": args.workers,
+                             "seconds": ours_workers(docs, args.workers, args.repeat, args.batch_size, folder)}
+    return report
+
+
+def targets_for(reports: dict[str, dict]) -> dict:
+    """The speed target on the demo corpus (the ~3 KB documents it was set for) and the agreement target
+    for every filter on every corpus."""
+    targets: dict = {}
+    if "demo" in reports:
+        demo = reports["demo"]
+        rate = demo["corpus"]["docs"] / demo["filters"]["stack"]["ours_cpu_s"]
+        targets["demo: ours stack docs/s per core >= 1,000"] = {"value": f"{rate:,.0f}",
+                                                                "ok": rate >= TARGET_DOCS_PER_S}
+    for name, report in reports.items():
+        agreements = {f: report["filters"][f].get("agreement_pct") for f in FILTERS}
+        if None in agreements.values():
+            continue  # --skip-datatrove
+        worst = min(agreements, key=agreements.get)
+        targets[f"{name}: agreement >= 99 % on every filter (lowest: {worst})"] = {
+            "value": f"{agreements[worst]:.2f} %", "ok": agreements[worst] >= TARGET_AGREEMENT}
+    return targets
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=2000, help="documents to filter (default 2000)")
+    parser.add_argument("--corpus", choices=(*CORPORA, "both"), default="both",
+                        help="demo, technical, or both (default), each sampled and reported on its own")
+    parser.add_argument("--docs", type=int, default=2000, help="documents to filter per corpus (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--workers", type=int, default=1, help="also run ours over N processes (N > 1)")
     parser.add_argument("--repeat", type=int, default=3, help="timing runs of ours; the best is reported")
@@ -509,81 +482,27 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
 
+    if not args.skip_datatrove and not args.datatrove_python.exists():
+        raise SystemExit(f"{args.datatrove_python} not found; set it up with\n  {DATATROVE_SETUP}\n"
+                         "or pass --skip-datatrove")
+    if args.wait_minutes > 0:
+        wait_for_filters(args.wait_minutes)
     cpus = sorted(os.sched_getaffinity(0))
-    cpu = cpus[-1]
+    corpora = CORPORA if args.corpus == "both" else (args.corpus,)
+    reports: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="curate-bench-filters-") as tmp:
-        work = Path(tmp)
-        pool, skipped = load_corpus(work / "corpus")
-        docs = sample_docs(pool, args.docs, args.seed)
-        sizes = [len(d["text"].encode("utf-8")) for d in docs]
-        report: dict = {
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "corpus": {"docs": len(docs), "pool": len(pool), "skipped": skipped,
-                       "mean_bytes": statistics.fmean(sizes), "median_bytes": statistics.median(sizes),
-                       "mean_chars": statistics.fmean(len(d["text"]) for d in docs),
-                       "sources": dict(Counter(d["source"] for d in docs))},
-            "filters": {name: {} for name in (*FILTERS, "stack")},
-            "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "cpus": len(cpus),
-        }
-        print(f"corpus: {len(docs):,} docs sampled from {len(pool):,} (skipped {skipped}), "
-              f"mean {report['corpus']['mean_bytes']:,.0f} B", flush=True)
-
-        theirs = None
-        if not args.skip_datatrove:
-            if not args.datatrove_python.exists():
-                raise SystemExit(f"{args.datatrove_python} not found; set it up with\n  python3 -m venv "
-                                 "bench/.venv-datatrove && bench/.venv-datatrove/bin/pip install datatrove spacy regex"
-                                 "\nor pass --skip-datatrove")
-            print(f"datatrove: running on cpu {cpu} ...", flush=True)
-            theirs, summary = run_datatrove(args.datatrove_python, docs, work, cpu, args.dt_repeat)
-            report["datatrove_version"] = summary["version"]
-            for name in FILTERS:
-                report["filters"][name]["datatrove_wall_s"], report["filters"][name]["datatrove_cpu_s"] = \
-                    summary["seconds"][name]
-            report["filters"]["stack"]["datatrove_wall_s"], report["filters"]["stack"]["datatrove_cpu_s"] = \
-                summary["stack_seconds"]
-            report["filters"]["stack"]["datatrove_stack_dropped"] = len(docs) - summary["stack_kept"]
-
-        if args.wait_minutes > 0:
-            wait_for_filters(args.wait_minutes)
-        print(f"ours: running on cpu {cpu} ...", flush=True)
-        import pyarrow as pa
-
-        threads = pa.cpu_count()
-        os.sched_setaffinity(0, {cpu})
-        pa.set_cpu_count(1)  # Arrow's compute threads too: one core
-        try:
-            ours = ours_single_core(docs, args.repeat, args.batch_size)
-        finally:
-            os.sched_setaffinity(0, cpus)
-            pa.set_cpu_count(threads)
-        for name in FILTERS:
-            report["filters"][name]["ours_wall_s"], report["filters"][name]["ours_cpu_s"] = ours["seconds"][name]
-            report["filters"][name]["ours_dropped"] = sum(r is not None for r in ours["reasons"][name])
-        report["filters"]["stack"]["ours_wall_s"], report["filters"]["stack"]["ours_cpu_s"] = ours["stack_seconds"]
-        report["filters"]["stack"]["ours_stack_dropped"] = len(docs) - ours["stack_kept"]
-
-        if theirs is not None:
-            for name, result in compare(docs, ours, theirs, args.examples).items():
-                report["filters"][name].update(result)
-
-        if args.workers > 1:
-            print(f"ours: {args.workers} processes ...", flush=True)
-            report["workers"] = {"workers": args.workers,
-                                 "seconds": ours_workers(docs, args.workers, args.repeat, args.batch_size, work)}
-
-    stack_rate = len(docs) / report["filters"]["stack"]["ours_cpu_s"]
-    targets = {"ours stack docs/s per core >= 1,000": {"value": f"{stack_rate:,.0f}",
-                                                       "ok": stack_rate >= TARGET_DOCS_PER_S}}
-    if theirs is not None:
-        worst = min(report["filters"][n]["agreement_pct"] for n in FILTERS)
-        targets["min agreement >= 99 %"] = {"value": f"{worst:.2f} %", "ok": worst >= TARGET_AGREEMENT}
-    report["targets"] = targets
-    print_report(report, args.top)
+        for name in corpora:
+            reports[name] = run_corpus(name, args, Path(tmp), cpus)
+    targets = targets_for(reports)
+    for report in reports.values():
+        print_report(report, args)
+    print("\ntargets: " + ("; ".join(f"{k}: {v['value']} ({'PASS' if v['ok'] else 'FAIL'})" for k, v in targets.items())
+                            or "none here (agreement needs datatrove; the speed target is the demo corpus's)"))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        full = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "cpus": len(cpus), "corpora": reports, "targets": targets}
+        args.json.write_text(json.dumps(full, indent=2, ensure_ascii=False), encoding="utf-8")
         print(f"\nsaved {args.json}")
     if args.check and not all(t["ok"] for t in targets.values()):
         sys.exit(1)

@@ -142,6 +142,11 @@ def test_c4_bad_words_are_optional():
     ("And God said, Let there be light: and there was light. And God saw the light.", 2),
     ("See e.g. the docs. Then Mr. Smith left... and came back!", 2),
     ("Return a value (e.g. 3.5). Raise ValueError if x < 0.", 2),
+    # spaCy's sentencizer ends a sentence after any "." token: here the one split off between a lower- and an
+    # upper-case letter (datatrove counts 2 in each)
+    ("Represents torch.cuda.Stream, preserving device-specific type and attributes.", 2),
+    ("A subclass of :class:`nn.Module` instances.", 2),
+    ("Wait.. Then go.", 1),  # ".." (one token) is not a sentence end
 ])
 def test_sentence_count(line, sentences):
     assert count_sentences(line) == sentences

@@ -50,7 +50,7 @@ class FineWebQuality(FilterStep[FineWebQualityParams]):
             punct[row] = sum(1 for line in kept if line.endswith(STOP_CHARS)) / len(kept)
             short[row] = sum(1 for line in kept if len(line) <= self.params.short_line_length) / len(kept)
             dup_chars[row] = duplicates(kept)[1] / max(len(doc) - doc.count("\n"), 1)
-        list_ratio = A.safe_ratio(A.count_literal(text, "\n"), A.count(text, A.ARROW_TOKEN))
+        list_ratio = A.safe_ratio(A.count_literal(text, "\n"), A.token_counts(text).tokens)
         return {"lines": lines, "line_punct_ratio": punct, "short_line_ratio": short, "char_dup_ratio": dup_chars,
                 "list_ratio": list_ratio}
 

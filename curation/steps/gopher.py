@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curation import analysis as A
 from curation.steps.base import Count, Fraction, NonNegative, PositiveCount
@@ -54,26 +54,24 @@ class GopherQuality(FilterStep[GopherQualityParams]):
 
     def signals(self, batch: pa.Table) -> Signals:
         text = A.as_array(batch.column("text"))
-        words, word_chars, tokens = A.word_and_token_counts(text)  # words: tokens that are not symbols
+        counts = A.token_counts(text)  # words: tokens with a character that is not punctuation
+        tokens = counts.tokens
         hashes = A.count_literal(text, "#")
         ellipses = A.count_literal(text, "...") + A.count_literal(text, "…")
         lines = A.line_counts(text)
-        bullets = A.count(text, r"(?m)^[ \t]*[•\-]")
+        # A bullet line counts once: the match runs to the end of its line, because Arrow's regex count
+        # restarts after each match as at the start of a text, where "^" matches again ("--" would count twice).
+        bullets = A.count(text, r"(?m)^[ \t]*[•\-][^\n]*")
         ellipsis_lines = A.count(text, r"(?m)(?:\.\.\.|…)[ \t\r]*$")
-        alpha = A.count(text, A.ARROW_ALPHA_WORD)
-        # Word tokenisers split "cannot" into "can" + "not": one more word token each time.
-        split_words = A.count(text, r"(?i)\bcannot\b")
-        tokens, words, alpha = tokens + split_words, words + split_words, alpha + split_words
-        # Distinct stop words present, matched case-sensitively as whole tokens (as the reference does).
-        stops = np.zeros(len(text), dtype=np.int64)
-        for word in self.params.stop_words:
-            stops += pc.match_substring_regex(text, rf"\b{re.escape(word)}\b").to_numpy(
-                zero_copy_only=False).astype(np.int64)
+        # Distinct stop words among the tokens, matched case-sensitively (as the reference does).
+        stop_words = frozenset(self.params.stop_words)
+        stops = np.array([len(stop_words.intersection(A.TOKENS.tokens(doc_id, doc)))
+                          for doc_id, doc in zip(batch.column("id").to_pylist(), text.to_pylist())], dtype=np.int64)
         return {
-            "words": words, "mean_word_length": A.safe_ratio(word_chars, words),
+            "words": counts.words, "mean_word_length": A.safe_ratio(counts.word_chars, counts.words),
             "hash_ratio": A.safe_ratio(hashes, tokens), "ellipsis_ratio": A.safe_ratio(ellipses, tokens),
             "bullet_lines": A.safe_ratio(bullets, lines), "ellipsis_lines": A.safe_ratio(ellipsis_lines, lines),
-            "alpha_words": A.safe_ratio(alpha, tokens), "stop_words": stops,
+            "alpha_words": A.safe_ratio(counts.alpha, tokens), "stop_words": stops,
         }
 
 
@@ -192,6 +190,14 @@ class GopherRepetition(FilterStep[GopherRepetitionParams]):
         p = self.params
         return (*self.checks, *(Check(f"top_{n}gram_char_frac", "<=", bound) for n, bound in p.top_n_grams),
                 *(Check(f"dup_{n}gram_char_frac", "<=", bound) for n, bound in p.dup_n_grams))
+
+    def with_bounds(self, bounds: Mapping[Check, float]) -> GopherRepetitionParams:
+        """The n-gram checks' bounds go back into `top_n_grams`/`dup_n_grams`, the others into their parameters."""
+        by_signal = {check.signal: value for check, value in bounds.items()}
+        p = super().with_bounds(bounds)
+        top = tuple((n, by_signal.get(f"top_{n}gram_char_frac", b)) for n, b in p.top_n_grams)
+        dup = tuple((n, by_signal.get(f"dup_{n}gram_char_frac", b)) for n, b in p.dup_n_grams)
+        return type(p)(**{**p.model_dump(), "top_n_grams": top, "dup_n_grams": dup})
 
     def signals(self, batch: pa.Table) -> Signals:
         names = [check.signal for check in self.rules()]

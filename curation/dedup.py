@@ -24,6 +24,8 @@ import numpy as np
 import xxhash
 from datasketch import MinHash
 
+from curation.record import ORIGINS
+
 NUM_PERM = 128  # datasketch's default; FineWeb uses 112, Lee et al. 2022 use 9 x 20 = 180
 SHINGLE_WORDS = 5  # word 5-grams, as FineWeb/datatrove and Lee et al. 2022
 THRESHOLD = 0.8  # Jaccard threshold: Lee et al. 2022, NeMo Curator's default
@@ -259,18 +261,57 @@ class UnionFind:
         return out
 
 
-def keep_order(doc: DocKey) -> tuple:
-    """The declared keep policy: highest quality_score, then longest, then smallest id; documents of
-    earlier (published) versions always win, since they cannot be removed any more."""
-    return (not doc.published, -doc.quality, -doc.length, doc.id)
-
-
 @dataclass(frozen=True)
 class DocKey:
     id: str
     length: int
     quality: float = 0.0
     published: str | None = None  # the earlier version it belongs to
+    source: str = ""  # the recipe input it came from (the record's `source`)
+    origin: str = ""  # who wrote it: "human" or "synthetic" (the record's `origin`)
+
+
+# The keep policy's criteria, most important first (the names the report's `decided_by` counts).
+KEEP_CRITERIA = ("published", "origin", "source", "quality_score", "length", "id")
+
+
+def _position(order: tuple[str, ...], value: str) -> int:
+    """Where `value` stands in `order`; every unlisted value comes after the listed ones, all tied."""
+    return order.index(value) if value in order else len(order)
+
+
+@dataclass(frozen=True)
+class KeepPolicy:
+    """Which document of a duplicate cluster survives, criterion by criterion (KEEP_CRITERIA):
+    a document of an earlier (published) version, since it cannot be removed any more; then the
+    preferred origin (human text before synthetic by default, so a model's copy never replaces its
+    source); then the preferred source (listed sources in their order, unlisted ones after them);
+    then the highest quality_score, the longest text, the smallest id."""
+
+    prefer_origins: tuple[str, ...] = ORIGINS
+    prefer_sources: tuple[str, ...] = ()
+
+    def provenance_rank(self, origin: str, source: str) -> tuple[int, int]:
+        """(origin rank, source rank): smaller is preferred."""
+        return _position(self.prefer_origins, origin), _position(self.prefer_sources, source)
+
+    def rank(self, origin: str, source: str) -> int:
+        """provenance_rank as one number (smaller is preferred), for numpy sorts."""
+        origin_rank, source_rank = self.provenance_rank(origin, source)
+        return origin_rank * (len(self.prefer_sources) + 1) + source_rank
+
+    def order(self, doc: DocKey) -> tuple:
+        """The sort key: the document to keep sorts first."""
+        return (doc.published is None, *self.provenance_rank(doc.origin, doc.source), -doc.quality, -doc.length,
+                doc.id)
+
+    def as_report(self) -> dict[str, list[str]]:
+        return {"prefer_origins": list(self.prefer_origins), "prefer_sources": list(self.prefer_sources)}
+
+    def deciding_criterion(self, kept: DocKey, removed: DocKey) -> str:
+        """The first criterion of KEEP_CRITERIA on which `kept` beat `removed`."""
+        return next((name for name, a, b in zip(KEEP_CRITERIA, self.order(kept), self.order(removed)) if a != b),
+                    KEEP_CRITERIA[-1])
 
 
 @dataclass
@@ -290,7 +331,7 @@ class DedupDecision:
 
 def resolve_clusters(docs: list[DocKey], edges: Iterable[tuple[int, int]],
                      similarity: Callable[[int, int], float] | None = None,
-                     threshold: float = 0.0) -> DedupDecision:
+                     threshold: float = 0.0, policy: KeepPolicy = KeepPolicy()) -> DedupDecision:
     """Clusters of duplicates, and which document of each survives.
 
     Verified edges join documents into connected components (union-find). Within a component the
@@ -298,14 +339,19 @@ def resolve_clusters(docs: list[DocKey], edges: Iterable[tuple[int, int]],
     reaches the threshold; the members left over (similar to a removed document, not to the kept
     one) form the next cluster, and so on. So every removal names a kept document it really
     duplicates: single-link chains (A~B, B~C, A!~C) never remove C for a similarity it does not have.
-    Without a `similarity` function (unverified candidates) components are removed whole."""
+    Without a `similarity` function (unverified candidates) components are removed whole.
+
+    The report counts, per source, whose documents were kept over whose (`kept_over`: kept source ->
+    removed source -> removals) and which criterion of the policy decided each removal (`decided_by`)."""
     uf = UnionFind(len(docs))
     for i, j in edges:
         uf.union(i, j)
     decision = DedupDecision()
     sizes: dict[int, int] = {}
+    kept_over: dict[str, dict[str, int]] = {}
+    decided_by: dict[str, int] = {}
     for component in uf.groups().values():
-        remaining = sorted(component, key=lambda m: keep_order(docs[m]))
+        remaining = sorted(component, key=lambda m: policy.order(docs[m]))
         while len(remaining) > 1:
             kept, rest = remaining[0], remaining[1:]
             if similarity is None:
@@ -325,5 +371,11 @@ def resolve_clusters(docs: list[DocKey], edges: Iterable[tuple[int, int]],
                 decision.cluster_sizes[docs[m].id] = size
                 if not docs[m].published:
                     decision.removals[docs[m].id] = Removal(cluster, cluster, sim, docs[kept].published)
+                    by_kept = kept_over.setdefault(docs[kept].source, {})
+                    by_kept[docs[m].source] = by_kept.get(docs[m].source, 0) + 1
+                    criterion = policy.deciding_criterion(docs[kept], docs[m])
+                    decided_by[criterion] = decided_by.get(criterion, 0) + 1
     decision.report["cluster_sizes"] = {str(k): v for k, v in sorted(sizes.items())}
+    decision.report["kept_over"] = {k: dict(sorted(v.items())) for k, v in sorted(kept_over.items())}
+    decision.report["decided_by"] = {c: decided_by[c] for c in KEEP_CRITERIA if c in decided_by}
     return decision

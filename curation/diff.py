@@ -313,6 +313,7 @@ def _explain_removals(store: VersionStore, removed: pa.ChunkedArray, via: list[s
         # A doc rejected more than once (e.g. a repeated id at ingest and its first copy later) is
         # reported with the latest step of the run: that is where its last copy went.
         step_names = [s["name"] for s in manifest.get("steps", [])]
+        scopes = {s["name"]: s["scope"] for s in manifest.get("steps", []) if s.get("scope")}
         rank = pc.fill_null(pc.index_in(found.column("step"), value_set=pa.array(step_names, pa.string())), -1)
         found = found.append_column("_rank", rank).sort_by([("id", "ascending"), ("_rank", "descending")])
         ids = found.column("id").combine_chunks()
@@ -335,7 +336,8 @@ def _explain_removals(store: VersionStore, removed: pa.ChunkedArray, via: list[s
                               "source_line": row["source_line"], "dup_of": row["dup_of"],
                               "text": None})  # filled with A's text by the caller
             groups.append({"version": version, "step": entry["step"], "reason": entry["_key"],
-                           "count": entry["id_count"], "examples": shown})
+                           "count": entry["id_count"], "examples": shown,
+                           **({"scope": scopes[entry["step"]]} if entry["step"] in scopes else {})})
         remaining = pc.filter(remaining, pc.invert(pc.is_in(remaining, value_set=ids)))
     return groups, remaining
 

@@ -49,6 +49,7 @@ DATA_FILE = "data.parquet"
 INFO_FILE = "evalset.json"
 FORMAT_VERSION = 1
 VERSION_PREFIX = "version:"
+ROLES = ("evaluation", "reference")
 SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("text", pa.large_string(), nullable=False),
                     pa.field("source", pa.string(), nullable=False)])
 
@@ -83,6 +84,9 @@ class EvalSetInfo:
     text_field: str = "text"
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> lines/records not taken
     data_file: str = DATA_FILE
+    # "evaluation": held-out text that measures models (ablations, decontamination); "reference": trusted text that
+    # filters are calibrated on. Never both: tuning curation on the measuring stick would flatter its results.
+    role: str = "evaluation"
     path: str = ""
 
     @property
@@ -135,7 +139,8 @@ def evalset_exists(store: VersionStore | str | os.PathLike[str], name: str) -> b
     return target.fs.exists(f"{evalset_dir(target, name)}/{INFO_FILE}")
 
 
-def evalset_names(store: VersionStore | str | os.PathLike[str]) -> list[str]:
+def evalset_names(store: VersionStore | str | os.PathLike[str], role: str | None = None) -> list[str]:
+    """The registered sets, by name (`role`: only evaluation sets, or only reference sets)."""
     target = _store(store)
     base = f"{target.root}/{EVALSETS_DIR}"
     if not target.fs.exists(base):
@@ -149,9 +154,22 @@ def evalset_names(store: VersionStore | str | os.PathLike[str]) -> list[str]:
             check_name(name)
         except StoreError:
             continue
-        if target.fs.exists(f"{base}/{name}/{INFO_FILE}"):
+        if target.fs.exists(f"{base}/{name}/{INFO_FILE}") and (role is None or read_info(target, name).role == role):
             out.append(name)
     return sorted(out)
+
+
+def evaluation_sets(store: VersionStore | str | os.PathLike[str], names: Sequence[str] | None = None) -> list[str]:
+    """The sets a model is measured on: `names` (default: every evaluation set), none of them a reference set."""
+    target = _store(store)
+    if not names:
+        return evalset_names(target, "evaluation")
+    for name in names:
+        if read_info(target, name).role == "reference":
+            raise EvalSetError(f"{name!r} is a reference set (filters are calibrated on it): measuring models on it "
+                               "would flatter the curation it tuned; evaluate on held-out text registered with "
+                               "`--role evaluation`")
+    return list(names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,6 +290,7 @@ def register_evalset(
     max_docs: int | None = None,
     seed: int = 0,
     source_name: str | None = None,
+    role: str = "evaluation",
 ) -> EvalSetInfo:
     """Read `sources`, freeze them as the eval set `name` in `store`, and return what was written.
 
@@ -282,6 +301,8 @@ def register_evalset(
     """
     target = _store(store)
     _check_set_name(name)
+    if role not in ROLES:
+        raise EvalSetError(f"role {role!r}: expected one of {', '.join(ROLES)}")
     if not sources:
         raise EvalSetError("give at least one source (a file, folder, glob or version:NAME)")
     if max_docs is not None and max_docs < 1:
@@ -330,7 +351,7 @@ def register_evalset(
             docs=table.num_rows, chars=int(pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0),
             sha256=_sha256_fs(target, f"{staging}/{DATA_FILE}"), fingerprint=content_fingerprint(table),
             sources=provenance, bytes=int(target.fs.size(f"{staging}/{DATA_FILE}")), docs_available=available,
-            max_docs=max_docs, seed=seed, text_field=text_field, skipped=dict(sorted(skipped.items())),
+            max_docs=max_docs, seed=seed, text_field=text_field, skipped=dict(sorted(skipped.items())), role=role,
             path=_uri(target, final),
         )
         _publish(target, staging, final, info)

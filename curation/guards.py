@@ -437,7 +437,7 @@ def resolve_reference(store: Any, config: GuardConfig, recipe: Any = None) -> st
         for spec in recipe.steps:
             if spec.step == "decontaminate" and spec.params.get("evalsets"):
                 return spec.params["evalsets"][0]
-    names = evalset_names(store)
+    names = evalset_names(store, "evaluation")
     return names[0] if names else None
 
 

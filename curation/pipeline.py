@@ -39,11 +39,12 @@ from curation.ingest import (
 )
 from curation.recall import load_labels, planted_defect_report
 from curation.recipe import Recipe
-from curation.record import as_rejects, conform, conform_rejects, conform_to, unified_schema
+from curation.record import as_rejects, concat, conform, conform_rejects
 from curation.report import removed_examples, version_report
 from curation.reportkit import write_report
 from curation.stats import compute_stats
 from curation.steps import Collected, reason_key
+from curation.steps.scope import apply_in_scope, collect_in_scope
 from curation.store import VersionStore, write_text
 
 PARQUET_COMPRESSION = "zstd"
@@ -85,6 +86,7 @@ class ShardResult:
     duplicate_id_rejects: int = 0
     output: str | None = None  # intermediate shard for the next round, None when data was written
     collected: Any = None  # summary for the global step that the next round starts with
+    collected_rows: np.ndarray | None = None  # rows of `output` the summary describes (a scoped step); None: all
     resumed: bool = False  # read back from an interrupted run's finished work
 
 
@@ -202,14 +204,6 @@ def _write_parquet(fs: fsspec.AbstractFileSystem, table: pa.Table, path: str) ->
     tmp = f"{path}.tmp"
     pq.write_table(table, tmp, filesystem=fs, compression=PARQUET_COMPRESSION)
     fs.mv(tmp, path)
-
-
-def concat(tables: list[pa.Table]) -> pa.Table:
-    """Concatenate tables whose extra columns may differ (union of columns, widened types)."""
-    if len(tables) == 1:
-        return tables[0]
-    schema = unified_schema(t.schema for t in tables)
-    return pa.concat_tables([conform_to(t, schema) for t in tables])
 
 
 class _RollingWriter:
@@ -377,7 +371,7 @@ def _process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], sto
             step.bind((decisions or {})[index])
         n_in = batch.num_rows
         try:
-            out = step.apply(batch)
+            out = apply_in_scope(step, batch, recipe.steps[index].scope)
         except Exception as exc:  # name the step and shard: the flow shows this, not a bare worker traceback
             raise ShardError(f"step {name!r} failed on shard {source_shard}: {type(exc).__name__}: {exc}") from exc
         if out.kept.num_rows + out.rejected.num_rows != n_in:
@@ -392,8 +386,9 @@ def _process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], sto
     if stop < len(steps):
         output = f"{staging}/work/round-{stop:02d}-{stem}.parquet"
         _write_parquet(fs, batch, output)
+        collected, rows = collect_in_scope(steps[stop][1], batch, recipe.steps[stop].scope)
         return mark_finished(fs, staging, key, ShardResult(source_shard, counts, batch.num_rows, len(drops), output,
-                                                           steps[stop][1].collect(batch)))
+                                                           collected, collected_rows=rows))
     data = conform(batch.drop_columns([c for c in PROVENANCE_COLUMNS if c in batch.column_names]))
     _write_parquet(fs, data, f"{staging}/data/part-{stem}.parquet")
     return mark_finished(fs, staging, key, ShardResult(source_shard, counts, data.num_rows, len(drops)))
@@ -404,16 +399,19 @@ def decide(recipe: Recipe, index: int, results: list[ShardResult], store_url: st
     the step's report of it for the manifest."""
     _, step = recipe.build_steps(store_url)[index]
     ordered = sorted(results, key=lambda r: r.shard)
-    decision = step.decide([Collected(r.collected, r.output, store_url) for r in ordered])
+    decision = step.decide([Collected(r.collected, r.output, store_url, r.collected_rows) for r in ordered])
     return decision, step.report(decision)
 
 
 def merge_step_counts(recipe: Recipe, results: list[ShardResult]) -> list[dict[str, Any]]:
     """Per-step totals over all shards, in recipe order."""
     merged = []
-    for name, _ in recipe.build_steps():
+    for spec in recipe.steps:
+        name = spec.instance_name
         total: dict[str, Any] = {"name": name, "in": 0, "kept": 0, "rejected": 0, "rejected_by_reason": Counter(),
                                  "counters": Counter()}
+        if not spec.scope.everywhere:
+            total["scope"] = spec.scope.describe()
         for result in results:
             counts = result.steps.get(name)
             if counts is None:

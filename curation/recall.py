@@ -21,6 +21,9 @@ from typing import Any
 import pyarrow as pa
 
 DUPLICATE_CLASSES = frozenset({"exact_dup", "near_dup"})
+# Defects a transform repairs rather than a filter removes (normalize undoes mojibake, pii_redact redacts): kept on
+# purpose, so they do not count in the recall of what must go (their "caught" are copies deduplication collapsed).
+REPAIRED_CLASSES = frozenset({"mojibake", "pii"})
 
 
 def load_labels(path: str | Path) -> list[dict[str, Any]]:

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.evalsets import evalset_exists
 from curation.guards import GuardConfig
 from curation.ingest import InputSpec
-from curation.steps import Step, UnknownStepError, step_class
+from curation.steps import Fraction, Step, UnknownStepError, step_class
+from curation.steps.scope import Predicate, Scope
 from curation.synth.spec import (
     GPTBackendSpec,
     HFBackendSpec,
@@ -57,6 +58,47 @@ class RecipeError(ValueError):
     """A recipe that cannot run; the message names the bad key and the valid ones."""
 
 
+class Calibration(BaseModel):
+    """`calibrate:` a filter's bounds, moved only towards keeping more, to where each rule alone keeps `keep` of
+    trusted reference text (see curation/calibration.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # A registered reference set (`curate evalset register --role reference`), `version:NAME`, or `source:NAME`
+    # (the documents of one of the recipe's inputs); several are pooled.
+    reference: list[str] = Field(min_length=1)
+    # Our choice: the share of trusted documents each rule alone must keep (2 % of them may still fail it).
+    keep: Fraction = 0.98
+    # `keep` is what the filters this block calibrates keep of the reference together, not each rule alone: every
+    # rule is set at the same quantile, the one at which the rules together keep `keep` (found by bisection).
+    # A stack of ~25 rules at 0.98 each keeps about 90 % of its reference; `joint: true` keeps `keep`.
+    joint: bool = False
+    # Reference documents measured: a seeded sample when there are more (our choice: quantiles at 0.98 are stable
+    # to ~0.3 % of the documents with 5,000).
+    max_docs: int = Field(5000, ge=10)
+    seed: int = 0
+
+    @field_validator("reference", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class TunePatch(BaseModel):
+    """One entry of `tune:`: a candidate recipe of your own for `curate tune` (curation/tuning.py), the recipe with
+    these changes. Not part of what a run does, so not part of the recipe's content hash."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+    # Steps (by name) the candidate leaves out.
+    drop: list[str] = Field(default_factory=list)
+    # Step name -> keys replaced in that step (its parameters, or `sources`, `skip_sources`, `where`, `calibrate`).
+    assign: dict[str, dict[str, Any]] = Field(default_factory=dict, alias="set")
+    # Given: the recipe's `calibrate:` replaced by this; null: no calibration at all (the papers' bounds).
+    calibrate: Calibration | None = None
+
+
 class StepSpec(BaseModel):
     """One entry of `steps:`: the step type, an optional instance name, and its parameters."""
 
@@ -68,6 +110,23 @@ class StepSpec(BaseModel):
     # default: the step's category (transform, filter, dedup). A label, not a parameter: it does not
     # change what the run does, so it is not part of the recipe's content hash.
     stage: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+    # Scope (curation/steps/scope.py): the documents the step applies to; the others pass through, counted.
+    sources: list[str] | None = Field(None, min_length=1)
+    skip_sources: list[str] | None = Field(None, min_length=1)
+    where: Predicate | None = None
+    # This filter's calibration (`false`: none, whatever the recipe's `calibrate:` says).
+    calibrate: Calibration | Literal[False] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind_of_source_scope(self) -> StepSpec:
+        if self.sources is not None and self.skip_sources is not None:
+            raise ValueError("give `sources` or `skip_sources`, not both")
+        return self
+
+    @property
+    def scope(self) -> Scope:
+        return Scope(tuple(self.sources) if self.sources else None,
+                     tuple(self.skip_sources) if self.skip_sources else None, self.where)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -86,14 +145,23 @@ class StepSpec(BaseModel):
     def stage_label(self) -> str:
         return self.stage or self.step_class.category
 
-    def build(self, store_url: str | None = None, base: Path | None = None) -> Step:
+    def build(self, store_url: str | None = None, base: Path | None = None,
+              source_order: list[str] | None = None) -> Step:
         """The configured step; a step that reads from the store (e.g. evaluation sets) gets the run's
-        store when the recipe does not name one, and relative file paths are taken from the recipe's folder."""
+        store when the recipe does not name one, relative file paths are taken from the recipe's folder, and a
+        dedup step's keep policy ranks sources in the recipe's input order unless it says `prefer_sources`."""
         cls = self.step_class
-        params = {**self.params, **self.paths(base)}
+        params = {**self.params, **self.paths(base), **self.implied(source_order)}
         if store_url is not None and "store" in cls.Params.model_fields and params.get("store") is None:
             params = {**params, "store": store_url}
         return cls(**params)
+
+    def implied(self, source_order: list[str] | None) -> dict[str, Any]:
+        """Parameters the recipe gives a step it does not set itself: the inputs' order for a keep policy."""
+        if source_order and "prefer_sources" in self.step_class.Params.model_fields \
+                and "prefer_sources" not in self.params:
+            return {"prefer_sources": list(source_order)}
+        return {}
 
     def paths(self, base: Path | None) -> dict[str, str]:
         """The step's file parameters that are set, resolved against `base` (the recipe's folder)."""
@@ -122,6 +190,10 @@ class Recipe(BaseModel):
     labels: str | None = None
     # Model-collapse guards: thresholds, which are hard, the human reference (curation/guards.py).
     guards: GuardConfig = Field(default_factory=GuardConfig)
+    # Move every filter's bounds towards keeping more, to trusted text (a step's own `calibrate:` overrides it).
+    calibrate: Calibration | None = None
+    # `curate tune`'s own candidates (a label for the search, not part of what a run does).
+    tune: list[TunePatch] | None = None
     base_dir: str | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
@@ -145,6 +217,11 @@ class Recipe(BaseModel):
                 if not Path(path).exists():
                     raise ValueError(f"{where} ({spec.step}): {key} = {spec.params[key]!r}: no such file or folder "
                                      f"({path})")
+            named = [*(spec.sources or spec.skip_sources or []), *(spec.params.get("prefer_sources") or [])]
+            unknown = sorted(set(named) - self.source_names) if self.inputs else []
+            if unknown:
+                raise ValueError(f"{where} ({spec.step}): no input has source {', '.join(map(repr, unknown))}; the "
+                                 f"inputs' sources: {', '.join(sorted(self.source_names))}")
             if spec.instance_name in seen or spec.instance_name == "ingest":
                 raise ValueError(f"{where}: step name {spec.instance_name!r} is used twice; give one a `name:`")
             seen.add(spec.instance_name)
@@ -154,10 +231,38 @@ class Recipe(BaseModel):
         if late:
             raise ValueError(f"steps labelled `stage: {RAW_STAGE}` (part of the baseline) must come before every "
                              f"other step; {', '.join(late)} follow other steps")
+        self._check_tune(seen, {s.instance_name for s in self.steps[:first_other]})
         return self
 
+    def _check_tune(self, steps: set[str], baseline: set[str]) -> None:
+        """`tune:` candidates have distinct names and change only the recipe's own steps after its baseline."""
+        names: set[str] = set()
+        for i, patch in enumerate(self.tune or []):
+            where = f"tune[{i}] ({patch.name})"
+            if patch.name in names:
+                raise ValueError(f"{where}: candidate name {patch.name!r} is used twice")
+            names.add(patch.name)
+            for key, named in (("drop", patch.drop), ("set", list(patch.assign))):
+                unknown = [n for n in named if n not in steps]
+                if unknown:
+                    raise ValueError(f"{where}: {key}: no step named {', '.join(map(repr, unknown))}; the recipe's "
+                                     f"steps: {', '.join(sorted(steps))}")
+                fixed = [n for n in named if n in baseline]
+                if fixed:
+                    raise ValueError(f"{where}: {key}: {', '.join(fixed)} belong(s) to the baseline (`stage: "
+                                     f"{RAW_STAGE}`), which every candidate shares")
+
+    @property
+    def source_names(self) -> set[str]:
+        return set(self.source_order)
+
+    @property
+    def source_order(self) -> list[str]:
+        """The inputs' sources in the recipe's order (each once): what a dedup step's keep policy prefers."""
+        return list(dict.fromkeys(spec.source_name for spec in self.inputs))
+
     def build_steps(self, store_url: str | None = None) -> list[tuple[str, Step]]:
-        return [(spec.instance_name, spec.build(store_url, self.base)) for spec in self.steps]
+        return [(spec.instance_name, spec.build(store_url, self.base, self.source_order)) for spec in self.steps]
 
     def preflight(self, store_url: str) -> None:
         """RecipeError naming the step and what it needs from the store or its files and cannot use (evaluation
@@ -184,7 +289,7 @@ class Recipe(BaseModel):
 
     def content_hash(self) -> str:
         """What the run does, not what it is called: inputs, steps and output settings."""
-        labels = {"name": True, "description": True, "steps": {"__all__": {"stage"}}, "guards": True}
+        labels = {"name": True, "description": True, "steps": {"__all__": {"stage"}}, "guards": True, "tune": True}
         body = self.model_dump(mode="json", exclude=labels, by_alias=True)
         # Options that are unset leave the hash as it was before they existed (stage versions stay reusable).
         if body.get("synthesize") is None:
@@ -193,6 +298,13 @@ class Recipe(BaseModel):
             if spec.get("reject_field") is None:
                 spec.pop("reject_field", None)
             spec.pop("license", None)  # a label for the dataset card
+        for spec, entry in zip(self.steps, body["steps"]):
+            for key in ("sources", "skip_sources", "where", "calibrate"):
+                if entry.get(key) is None:
+                    entry.pop(key, None)
+            entry.update(spec.implied(self.source_order))  # what the step runs with, though the recipe left it
+        if body.get("calibrate") is None:
+            body.pop("calibrate", None)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
     def stages(self, each_step: bool = False) -> list[Stage]:
@@ -283,6 +395,12 @@ def _model_at(loc: list[Any]) -> type[BaseModel]:
         return InputSpec
     if loc and loc[0] == "guards":
         return GuardConfig
+    if loc and loc[0] == "tune":
+        return Calibration if "calibrate" in loc else TunePatch
+    if "calibrate" in loc:
+        return Calibration
+    if "where" in loc:
+        return Predicate
     if loc and loc[0] == "synthesize":
         if len(loc) > 3 and loc[1] == "backend" and loc[2] in _BACKENDS:
             return _BACKENDS[loc[2]]

@@ -129,3 +129,11 @@ def conform_to(table: pa.Table, schema: pa.Schema) -> pa.Table:
             columns.append(pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v, default=str))
                                      for v in column.to_pylist()], f.type))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def concat(tables: list[pa.Table]) -> pa.Table:
+    """Concatenate tables whose extra columns may differ (union of columns, widened types)."""
+    if len(tables) == 1:
+        return tables[0]
+    schema = unified_schema(t.schema for t in tables)
+    return pa.concat_tables([conform_to(t, schema) for t in tables])

@@ -169,6 +169,7 @@ def _funnel(manifest: dict, twin: dict, plots: Plots) -> str:
         return '<p class="muted">no steps recorded</p>'
     out.append(plots.img(_funnel_plot(steps), "funnel", "documents kept after each step"))
     rows, twin_steps = [], []
+    scoped = any(step.get("scope") for step in steps)
     for step in steps:
         reasons = _by_count(step.get("rejected_by_reason") or {})
         shown = _counts_text(reasons[:TOP_REASONS])
@@ -178,13 +179,14 @@ def _funnel(manifest: dict, twin: dict, plots: Plots) -> str:
         counter_text = _counts_text(counters.items())
         n_in, rejected = step.get("in"), step.get("rejected")
         share = rejected / n_in if is_num(n_in) and is_num(rejected) and n_in else None
-        rows.append([esc(step.get("name", "?")), fmt_num(n_in), fmt_num(step.get("kept")), fmt_num(rejected),
-                     fmt_pct(share), shown, counter_text])
+        rows.append([esc(step.get("name", "?")), *([esc(step.get("scope") or "all documents")] if scoped else []),
+                     fmt_num(n_in), fmt_num(step.get("kept")), fmt_num(rejected), fmt_pct(share), shown, counter_text])
         twin_steps.append({"name": step.get("name"), "in": n_in, "kept": step.get("kept"), "rejected": rejected,
                            "rejected_share": share, "rejected_by_reason": dict(reasons),
-                           "counters": dict(counters)})
-    out.append(html_table(["step", "in", "kept", "rejected", "rejected %", "top reasons", "counters"], rows,
-                          numeric=(1, 2, 3, 4)))
+                           "counters": dict(counters), "scope": step.get("scope")})
+    headers = ["step", *(["applies to"] if scoped else []), "in", "kept", "rejected", "rejected %", "top reasons",
+               "counters"]
+    out.append(html_table(headers, rows, numeric=tuple(range(2, 6)) if scoped else (1, 2, 3, 4)))
     twin["steps"] = twin_steps
     return "".join(out)
 
@@ -338,6 +340,9 @@ def _dedup(reports: dict, twin: dict, plots: Plots) -> str:
         out.append(_dedup_table(dup, twin_dedup))
         out.append(_dedup_plots(dup, plots))
         for name, r in dup.items():
+            if isinstance(r.get("kept_over"), Mapping) and r["kept_over"]:
+                out.append(_kept_over(name, r))
+                twin_dedup[name].update({k: r.get(k) for k in ("kept_over", "decided_by", "keep_policy")})
             examples = [x for x in r.get("examples") or [] if isinstance(x, Mapping)]
             if examples:
                 out.append(_dedup_examples(name, examples))
@@ -393,6 +398,25 @@ def _dedup_plots(dup: dict[str, Mapping], plots: Plots) -> str:
     return "".join(out)
 
 
+def _kept_over(name: str, r: Mapping) -> str:
+    """Whose documents the keep policy kept over whose, per pair of sources, and which criterion decided."""
+    pairs = sorted(((n, kept, removed) for kept, by in r["kept_over"].items() if isinstance(by, Mapping)
+                    for removed, n in by.items() if is_num(n)), key=lambda p: (-p[0], str(p[1]), str(p[2])))
+    total = sum(n for n, _, _ in pairs)
+    policy = r.get("keep_policy") if isinstance(r.get("keep_policy"), Mapping) else {}
+    origins = " &gt; ".join(esc(o) for o in policy.get("prefer_origins") or []) or "not ranked"
+    sources = " &gt; ".join(esc(x) for x in policy.get("prefer_sources") or []) or "not ranked"
+    decided = ", ".join(f"{esc(k)} {fmt_num(v)}" for k, v in (r.get("decided_by") or {}).items())
+    out = [f"<h3>Kept over: {esc(name)}</h3>",
+           f"<p>Keep policy: a document of an earlier version, then origin ({origins}), then source ({sources}; "
+           "unlisted sources after), then the higher quality_score, the longer text, the smaller id."
+           + (f" Decided by: {decided}." if decided else "") + "</p>"]
+    out.append(html_table(["kept (source)", "over (source)", "removals", "share of removals"],
+                          ([esc(kept or "(no source)"), esc(removed or "(no source)"), fmt_num(n),
+                            fmt_pct(n / total if total else None)] for n, kept, removed in pairs), numeric=(2, 3)))
+    return "".join(out)
+
+
 def _dedup_examples(name: str, examples: list[Mapping]) -> str:
     """Up to three clusters of a step, four members each, the kept one marked."""
     out = [f"<h3>Example clusters: {esc(name)}</h3>"]
@@ -403,7 +427,8 @@ def _dedup_examples(name: str, examples: list[Mapping]) -> str:
             kept = bool(member.get("kept"))
             jaccard = member.get("jaccard")
             label = "kept" if kept else f"removed (J={fmt_num(jaccard, 3)})" if is_num(jaccard) else "removed"
-            out.append(f'<div><div class="muted"><code>{esc(member.get("id"))}</code> – {label}</div>'
+            source = f" ({esc(member.get('source'))})" if member.get("source") else ""
+            out.append(f'<div><div class="muted"><code>{esc(member.get("id"))}</code>{source} – {label}</div>'
                        f'{doc_html(member.get("text"), cls="kept" if kept else "removed")}</div>')
         out.append("</div>")
     return "".join(out)
@@ -782,15 +807,16 @@ def _diff_reasons(diff: Mapping, twin: dict) -> str | None:
     reasons = [r for r in diff.get("removals_by_reason") or [] if isinstance(r, Mapping)]
     if not reasons:
         return None
-    parts = [html_table(["step", "reason", "count"],
-                        ([esc(r.get("step", "")), esc(r.get("reason", "")), fmt_num(r.get("count"))] for r in reasons),
-                        numeric=(2,))]
+    parts = [html_table(["step", "applies to", "reason", "count"],
+                        ([esc(r.get("step", "")), esc(r.get("scope") or "all documents"), esc(r.get("reason", "")),
+                          fmt_num(r.get("count"))] for r in reasons), numeric=(3,))]
     for r in reasons:
         docs = r.get("examples") or []
         if docs:
             parts.append(f"<h3><code>{esc(r.get('step', ''))}</code> {esc(r.get('reason', ''))}</h3>")
             parts.extend(_example_doc(d) for d in docs[:3])
-    twin["removals_by_reason"] = [{"step": r.get("step"), "reason": r.get("reason"), "count": r.get("count"),
+    twin["removals_by_reason"] = [{"step": r.get("step"), "scope": r.get("scope"), "reason": r.get("reason"),
+                                   "count": r.get("count"),
                                    "examples": [_example_id(d) for d in r.get("examples") or []]} for r in reasons]
     return "".join(parts)
 
@@ -864,7 +890,8 @@ def diff_report_input(diff: dict) -> dict:
         "counts": {k: (diff[k]["count"] if isinstance(diff.get(k), dict) else diff.get(k, 0))
                    for k in ("added", "removed", "changed", "unchanged")},
         "examples": {k: examples(diff.get(k) or {}) for k in ("added", "removed", "changed")},
-        "removals_by_reason": [{"step": r.get("step"), "reason": r.get("reason"), "count": r.get("count", 0),
+        "removals_by_reason": [{"step": r.get("step"), "scope": r.get("scope"), "reason": r.get("reason"),
+                                "count": r.get("count", 0),
                                 "examples": [{"id": e.get("id"), "text": e.get("text", "")}
                                              for e in r.get("examples", [])]}
                                for r in (diff.get("removed") or {}).get("by_reason", [])],

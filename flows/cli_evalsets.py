@@ -28,19 +28,22 @@ def register(
     text_field: Annotated[str, typer.Option("--text-field", help="Text column/key of file sources.")] = "text",
     source_name: Annotated[str | None, typer.Option("--source-name", help="`source` of every document "
                                                     "(default: the input's name).")] = None,
+    role: Annotated[str, typer.Option(help="evaluation: held-out text models are measured on (ablations, "
+                                           "decontamination); reference: trusted text filters are calibrated on "
+                                           "(`calibrate: {reference: NAME}`). A set is never both.")] = "evaluation",
 ) -> None:
-    """Freeze SOURCES as the eval set NAME: never filtered or deduplicated, hashed, checked on every load."""
+    """Freeze SOURCES as the set NAME: never filtered or deduplicated, hashed, checked on every load."""
     from curation.evalsets import EvalSetError, register_evalset
     from curation.ingest import IngestError
     from curation.store import StoreError
 
     try:
         info = register_evalset(store, name, sources, text_field=text_field, max_docs=max_docs, seed=seed,
-                                source_name=source_name)
+                                source_name=source_name, role=role)
     except (EvalSetError, IngestError, StoreError) as exc:
         fail(str(exc))
     sampled = f" (sampled from {info.docs_available:,}, seed {info.seed})" if info.docs < info.docs_available else ""
-    console.print(f"[bold]eval set[/] {info.name}: {info.docs:,} docs{sampled}, {info.chars:,} chars")
+    console.print(f"[bold]{info.role} set[/] {info.name}: {info.docs:,} docs{sampled}, {info.chars:,} chars")
     if info.skipped:
         console.print("skipped: " + ", ".join(f"{k} {v:,}" for k, v in info.skipped.items()))
     console.print(f"fingerprint: {info.fingerprint}", soft_wrap=True)
@@ -62,11 +65,11 @@ def list_(store: StoreOption = DEFAULT_STORE) -> None:
         console.print(f"no eval sets in {store} (register one with `curate evalset register NAME SOURCE`)")
         return
     table = Table(title=f"eval sets in {store}", title_justify="left")
-    for column in ("name", "docs", "chars", "sources", "fingerprint", "created"):
+    for column in ("name", "role", "docs", "chars", "sources", "fingerprint", "created"):
         table.add_column(column, justify="right" if column in ("docs", "chars") else "left")
     for info in infos:
         sources = ", ".join(f"version:{s['name']}" if s.get("kind") == "version" else str(s.get("path"))
                             for s in info.sources)
-        table.add_row(info.name, f"{info.docs:,}", f"{info.chars:,}", sources, info.fingerprint[:16],
+        table.add_row(info.name, info.role, f"{info.docs:,}", f"{info.chars:,}", sources, info.fingerprint[:16],
                       info.created_at[:16].replace("T", " "))
     console.print(table)

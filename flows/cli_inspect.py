@@ -65,7 +65,8 @@ def _print_diff(result: dict[str, Any]) -> None:
         for group in removed["by_reason"]:
             shown = ", ".join(f"{e['id']}" + (f" (dup of {e['dup_of']})" if e.get("dup_of") else "")
                               for e in group["examples"])
-            table.add_row(escape(group["version"]), escape(str(group["step"])), escape(group["reason"]),
+            step = str(group["step"]) + (f" ({group['scope']})" if group.get("scope") else "")
+            table.add_row(escape(group["version"]), escape(step), escape(group["reason"]),
                           f"{group['count']:,}", escape(shown))
         missing = removed["not_ingested"]
         if missing["count"]:

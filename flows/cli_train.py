@@ -61,13 +61,16 @@ def train_command(
 def train_version(target: VersionStore, version: str, cfg: TrainConfig, *, eval_sets: list[str] | None = None,
                   tokenizer: Path | None = None, vocab_size: int = DEFAULT_VOCAB_SIZE) -> RunRecord:
     """Tokenise (cached), train and evaluate, or reuse the finished run; prints the results."""
-    from curation.evalsets import evalset_names
+    from curation.evalsets import EvalSetError, evaluation_sets
     from training.runs import train_version as train_or_reuse
     from training.tokenizer import load_tokenizer, tokenizer_for_version
     from training.trainer import CheckpointMismatch
 
     tok = load_tokenizer(tokenizer) if tokenizer else tokenizer_for_version(target, version, vocab_size)
-    names = eval_sets or evalset_names(target)
+    try:
+        names = evaluation_sets(target, eval_sets)
+    except EvalSetError as exc:
+        fail(str(exc))
     if not names and _is_main():
         console.print("[yellow]warning:[/] no evaluation set is registered (`curate evalset register`): "
                       "only the training loss will be reported")

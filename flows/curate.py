@@ -17,6 +17,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from curation import pipeline
+from curation.calibration import calibrate
 from curation.guards import gate, staged_guards
 from curation.recipe import Recipe
 from curation.store import VersionStore
@@ -52,6 +53,8 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
     started = time.perf_counter()
     store = VersionStore(store_url)
     recipe.preflight(store.url)  # what the steps need from the store and from files, before any work
+    written = recipe
+    recipe, calibration = calibrate(recipe, store.url)  # the bounds the run uses (part of its key)
     plan = pipeline.plan_ingest(recipe, seen)  # bad inputs and name clashes fail here, before any work
     staging = store.begin(name, pipeline.run_key(recipe, plan, parents or [],
                                                  extra=f"synthesis={synthesis} carry={carry}"))
@@ -65,8 +68,10 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
 
         clock = time.perf_counter()
         planted = pipeline.planted_defects(recipe, store.url, staging.path)
-        manifest = pipeline.build_manifest(recipe, plan, ingested, sum(len(d) for d in drops.values()), processed,
+        manifest = pipeline.build_manifest(written, plan, ingested, sum(len(d) for d in drops.values()), processed,
                                            parents or [], time.perf_counter() - started, planted, reports)
+        if calibration:
+            manifest["calibration"] = calibration
         if carry:
             manifest["carried"] = pipeline.carry_over(store.url, staging.path, carry)
         resumed = {"ingest_tasks": sum(r.resumed for r in ingested), "shard_tasks": sum(r.resumed for r in processed)}

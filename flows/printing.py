@@ -17,12 +17,14 @@ from flows.cli_common import console
 def steps_table(manifest: dict[str, Any]) -> Table:
     """One row per step: documents in, kept, rejected, and the most frequent reasons."""
     table = Table(title=f"version {manifest['name']}", title_justify="left")
-    for column in ("step", "in", "kept", "rejected", "top reasons"):
+    scoped = any(step.get("scope") for step in manifest["steps"])
+    for column in ("step", *(["applies to"] if scoped else []), "in", "kept", "rejected", "top reasons"):
         table.add_column(column, justify="right" if column in ("in", "kept", "rejected") else "left")
     for step in manifest["steps"]:
         reasons = sorted(step["rejected_by_reason"].items(), key=lambda kv: -kv[1])
         top = ", ".join(f"{k} {v:,}" for k, v in reasons[:4]) + (" …" if len(reasons) > 4 else "")
-        table.add_row(step["name"], f"{step['in']:,}", f"{step['kept']:,}", f"{step['rejected']:,}", top)
+        scope = [step.get("scope") or "all"] if scoped else []
+        table.add_row(step["name"], *scope, f"{step['in']:,}", f"{step['kept']:,}", f"{step['rejected']:,}", top)
     return table
 
 
@@ -43,7 +45,7 @@ def planted_table(report: dict[str, Any]) -> Table:
 
 
 def print_dedup_reports(manifest: dict[str, Any]) -> None:
-    """Duplicate rate by kind, cluster sizes, the S-curve, and example clusters side by side."""
+    """Duplicate rate by kind, cluster sizes, who was kept over whom, the S-curve, and example clusters side by side."""
     for name, report in manifest.get("step_reports", {}).items():
         if "boilerplate_units" in report:
             _print_boilerplate(name, report)
@@ -64,6 +66,7 @@ def _print_dedup(name: str, report: dict[str, Any]) -> None:
     sizes = ", ".join(f"{k}: {v}" for k, v in report.get("cluster_sizes", {}).items()) or "none"
     console.print(f"[bold]{name}[/]: removed {report['removed']:,} of {report['documents']:,} ({rate:.1%}){earlier}; "
                   f"cluster sizes {sizes}")
+    _print_kept_over(report)
     if "bands" in report:
         curve = ", ".join(f"J={k} {v:.0%}" for k, v in report["s_curve"].items())
         console.print(f"  {report['bands']} bands x {report['rows']} rows ({report['index_bytes_per_doc']} B/doc); "
@@ -74,9 +77,29 @@ def _print_dedup(name: str, report: dict[str, Any]) -> None:
                       show_lines=True)
         for member in example["members"][:2]:
             label = "kept" if member["kept"] else f"removed (J={member.get('jaccard', float('nan')):.2f})"
-            table.add_column(f"{member['id']} - {label}", overflow="fold")
+            source = f" ({member['source']})" if member.get("source") else ""
+            table.add_column(f"{member['id']}{source} - {label}", overflow="fold")
         table.add_row(*(m["text"][:160] for m in example["members"][:2]))
         console.print(table)
+
+
+def _print_kept_over(report: dict[str, Any]) -> None:
+    """Whose documents the keep policy kept over whose, per pair of sources, and what decided each removal."""
+    kept_over = report.get("kept_over")
+    if not kept_over:
+        return
+    pairs = sorted(((n, kept, removed) for kept, by in kept_over.items() for removed, n in by.items()),
+                   key=lambda p: (-p[0], p[1], p[2]))
+    decided = ", ".join(f"{k} {v:,}" for k, v in (report.get("decided_by") or {}).items())
+    console.print("  kept over (by source): " + ", ".join(f"{kept or '(no source)'} over {removed or '(no source)'} "
+                                                         f"{n:,}" for n, kept, removed in pairs)
+                  + (f"; decided by {decided}" if decided else ""))
+    policy = report.get("keep_policy") or {}
+    if policy:
+        origins = " > ".join(policy.get("prefer_origins") or []) or "not ranked"
+        sources = " > ".join(policy.get("prefer_sources") or []) or "not ranked"
+        console.print(f"  keep policy: earlier versions, then origin ({origins}), then source ({sources}), then "
+                      "quality_score, length, id")
 
 
 def guard_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -112,3 +135,29 @@ def print_guards(manifest: dict[str, Any]) -> None:
 def accounting(manifest: dict[str, Any]) -> str:
     """'ok' when every input record is a kept record or a counted reject, else 'FAILED'."""
     return "ok" if manifest["accounting"]["ok"] else "FAILED"
+
+
+def calibration_table(manifest: dict[str, Any]) -> Table | None:
+    """The bounds `calibrate:` moved (configured -> calibrated) and the share of the reference each rule alone
+    keeps; the bounds the reference already passed are counted in the title (every one is in the manifest)."""
+    from curation.calibration import bound_text  # not at start-up (flows/cli_common.py)
+
+    steps = (manifest.get("calibration") or {}).get("steps") or {}
+    if not steps:
+        return None
+    entry = next(iter(steps.values()))
+    kept = sum(1 for e in steps.values() for c in e["checks"] if c["calibrated"] == c["configured"])
+    share = (f"keep {entry['keep']:.0%} together, each rule at {entry['rule_keep']:.2%}" if entry.get("joint")
+             else f"keep {entry['keep']:.0%} per rule")
+    table = Table(title=f"calibrated on {', '.join(entry['reference'])} ({entry['documents']:,} documents, "
+                        f"{share}; {kept} bound(s) already kept that and stay)",
+                  title_justify="left")
+    for column in ("step", "rule", "configured", "calibrated", "reference kept"):
+        table.add_column(column, justify="left" if column in ("step", "rule") else "right")
+    for name, entry in steps.items():
+        for check in entry["checks"]:
+            if check["calibrated"] != check["configured"]:
+                table.add_row(name, f"{check['signal']} {check['op']}", bound_text(check, "configured"),
+                              bound_text(check, "calibrated"),
+                              f"{check['kept_at_configured']:.1%} -> {check['kept_at_calibrated']:.1%}")
+    return table

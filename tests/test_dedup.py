@@ -187,6 +187,17 @@ def test_second_version_deduplicates_against_the_first(tmp_path, prefect_harness
     stamps = {p: p.stat().st_mtime_ns for p in index_files}
     run_curation(recipe, store, "v3", workers=1, parents=["v1"])  # reuses the persisted index
     assert {p: p.stat().st_mtime_ns for p in index_files} == stamps
+    # The published documents (source "one") were kept over the run's ("two"), counted per source.
+    assert manifest["step_reports"]["exact_dedup"]["kept_over"] == {"one": {"two": 20}}
+    assert manifest["step_reports"]["minhash_dedup"]["kept_over"] == {"one": {"two": 1}}
+    assert manifest["step_reports"]["minhash_dedup"]["decided_by"] == {"published": 1}
+    # An index written before summaries held each document's source and origin is rebuilt, not misread.
+    for path in index_files:
+        old = pq.read_table(path)
+        pq.write_table(old.drop_columns(["source", "origin"]), path)
+    again = run_curation(recipe, store, "v4", workers=1, parents=["v1"])
+    assert again["step_reports"]["minhash_dedup"]["kept_over"] == {"one": {"two": 1}}
+    assert all({"source", "origin"} <= set(pq.read_schema(p).names) for p in index_files)
 
 
 @pytest.mark.e2e
@@ -219,3 +230,113 @@ def test_single_link_chains_never_remove_a_document_for_a_similarity_it_lacks():
     docs = [D.DocKey("new", 900), D.DocKey("old", 10, published="v1")]
     decision = D.resolve_clusters(docs, [(0, 1)], lambda i, j: 0.9, 0.8)
     assert decision.removals["new"].dup_of == "old" and decision.removals["new"].in_version == "v1"
+
+
+# ---- the keep policy: provenance before the quality score ------------------------------------------
+
+
+def _sourced(rows: list[dict]) -> pa.Table:
+    """A batch as a run's step sees it: with `source` and `origin` next to the text and the score."""
+    return _table(rows).append_column("source", pa.array([r["source"] for r in rows])).append_column(
+        "origin", pa.array([r.get("origin", "human") for r in rows]))
+
+
+def _planted_copies(seed: int = 11) -> list[dict]:
+    """Human originals (3 kjv, 1 stdlib_docs) with a crawl copy each that is LONGER and scores HIGHER (as the
+    demo's edited crawl copies do), and 2 pairs of crawl pages duplicating each other."""
+    rng = random.Random(seed)
+    rows = []
+    for k, source in enumerate(["kjv", "kjv", "kjv", "stdlib_docs"]):
+        original = text(rng, 200)
+        rows.append({"id": f"orig{k}", "text": original, "quality_score": 0.3, "source": source})
+        rows.append({"id": f"copy{k}", "text": edit(rng, original, 0.01) + " read more", "quality_score": 0.9,
+                     "source": "web_crawl"})
+    for k in range(2):
+        page = text(rng, 200)
+        rows.append({"id": f"page{k}", "text": page, "quality_score": 0.8, "source": "web_crawl"})
+        rows.append({"id": f"mirror{k}", "text": edit(rng, page, 0.01), "quality_score": 0.2, "source": "web_crawl"})
+    return rows
+
+
+@pytest.mark.parametrize("step_name", ["minhash_dedup", "exact_dedup"])
+def test_a_crawl_copy_never_replaces_the_original_of_an_earlier_source(tmp_path, step_name):
+    rows = _planted_copies()
+    if step_name == "exact_dedup":  # exact copies: the crawl's differs only in spacing, so it is longer
+        originals = {r["id"]: r["text"] for r in rows}
+        for r in rows:
+            if r["id"].startswith("copy"):
+                r["text"] = originals["orig" + r["id"][4:]].replace(" ", "  ")
+    # The recipe's input order, as the runner passes it: stdlib_docs, kjv, then web_crawl.
+    _, decision = _decide(step_name, [_sourced(rows)], tmp_path, prefer_sources=["stdlib_docs", "kjv", "web_crawl"])
+    removed = {k: v.dup_of for k, v in decision.removals.items() if not k.startswith(("page", "mirror"))}
+    assert removed == {f"copy{k}": f"orig{k}" for k in range(4)}  # the originals stay, though shorter and lower
+
+
+def test_prefer_sources_overrides_the_input_order_and_an_empty_list_ranks_none(tmp_path):
+    rows = _planted_copies()
+    _, crawl_first = _decide("minhash_dedup", [_sourced(rows)], tmp_path / "a", prefer_sources=["web_crawl"])
+    assert {crawl_first.removals[f"orig{k}"].dup_of for k in range(4)} == {f"copy{k}" for k in range(4)}
+    assert crawl_first.report["keep_policy"]["prefer_sources"] == ["web_crawl"]
+    _, unranked = _decide("minhash_dedup", [_sourced(rows)], tmp_path / "b", prefer_sources=[])
+    assert {unranked.removals[f"orig{k}"].dup_of for k in range(4)} == {f"copy{k}" for k in range(4)}  # score decides
+    assert unranked.report["decided_by"] == {"quality_score": 6}
+    with pytest.raises(ValueError, match="prefer_sources lists 'kjv' more than once"):
+        REGISTRY["minhash_dedup"](prefer_sources=["kjv", "web_crawl", "kjv"])
+
+
+def test_human_text_wins_over_its_synthetic_copy_by_default(tmp_path):
+    rows = [{**r, "origin": "synthetic" if r["id"].startswith("copy") else "human", "source": "mixed"}
+            for r in _planted_copies() if r["id"].startswith(("orig", "copy"))]
+    _, decision = _decide("minhash_dedup", [_sourced(rows)], tmp_path)  # no parameter: the default policy
+    assert {k: v.dup_of for k, v in decision.removals.items()} == {f"copy{k}": f"orig{k}" for k in range(4)}
+    assert decision.report["decided_by"] == {"origin": 4}
+    _, by_score = _decide("minhash_dedup", [_sourced(rows)], tmp_path / "o", prefer_origins=[])
+    assert set(by_score.removals) == {f"orig{k}" for k in range(4)}
+
+
+def test_kept_over_counts_whose_documents_were_kept_over_whose_whatever_the_sharding(tmp_path):
+    rows = _planted_copies()
+    reports = []
+    for split in (1, 3, 5):
+        size = -(-len(rows) // split)
+        batches = [_sourced(rows[i:i + size]) for i in range(0, len(rows), size)]
+        _, decision = _decide("minhash_dedup", batches, tmp_path / f"s{split}",
+                              prefer_sources=["stdlib_docs", "kjv", "web_crawl"])
+        reports.append({k: decision.report[k] for k in ("kept_over", "decided_by")})
+    assert reports[0] == reports[1] == reports[2]
+    assert reports[0] == {"kept_over": {"kjv": {"web_crawl": 3}, "stdlib_docs": {"web_crawl": 1},
+                                        "web_crawl": {"web_crawl": 2}},
+                          "decided_by": {"source": 4, "quality_score": 2}}
+    examples = decision.report["examples"]
+    assert {m["source"] for e in examples for m in e["members"]} == {"kjv", "stdlib_docs", "web_crawl"}
+
+
+def test_summaries_with_sources_survive_a_resume_marker(tmp_path):
+    from curation import markers
+
+    batch = _sourced(_planted_copies()[:4])
+    for name in ("minhash_dedup", "exact_dedup"):
+        summary = REGISTRY[name]().collect(batch)
+        back = markers.decode(markers.encode(summary, "k"), "k", dict)
+        assert list(back["source"]) == ["kjv", "web_crawl", "kjv", "web_crawl"]
+        assert list(back["origin"]) == ["human"] * 4
+
+
+def test_curate_show_and_the_html_report_say_who_was_kept_over_whom(tmp_path):
+    from curation.report import version_report
+    from flows.cli_common import console
+    from flows.printing import print_dedup_reports
+
+    _, decision = _decide("minhash_dedup", [_sourced(_planted_copies())], tmp_path,
+                          prefer_sources=["stdlib_docs", "kjv", "web_crawl"])
+    manifest = {"name": "v", "steps": [], "step_reports": {"minhash_dedup": json.loads(json.dumps(decision.report))}}
+    with console.capture() as captured:
+        print_dedup_reports(manifest)
+    shown = " ".join(captured.get().split())
+    assert "kept over (by source): kjv over web_crawl 3, web_crawl over web_crawl 2, stdlib_docs over web_crawl 1; " \
+           "decided by source 4, quality_score 2" in shown
+    assert "source (stdlib_docs > kjv > web_crawl)" in shown
+    page, twin = version_report(manifest, None)
+    assert "Kept over: minhash_dedup" in page and "stdlib_docs &gt; kjv &gt; web_crawl" in page
+    assert twin["dedup"]["minhash_dedup"]["kept_over"] == decision.report["kept_over"]
+    assert twin["dedup"]["minhash_dedup"]["decided_by"] == {"source": 4, "quality_score": 2}

@@ -15,8 +15,9 @@ import zstandard
 from conftest import doc, write_jsonl
 
 from curation.ingest import RAW_PREVIEW_BYTES, IngestError, InputSpec, preflight, read_input, resolve_files
-from curation.pipeline import concat, plan_ingest
+from curation.pipeline import plan_ingest
 from curation.recipe import Recipe, load_recipe
+from curation.record import concat
 from curation.steps.normalize import Normalize
 
 

@@ -188,11 +188,12 @@ def test_result_does_not_depend_on_sharding(tmp_path):
             lines = [boiler[0], boiler[1]]
         rng.shuffle(lines)
         rows.append((f"r{i:02d}", "\n".join(lines)))
+    sources = [f"s{i % 3}" for i in range(60)]  # the keep policy ranks s2 first: owners are not run order
     for keep_first in (True, False):
         results = []
         for cuts in ([60], [20, 40, 60], [7, 8, 45, 60], [1, 59, 60]):
-            batches = [table(rows[a:b]) for a, b in zip([0, *cuts[:-1]], cuts)]
-            outputs, decision, _ = run_step(tmp_path, batches, keep_first=keep_first)
+            batches = [table(rows[a:b], source=pa.array(sources[a:b])) for a, b in zip([0, *cuts[:-1]], cuts)]
+            outputs, decision, _ = run_step(tmp_path, batches, keep_first=keep_first, prefer_sources=["s2"])
             rejected = sorted(i for o in outputs for i in o.rejected.column("id").to_pylist())
             counters = {k: sum(o.counters[k] for o in outputs) for k in outputs[0].counters}
             results.append((texts_by_id(outputs), rejected, counters, decision.hashes.tolist(),
@@ -279,3 +280,24 @@ def test_unmodified_documents_are_byte_identical(tmp_path, unit):
     texts = texts_by_id(outputs)
     assert {k: texts[k] for k, _ in rows} == dict(rows)
     assert texts["v2"] == "keep 2"  # the step did run (blank lines left at the start go)
+
+
+def test_keep_first_keeps_a_unit_in_the_preferred_source_not_the_first_page_quoting_it(tmp_path):
+    verse = "In the beginning God created the heaven and the earth."
+    crawl = [(f"w{k}", f"{verse}\nA web page quoting it, number {k}.") for k in range(3)]
+    bible = [("kjv1", f"Chapter one.\n{verse}\nAnd the earth was without form.")]
+    # The crawl's shard comes first in run order; the recipe lists kjv first (as the runner passes it).
+    sources = {"source": pa.array(["web_crawl"] * 3)}, {"source": pa.array(["kjv"])}
+    batches = [table(crawl, **sources[0]), table(bible, **sources[1])]
+    outputs, decision, _ = run_step(tmp_path, batches, prefer_sources=["kjv", "web_crawl"])
+    texts = texts_by_id(outputs)
+    assert texts["kjv1"] == bible[0][1]  # the chapter keeps its verse
+    assert all(verse not in texts[f"w{k}"] for k in range(3))
+    assert decision.summary["keep_policy"]["prefer_sources"] == ["kjv", "web_crawl"]
+    # Synthetic text never keeps a unit that human text holds, by default, whatever the order.
+    origins = [table(crawl, origin=pa.array(["synthetic"] * 3)), table(bible, origin=pa.array(["human"]))]
+    outputs, _, _ = run_step(tmp_path, origins)
+    assert texts_by_id(outputs)["kjv1"] == bible[0][1]
+    # Without a preference (an empty list, no origins), the first document in run order keeps it, as before.
+    outputs, _, _ = run_step(tmp_path, batches, prefer_sources=[], prefer_origins=[])
+    assert texts_by_id(outputs)["w0"].startswith(verse) and verse not in texts_by_id(outputs)["kjv1"]

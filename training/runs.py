@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.evalsets import evalset_names, read_info
+from curation.evalsets import evaluation_sets, read_info
 from curation.store import VersionStore
 from training.data import tokenize_evalset, tokenize_version
 from training.tokenizer import Tokenizer, cache_root
@@ -103,7 +103,7 @@ def train_version(store: VersionStore, version: str, cfg: TrainConfig, tok: Toke
     manifest = store.manifest(version)
     fingerprint = manifest["fingerprint"]
     train_tokens = tokenize_version(store, version, tok, cache_dir=cache_dir)
-    names = list(eval_sets) if eval_sets is not None else evalset_names(store)
+    names = evaluation_sets(store, eval_sets) if eval_sets is None or eval_sets else []
     evals = {name: tokenize_evalset(store, name, tok, cache_dir=cache_dir) for name in names}
     eval_fingerprints = {name: read_info(store, name).fingerprint for name in names}
     device = pick_device(cfg.device)

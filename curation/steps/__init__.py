@@ -29,9 +29,9 @@ from curation.steps.base import (
     reason_key,
     split,
 )
-from curation.steps.filter import Check, FilterParams, FilterStep, Measurement, reason
+from curation.steps.filter import Check, FilterParams, FilterStep, Measurement, bound_of, reason
 from curation.steps.registry import REGISTRY, UnknownStepError, register, step_class
 
 __all__ = ["REGISTRY", "Check", "Collected", "Count", "FilterParams", "FilterStep", "Fraction", "Measurement",
-           "NonNegative", "PositiveCount", "Step", "StepOutput", "StepParams", "UnknownStepError", "reason",
+           "NonNegative", "PositiveCount", "Step", "StepOutput", "StepParams", "UnknownStepError", "bound_of", "reason",
            "reason_key", "register", "split", "step_class"]

@@ -60,8 +60,13 @@ class Collected:
     """One shard's summary for a global step, and where that shard's rows are (to re-read some)."""
 
     value: Any
-    path: str  # Parquet file holding the batch the summary was made from, row for row
+    path: str  # Parquet file holding the batch the summary was made from
     store_url: str  # the filesystem `path` lives on (and where store-wide indexes live)
+    rows: Any = None  # the rows of `path` the summary describes, in its order (a scoped step); None: every row
+
+    def row(self, k: int) -> int:
+        """The row of `path` holding the summary's k-th document."""
+        return k if self.rows is None else int(self.rows[k])
 
 
 class Step(Generic[P]):

@@ -282,6 +282,7 @@ def clear_cache() -> None:
 class Decontaminate(FilterStep[DecontaminateParams]):
     name = "decontaminate"
     checks = (Check("ngrams", "<", "min_overlaps"),)  # kept while it shares fewer n-grams than that
+    calibratable = False  # the rule keeps evaluation text out of training data: never loosened to keep more
 
     def preflight(self, store_url: str) -> None:
         p = self.params

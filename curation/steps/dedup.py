@@ -1,8 +1,25 @@
 """Deduplication steps: exact (normalised text) and near (MinHash LSH, verified), both global.
 
-Each shard sends a compact summary (hashes, lengths, quality scores); one decision over the whole
-run clusters the duplicates and applies the keep policy (highest `quality_score`, then longest,
-then smallest id), so a run on one process and a run on many keep exactly the same documents.
+Each shard sends a compact summary (hashes, lengths, quality scores, sources, origins); one decision
+over the whole run clusters the duplicates and applies the keep policy, so a run on one process and a
+run on many keep exactly the same documents.
+
+The keep policy (curation.dedup.KeepPolicy), criterion by criterion:
+1. a document of an earlier version (`against:`) always wins: it is published and cannot be removed;
+2. origin, in the order of `prefer_origins` (default: human, then synthetic), so a model's copy
+   never replaces the human text it came from;
+3. source, in the order of `prefer_sources` (listed sources in that order, unlisted ones after them,
+   tied). Left unset in a recipe, it is the order of the recipe's `inputs:`, filled in by the runner:
+   users list their trusted sources first (the demo: stdlib_docs, kjv, then web_crawl), so a crawl's
+   edited copy never replaces the original it copied. `prefer_sources: []` ranks no source;
+4. then the highest `quality_score`, the longest text, the smallest id.
+Dolma's `dedupe` (a Bloom filter over the documents in the order it reads them) keeps the first copy it
+meets, so the order of the sources decides which copy survives; we make that order explicit. Ranking
+provenance ahead of the quality score, and human ahead of synthetic, is our choice: neither a
+classifier's score nor a longer text says which copy is the original, and an edited copy can score
+higher than its source (the demo's crawl copies of KJV chapters did).
+The report counts, per pair of sources, whose documents were kept over whose (`kept_over`), which
+criterion decided each removal (`decided_by`), and the policy itself (`keep_policy`).
 
 `against: [v1, ...]` also deduplicates against earlier versions of the store: their documents are
 published and always win. Their hashes come from a persisted index under
@@ -13,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import fsspec
 import numpy as np
@@ -23,16 +40,42 @@ import xxhash
 from pydantic import Field, model_validator
 
 from curation import dedup as D
-from curation.steps.base import Collected, require_versions
+from curation.record import ORIGINS
+from curation.steps.base import Collected, StepParams, require_versions
 from curation.steps.filter import FilterParams, FilterStep, Measurement, reason
 from curation.steps.registry import register
 from curation.store import VersionStore
 
 EXAMPLE_CLUSTERS = 5
 EXAMPLE_CHARS = 240
+# What every summary (and so every persisted index of an earlier version) holds per document besides its hashes.
+INDEX_COLUMNS = ("id", "length", "quality", "source", "origin")
 
 
-class DedupParams(FilterParams):
+class KeepPolicyParams(StepParams):
+    """Which copy of a duplicate stays (see the module's docstring and curation.dedup.KeepPolicy)."""
+
+    # Sources, most trusted first; unlisted ones come after them. None: the recipe's input order, which the runner
+    # fills in; [] ranks no source (the quality score decides).
+    prefer_sources: list[str] | None = None
+    prefer_origins: list[Literal["human", "synthetic"]] = Field(default_factory=lambda: list(ORIGINS))
+
+    @model_validator(mode="after")
+    def _check_unique(self) -> KeepPolicyParams:
+        for key in ("prefer_sources", "prefer_origins"):
+            values = getattr(self, key) or []
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:
+                raise ValueError(f"{key} lists {', '.join(map(repr, twice))} more than once; name each once, "
+                                 "most preferred first")
+        return self
+
+    @property
+    def keep_policy(self) -> D.KeepPolicy:
+        return D.KeepPolicy(tuple(self.prefer_origins), tuple(self.prefer_sources or ()))
+
+
+class DedupParams(FilterParams, KeepPolicyParams):
     against: list[str] = Field(default_factory=list)  # earlier versions to deduplicate against
 
 
@@ -40,6 +83,13 @@ def _quality(batch: pa.Table) -> np.ndarray:
     if "quality_score" in batch.column_names:
         return batch.column("quality_score").to_numpy(zero_copy_only=False).astype(np.float64)
     return np.zeros(batch.num_rows)
+
+
+def provenance(batch: pa.Table) -> dict[str, np.ndarray]:
+    """Each document's `source` and `origin` (object arrays of strings; "" where a batch outside a run lacks
+    the column), what the keep policy ranks."""
+    return {name: np.array(batch.column(name).to_pylist() if name in batch.column_names else [""] * batch.num_rows,
+                           dtype=object) for name in ("source", "origin")}
 
 
 def _lengths(texts: list[str]) -> np.ndarray:
@@ -92,9 +142,11 @@ class _DedupStep(FilterStep[DP]):
         return decision.report
 
     def finish(self, decision: D.DedupDecision, docs: list[D.DocKey], where: list[tuple]) -> D.DedupDecision:
-        """What both kinds report: documents, removals (and how many matched earlier versions), examples."""
+        """What both kinds report: documents, removals (and how many matched earlier versions), the keep policy,
+        examples."""
         decision.report.update({
             "documents": sum(1 for d in docs if not d.published), "against": list(self.params.against),
+            "keep_policy": {**self.params.keep_policy.as_report(), "criteria": list(D.KEEP_CRITERIA)},
             "removed": len(decision.removals),
             "removed_matching_earlier_versions": sum(1 for r in decision.removals.values() if r.in_version),
         })
@@ -113,11 +165,12 @@ class _DedupStep(FilterStep[DP]):
         raise NotImplementedError
 
     def version_index(self, store_url: str, version: str) -> dict[str, np.ndarray]:
-        """The summary of an earlier version's documents, from the store's index (built on first use)."""
+        """The summary of an earlier version's documents, from the store's index (built on first use, and
+        rebuilt when it was built before the summary held every column of INDEX_COLUMNS)."""
         store = VersionStore(store_url)
         path = f"{store.root}/index/{self.kind}/{version}/{self.params_key()}.parquet"
-        if not store.fs.exists(path):
-            table = store.read_table(version, columns=[c for c in ("id", "text", "quality_score")
+        if not store.fs.exists(path) or not set(INDEX_COLUMNS) <= set(pq.read_schema(path, filesystem=store.fs).names):
+            table = store.read_table(version, columns=[c for c in ("id", "text", "quality_score", "source", "origin")
                                                        if c in store.schema(version).names])
             summary = self.summarise(table)
             columns = {k: v for k, v in summary.items() if v.ndim == 1}
@@ -151,21 +204,26 @@ class _DedupStep(FilterStep[DP]):
         where: list[tuple] = []
         for c in collected:
             summary = c.value
-            for doc_id, length, quality in zip(summary["id"], summary["length"], summary["quality"]):
-                docs.append(D.DocKey(str(doc_id), int(length), float(quality)))
-            where.extend((c.path, row, c.store_url) for row in range(len(summary["id"])))
+            docs.extend(_doc_keys(summary))
+            where.extend((c.path, c.row(k), c.store_url) for k in range(len(summary["id"])))
             for key, value in summary.items():
                 parts.setdefault(key, []).append(value)
         store_url = collected[0].store_url if collected else None
         for version in self.params.against:
             summary = self.version_index(store_url, version)
-            for doc_id, length, quality in zip(summary["id"], summary["length"], summary["quality"]):
-                docs.append(D.DocKey(str(doc_id), int(length), float(quality), published=version))
+            docs.extend(_doc_keys(summary, published=version))
             where.extend((version, str(doc_id), store_url) for doc_id in summary["id"])
             for key, value in summary.items():
                 parts.setdefault(key, []).append(value)
         stacked = {k: np.concatenate(v) for k, v in parts.items() if k != "id"}
         return docs, stacked, where
+
+
+def _doc_keys(summary: dict[str, np.ndarray], published: str | None = None) -> list[D.DocKey]:
+    """What the keep policy ranks, document by document of one summary."""
+    return [D.DocKey(str(doc_id), int(length), float(quality), published, str(source), str(origin))
+            for doc_id, length, quality, source, origin in zip(summary["id"], summary["length"], summary["quality"],
+                                                               summary["source"], summary["origin"])]
 
 
 def read_texts(where: list[tuple], wanted: list[int]) -> dict[int, str]:
@@ -201,9 +259,11 @@ def _examples(decision: D.DedupDecision, docs: list[D.DocKey], where: list[tuple
     texts = reader(where, wanted)
     out = []
     for kept, removed in largest:
-        members = [{"id": kept, "kept": True, "text": texts[index_of[kept]][:EXAMPLE_CHARS]}]
+        members = [{"id": kept, "kept": True, "source": docs[index_of[kept]].source,
+                    "text": texts[index_of[kept]][:EXAMPLE_CHARS]}]
         for doc_id in sorted(removed)[:3]:
-            members.append({"id": doc_id, "kept": False, "jaccard": decision.removals[doc_id].jaccard,
+            members.append({"id": doc_id, "kept": False, "source": docs[index_of[doc_id]].source,
+                            "jaccard": decision.removals[doc_id].jaccard,
                             "text": texts[index_of[doc_id]][:EXAMPLE_CHARS]})
         out.append({"cluster": kept, "size": decision.cluster_sizes.get(kept, len(removed) + 1), "members": members})
     return out
@@ -230,7 +290,7 @@ class ExactDedup(_DedupStep[ExactDedupParams]):
         texts = batch.column("text").to_pylist()
         digests = [xxhash.xxh3_128_intdigest(D.normalize(t).encode("utf-8")) for t in texts]
         return {"id": np.array(batch.column("id").to_pylist(), dtype=object), "length": _lengths(texts),
-                "quality": _quality(batch),
+                "quality": _quality(batch), **provenance(batch),
                 "hash_hi": np.array([d >> 64 for d in digests], dtype=np.uint64),
                 "hash_lo": np.array([d & 0xFFFFFFFFFFFFFFFF for d in digests], dtype=np.uint64)}
 
@@ -243,7 +303,8 @@ class ExactDedup(_DedupStep[ExactDedupParams]):
         order = np.lexsort((lo, hi))
         same = (hi[order][1:] == hi[order][:-1]) & (lo[order][1:] == lo[order][:-1])
         edges = [(int(order[k]), int(order[k + 1])) for k in np.flatnonzero(same)]
-        decision = D.resolve_clusters(docs, edges, lambda i, j: 1.0, threshold=1.0)  # a component: one hash
+        # A component is one hash: every member is identical to the kept one.
+        decision = D.resolve_clusters(docs, edges, lambda i, j: 1.0, 1.0, self.params.keep_policy)
         return self.finish(decision, docs, where)
 
     def _reason(self, removal: D.Removal) -> str:
@@ -301,7 +362,7 @@ class MinHashDedup(_DedupStep[MinHashDedupParams]):
             band[start:start + chunk_docs] = D.band_hashes(D.signatures(hashes, offsets, p.num_perm, p.seed),
                                                            bands, rows)
         return {"id": np.array(batch.column("id").to_pylist(), dtype=object), "length": _lengths(texts),
-                "quality": _quality(batch), "band": band}
+                "quality": _quality(batch), **provenance(batch), "band": band}
 
     def collect(self, batch: pa.Table) -> dict[str, np.ndarray]:
         return self.summarise(batch)
@@ -329,10 +390,10 @@ class MinHashDedup(_DedupStep[MinHashDedupParams]):
                 return similarity[key]
 
             edges = [(i, j) for i, j in pairs.tolist() if measured(i, j) >= p.threshold]
-            decision = D.resolve_clusters(docs, edges, measured, p.threshold)
+            decision = D.resolve_clusters(docs, edges, measured, p.threshold, p.keep_policy)
         else:
             edges = [tuple(pair) for pair in pairs.tolist()]
-            decision = D.resolve_clusters(docs, edges)
+            decision = D.resolve_clusters(docs, edges, policy=p.keep_policy)
         decision.report.update({
             "threshold": p.threshold, "num_perm": p.num_perm, "shingle_words": p.shingle_words,
             "bands": bands, "rows": rows, "s_curve": D.s_curve(bands, rows),

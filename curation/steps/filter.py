@@ -71,6 +71,19 @@ class Check:
             return _COMPARE[self.op](values, bound)
 
 
+def bound_of(check: Check, params: object) -> float | None:
+    """The value a check compares with: its parameter's (None: the rule is off) or its number. A yes/no parameter
+    switches a page rule whose signal is 1 where the rule fires, 0 elsewhere: on is the bound 0 (`<=`), off None;
+    calibration moves such a bound to 1 when the rule alone would drop more of the reference than it may, which
+    writes the switch back as off (`FilterStep.with_bounds`)."""
+    if not isinstance(check.bound, str):
+        return check.bound
+    value = getattr(params, check.bound, None)
+    if isinstance(value, bool):
+        return 0 if value else None
+    return value
+
+
 def reason(rule: str, signal: str, value: float, op: str, bound: float) -> str:
     """`rule:signal=value<op>bound`, the one form every threshold reason takes. The value is shown with as
     few digits as still show it on the failing side of the bound (0.7996 against 0.8 reads 0.7996<0.8)."""
@@ -106,6 +119,9 @@ class FilterStep(Step[P]):
     Params: ClassVar[type[StepParams]] = FilterParams
     category: ClassVar[str] = "filter"
     checks: ClassVar[tuple[Check, ...]] = ()
+    # Whether `calibrate:` may move this filter's bounds (not for rules whose bound is not about quality, e.g.
+    # decontamination, nor for global steps, whose measure needs the run's decision).
+    calibratable: ClassVar[bool] = True
 
     # ---- what a filter defines ---------------------------------------------------------------
     def signals(self, batch: pa.Table) -> Signals:
@@ -122,12 +138,20 @@ class FilterStep(Step[P]):
         return self.checks
 
     def bound(self, check: Check) -> float | None:
-        """The value a check compares with: its parameter's (None: the rule is off) or its number."""
-        return getattr(self.params, check.bound) if isinstance(check.bound, str) else check.bound
+        """The value a check compares with (`bound_of`)."""
+        return bound_of(check, self.params)
 
     def failing(self, check: Check, values: np.ndarray, bound: float) -> np.ndarray:
         """Rows that break `check` (a filter with an exception to a rule overrides this)."""
         return check.fails(values, bound)
+
+    def with_bounds(self, bounds: Mapping[Check, float]) -> P:
+        """These parameters with the given checks' bounds replaced (validated again). A check whose bound is a
+        number of its own is kept as it is here; a filter that derives such checks from its parameters
+        overrides this to write them back."""
+        updates = {check.bound: (value < 1 if isinstance(getattr(self.params, check.bound), bool) else value)
+                   for check, value in bounds.items() if isinstance(check.bound, str)}
+        return type(self.params)(**{**self.params.model_dump(), **updates})
 
     # ---- derived -------------------------------------------------------------------------------
     @classmethod

@@ -16,19 +16,23 @@ Sources and our choices:
 - `min_docs: 3` is our choice: a unit must appear in at least three distinct documents to count as
   boilerplate, so that a quote, a verse or a sentence that two documents share (one quoting the other)
   survives in both, while navigation and footers, which repeat across many pages, go.
-- `keep_first: true` (default) keeps the unit in the first document that holds it, in run order (the
-  shards in the order the run collects them, then row order) and removes it everywhere else, as an
-  exact dedup does; `keep_first: false` removes it from every document, which suits pure boilerplate.
+- `keep_first: true` (default) keeps the unit in one document and removes it everywhere else, as an
+  exact dedup does: the document the dedup steps' keep policy prefers (its origin in `prefer_origins`,
+  then its source in `prefer_sources`, which a recipe fills with its input order when unset; see
+  curation.steps.dedup), and among those the first in run order (the shards in the order the run
+  collects them, then row order), so a verse stays in the Bible chapter rather than in the crawl page
+  quoting it. `keep_first: false` removes it from every document, which suits pure boilerplate.
 - `min_chars: 0` (default) considers every non-blank unit, as CCNet and Dolma do; raise it (e.g. 10)
   to leave short structural lines alone (`}`, a Markdown rule, "Returns:"), at the cost of keeping
   short navigation items ("Home", "Share").
 
 Global phase: `collect` sends, per shard, the distinct stable 64-bit hashes (xxh3_64 of the
 normalised unit's UTF-8 bytes) of each document's units (a flat uint64 array plus per-document
-offsets, ~8 bytes per distinct unit per document) and the document ids; `decide` counts distinct
-documents per hash with numpy and returns the sorted boilerplate hashes (plus, with `keep_first`,
-the id of each one's first document) and a small report; `apply` recomputes the hashes of each
-document's units and drops those in the decision (binary search over the sorted array).
+offsets, ~8 bytes per distinct unit per document), the document ids and each document's keep rank;
+`decide` counts distinct documents per hash with numpy and returns the sorted boilerplate hashes
+(plus, with `keep_first`, the id of the document keeping each one) and a small report; `apply`
+recomputes the hashes of each document's units and drops those in the decision (binary search over
+the sorted array).
 
 `apply` rewrites the text to the units it keeps, each followed by the separator that followed it in the
 original (lines by "\\n", paragraphs by their blank lines as they were); a modified document also loses
@@ -54,7 +58,8 @@ from pydantic import Field
 from xxhash import xxh3_64_intdigest
 
 from curation.markers import marker_type
-from curation.steps.base import Collected, Step, StepOutput, StepParams, set_column
+from curation.steps.base import Collected, Step, StepOutput, set_column
+from curation.steps.dedup import KeepPolicyParams, provenance
 from curation.steps.registry import register
 
 ANNOTATION = "boilerplate_units_removed"
@@ -68,11 +73,11 @@ EXAMPLE_CHARS = 200  # an example unit's text is cut to this many characters in 
 _NO_UNIT = np.uint64(0)  # hash slot of a blank (or too short) unit; a real unit hashing to 0 becomes 1
 
 
-class LineDedupParams(StepParams):
+class LineDedupParams(KeepPolicyParams):
     unit: Literal["line", "paragraph"] = "line"
     min_docs: int = Field(3, ge=2)  # distinct documents a unit must occur in to be boilerplate (our choice)
     min_chars: int = Field(0, ge=0)  # units shorter than this (after normalising) are never removed
-    keep_first: bool = True  # keep the unit in its first document (run order), remove it from the others
+    keep_first: bool = True  # keep the unit in one document (keep policy, then run order), remove it from the others
 
 
 @marker_type
@@ -83,6 +88,9 @@ class LineDedupSummary:
     hashes: np.ndarray  # uint64, document by document, sorted and distinct within a document
     offsets: np.ndarray  # int64, n_docs + 1: document i's hashes are hashes[offsets[i]:offsets[i + 1]]
     ids: pa.Array  # the documents' ids, row for row
+    # int32 per document: its origin and source under the keep policy (KeepPolicy.rank, smaller keeps the unit);
+    # None: all equal (a marker written before ranks existed).
+    ranks: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ class LineDedupDecision:
     """The boilerplate units of the run (small: it is pickled to every shard task)."""
 
     hashes: np.ndarray  # uint64, sorted
-    owners: np.ndarray | None  # int32 per hash: index into owner_ids of its first document (keep_first)
+    owners: np.ndarray | None  # int32 per hash: index into owner_ids of the document keeping it (keep_first)
     owner_ids: pa.Array | None  # ids of the documents that keep a boilerplate unit (keep_first)
     summary: dict[str, Any] = field(default_factory=dict)  # for the manifest report
 
@@ -168,10 +176,14 @@ class LineDedup(Step[LineDedupParams]):
         hashes, docs = hashes[keep], docs[keep]
         offsets = np.zeros(batch.num_rows + 1, np.int64)
         np.cumsum(np.bincount(docs, minlength=batch.num_rows), out=offsets[1:])
-        return LineDedupSummary(hashes, offsets, batch.column("id").combine_chunks().cast(pa.string()))
+        policy = self.params.keep_policy
+        sources = provenance(batch)
+        ranks = np.array([policy.rank(origin, source) for origin, source in zip(sources["origin"], sources["source"])],
+                         np.int32)
+        return LineDedupSummary(hashes, offsets, batch.column("id").combine_chunks().cast(pa.string()), ranks)
 
     def decide(self, collected: list[Collected]) -> LineDedupDecision:
-        """Hashes in at least `min_docs` documents; with keep_first, each one's first document."""
+        """Hashes in at least `min_docs` documents; with keep_first, the document keeping each one."""
         p = self.params
         summaries: list[LineDedupSummary] = [c.value for c in collected]
         all_hashes = np.concatenate([s.hashes for s in summaries]) if summaries else np.empty(0, np.uint64)
@@ -187,17 +199,25 @@ class LineDedup(Step[LineDedupParams]):
         boiler = counts >= p.min_docs
         hashes, first, counts = unique[boiler], first[boiler], counts[boiler]
         first_doc = np.searchsorted(doc_offsets, first, side="right") - 1  # global document index
-        docs_with = (len(np.unique(np.searchsorted(doc_offsets, np.flatnonzero(np.isin(all_hashes, hashes)),
-                                                   side="right"))) if len(hashes) else 0)
+        held = np.flatnonzero(np.isin(all_hashes, hashes))  # every occurrence of a boilerplate unit
+        holders = np.searchsorted(doc_offsets, held, side="right") - 1  # its document
+        docs_with = len(np.unique(holders))
         owners = owner_ids = None
         if p.keep_first:
-            owner_docs, owners = np.unique(first_doc, return_inverse=True)
+            ranks = np.concatenate([np.zeros(n, np.int32) if s.ranks is None else s.ranks
+                                    for n, s in zip(n_docs, summaries)]) if summaries else np.empty(0, np.int32)
+            # Per hash, the best ranked document holding it, the first in run order among those.
+            order = np.lexsort((holders, ranks[holders], all_hashes[held]))
+            ordered = all_hashes[held][order]
+            keeper = holders[order][np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])] if len(held) else held
+            owner_docs, owners = np.unique(keeper, return_inverse=True)
             owners = owners.reshape(-1).astype(np.int32)
             owner_ids = self._ids_of(summaries, doc_base, owner_docs)
         top = np.lexsort((first_doc, -counts))[:TOP_UNITS]  # most documents first, then run order
         examples = self._example_texts(collected, summaries, doc_base, hashes[top], first_doc[top])
         summary = {
             "unit": p.unit, "min_docs": p.min_docs, "min_chars": p.min_chars, "keep_first": p.keep_first,
+            **({"keep_policy": p.keep_policy.as_report()} if p.keep_first else {}),
             "documents": int(doc_base[-1]) if summaries else 0,
             "distinct_units": int(len(unique)),
             "boilerplate_units": int(len(hashes)),

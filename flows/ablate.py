@@ -24,8 +24,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
 from curation.diff import diff_versions, summarize_diff
-from curation.evalsets import evalset_names, read_info
-from curation.recipe import load_recipe
+from curation.evalsets import evaluation_sets, read_info
+from curation.recipe import Recipe, load_recipe
 from curation.steps.decontaminate import version_overlap
 from curation.store import VersionStore
 from flows.cli_common import printer
@@ -84,7 +84,7 @@ def ablate_flow(store_url: str, versions: list[str], spec: AblationSpec, name: s
     baseline = baseline or versions[0]
     manifests = {v: store.manifest(v) for v in versions}
     tok = load_tokenizer(tokenizer) if tokenizer else tokenizer_for_version(store, baseline, vocab_size)
-    names = list(eval_sets) if eval_sets else evalset_names(store)
+    names = evaluation_sets(store, eval_sets)
     if not names:
         raise ablation.AblationError("no evaluation set is registered (`curate evalset register`): an ablation "
                                      "compares losses on frozen held-out text")
@@ -99,8 +99,8 @@ def ablate_flow(store_url: str, versions: list[str], spec: AblationSpec, name: s
         f"{', '.join(names)}; {workers} process(es) x {threads} thread(s) on {devices[0]}")
 
     overlaps = {v: overlap_task.submit(store.url, v, names) for v in versions}
-    pairs = [(versions[i - 1], v) for i, v in enumerate(versions) if i] if stages else \
-        [(baseline, v) for v in versions if v != baseline]
+    staged = [s["version"] for s in stages or []]
+    pairs = [*zip(staged, staged[1:]), *((baseline, v) for v in versions if v != baseline and v not in staged)]
     diffs = {pair: diff_task.submit(store.url, *pair) for pair in pairs}
     futures = []
     for i, (version, cfg) in enumerate(jobs):
@@ -190,29 +190,42 @@ def stage_versions(recipe_path: Path, store_url: str, prefix: str | None = None,
     the steps labelled `raw`), then each stage added. A version of the store made by the same recipe
     content is reused whatever its name; new ones are named `<prefix>.<i>-<label>`, each the parent of
     the next. Returns the version names and the stages (label, steps, version)."""
-    say = printer(show_progress)
     recipe = load_recipe(recipe_path)
-    store = VersionStore(store_url)
     prefix = prefix or recipe.name or Path(recipe_path).stem
+    by_hash = versions_by_recipe(VersionStore(store_url))
+    names: list[str] = []
+    described: list[dict[str, Any]] = []
+    for i, stage in enumerate(recipe.stages(each_step)):
+        steps = ", ".join(stage.steps) or "ingestion only"
+        version = publish_or_find(recipe.prefix(stage.end), store_url, f"{prefix}.{i}-{stage.label}", by_hash,
+                                  f"stage {i} {stage.label} ({steps})", parents=names[-1:], workers=workers,
+                                  show_progress=show_progress)
+        names.append(version)
+        described.append({"label": stage.label, "steps": list(stage.steps), "version": version})
+    return names, described
+
+
+def versions_by_recipe(store: VersionStore) -> dict[str, str]:
+    """Recipe content hash -> the store's oldest fully accounted version made by it (what a recipe finds again)."""
     by_hash: dict[str, str] = {}
     for manifest in store.versions():  # oldest first: the first version with a recipe hash wins
         if manifest.get("accounting", {}).get("ok"):
             by_hash.setdefault(manifest.get("recipe_hash", ""), manifest["name"])
-    names: list[str] = []
-    described: list[dict[str, Any]] = []
-    for i, stage in enumerate(recipe.stages(each_step)):
-        partial = recipe.prefix(stage.end)
-        steps = ", ".join(stage.steps) or "ingestion only"
-        existing = by_hash.get(partial.content_hash())
-        if existing is None:
-            existing = f"{prefix}.{i}-{stage.label}"
-            say(f"stage {i} {stage.label} ({steps}): publishing {existing}")
-            manifest = run_curation(partial, store_url, existing, parents=names[-1:], workers=workers,
-                                    show_progress=show_progress)
-            say(f"  {existing}: {manifest['rows']:,} records, {manifest['rejected_rows']:,} rejects")
-            by_hash[partial.content_hash()] = existing
-        else:
-            say(f"stage {i} {stage.label} ({steps}): version {existing} (same recipe content)")
-        names.append(existing)
-        described.append({"label": stage.label, "steps": list(stage.steps), "version": existing})
-    return names, described
+    return by_hash
+
+
+def publish_or_find(recipe: Recipe, store_url: str, name: str, by_hash: dict[str, str], what: str, *,
+                    parents: list[str] | None = None, workers: int | None = None,
+                    show_progress: bool = False) -> str:
+    """The version of `by_hash` made by the same recipe content, whatever its name; else `recipe` run and published
+    as `name` (and added to `by_hash`). `what` introduces the line saying which."""
+    say = printer(show_progress)
+    existing = by_hash.get(recipe.content_hash())
+    if existing is not None:
+        say(f"{what}: version {existing} (same recipe content)")
+        return existing
+    say(f"{what}: publishing {name}")
+    manifest = run_curation(recipe, store_url, name, parents=parents, workers=workers, show_progress=show_progress)
+    say(f"  {name}: {manifest['rows']:,} records, {manifest['rejected_rows']:,} rejects")
+    by_hash[recipe.content_hash()] = name
+    return name

@@ -14,12 +14,13 @@ from rich.table import Table
 
 # curation/, training/ (but its torch-free config) and the Prefect flows are imported inside the commands:
 # Prefect must wait for `prefect_env`, and they would slow every start (flows/cli_common.py).
-from flows.cli_ablate import SEEDS, ablate, ablate_command
+from flows.cli_ablate import ablate, ablate_command
 from flows.cli_classifier import classifier_app
 from flows.cli_collapse import collapse_command
 from flows.cli_common import (
     DEFAULT_STORE,
     DEMO_BATCH_SIZE,
+    DEMO_SEEDS,
     DEMO_VOCAB_SIZE,
     ClusterOption,
     StoreOption,
@@ -36,7 +37,15 @@ from flows.cli_inspect import diff_command, guards_command, why_command
 from flows.cli_ops import increment_command, serve_command, server_command
 from flows.cli_synthesize import synthesize_command
 from flows.cli_train import generate_command, sample, train_command
-from flows.printing import accounting, planted_table, print_dedup_reports, print_guards, steps_table
+from flows.cli_tune import tune_command
+from flows.printing import (
+    accounting,
+    calibration_table,
+    planted_table,
+    print_dedup_reports,
+    print_guards,
+    steps_table,
+)
 
 
 class _App(typer.Typer):
@@ -66,6 +75,7 @@ app.add_typer(evalset_app, name="evalset", help="Frozen evaluation sets: registe
 app.command(name="train")(train_command)
 app.command(name="generate")(generate_command)
 app.command(name="ablate")(ablate_command)
+app.command(name="tune")(tune_command)
 app.command(name="synthesize")(synthesize_command)
 app.command(name="guards")(guards_command)
 app.command(name="collapse-sim")(collapse_command)
@@ -138,6 +148,8 @@ def _print_published(manifest: dict[str, Any]) -> None:
         console.print(f"resumed: {resumed['ingest_tasks']} of {resumed['of_ingest_tasks']} ingest tasks and "
                       f"{resumed['shard_tasks']} of {resumed['of_shard_tasks']} shard tasks were already done")
     console.print(steps_table(manifest))
+    if (calibrated := calibration_table(manifest)) is not None:
+        console.print(calibrated)
     if "planted_defects" in manifest:
         console.print(planted_table(manifest["planted_defects"]))
     print_guards(manifest)
@@ -175,22 +187,25 @@ def demo(
     train_tokens: Annotated[int, typer.Option(help="Token budget of each ablation run: the tiny GPT trained on "
                                                    "every stage of the recipe (0: skip the ablation).")] = 409_600,
     seeds: Annotated[int, typer.Option(help="Seeds of the ablation (each stage is trained with every seed).")
-                     ] = SEEDS,
+                     ] = DEMO_SEEDS,
     synth_records: Annotated[int, typer.Option(help="Instruction records to synthesise from the curated version "
                                                     "with the trained GPT (0: skip).")] = 96,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Build the built-in demo corpus (real installed text + planted defects), curate it, and measure what each
-    curation stage did to a tiny GPT's held-out loss."""
-    from curation.demo import write_raw_recipe
+    """Build the built-in demo corpus (real installed text + planted defects), curate it with the web's default
+    rules and with the same rules scoped and calibrated on its trusted sources, and measure what each did to a
+    tiny GPT's held-out loss."""
+    from curation.demo import write_raw_recipe, write_web_recipe
     from curation.store import VersionStore
 
     target = VersionStore(store)
     corpus, recipe_path, evalset = _demo_inputs(target, seed, scale)
     name = name or _free_demo_name(target)
-    console.rule(f"{name}-raw: the inputs as they are (ingest and Unicode normalisation only)")
+    console.rule(f"{name}-raw: the baseline (the inputs normalised and decontaminated against the held-out set)")
     _run(write_raw_recipe(recipe_path), store, f"{name}-raw", [], workers, verbose)
-    console.rule(f"{name}: the curated version, derived from {name}-raw")
+    console.rule(f"{name}-web: the papers' rules with their bounds, on every source (the web defaults)")
+    _run(write_web_recipe(recipe_path), store, f"{name}-web", [f"{name}-raw"], workers, verbose)
+    console.rule(f"{name}: the same rules scoped to the crawl and calibrated on the trusted sources")
     _run(recipe_path, store, name, [f"{name}-raw"], workers, verbose)
     console.rule(f"what curation changed: curate diff {name}-raw {name}")
     diff_command(f"{name}-raw", name, store, False, 3)
@@ -226,7 +241,7 @@ def _free_demo_name(target) -> str:
     """demo, demo-2, ...: the first name whose version and raw version are both free."""
     taken = set(target.names())
     return next(n for n in ("demo", *(f"demo-{i}" for i in range(2, 10_000)))
-                if n not in taken and f"{n}-raw" not in taken)
+                if not {n, f"{n}-raw", f"{n}-web"} & taken)
 
 
 def _next_drop(corpus, recipe_path: Path, target, name: str, seed: int, workers: int | None, verbose: bool) -> None:
@@ -249,12 +264,13 @@ def _next_drop(corpus, recipe_path: Path, target, name: str, seed: int, workers:
 
 def _demo_ablation(store: str, recipe_path: Path, evalset: str, name: str, train_tokens: int, seeds: int,
                    workers: int | None, verbose: bool) -> Path:
-    """What each stage of the recipe did to the loss; returns the checkpoint of the last stage's seed-0 run."""
-    console.rule(f"what each stage did to the loss: curate ablate --steps {recipe_path.name} "
-                 f"({seeds} seeds x {train_tokens:,} tokens per stage)")
-    result = ablate([], store, steps=recipe_path, tokens=train_tokens, seeds=seeds, vocab_size=DEMO_VOCAB_SIZE,
-                    batch_size=DEMO_BATCH_SIZE, eval_set=[evalset], name=f"{name}-stages", workers=workers,
-                    verbose=verbose, stage_prefix=name)
+    """What each stage of the recipe, and the web defaults, did to the loss; returns the checkpoint of the last
+    stage's seed-0 run."""
+    console.rule(f"what each stage did to the loss, and the web defaults: curate ablate --steps {recipe_path.name} "
+                 f"{name}-web ({seeds} seeds x {train_tokens:,} tokens per version)")
+    result = ablate([f"{name}-web"], store, steps=recipe_path, tokens=train_tokens, seeds=seeds,
+                    vocab_size=DEMO_VOCAB_SIZE, batch_size=DEMO_BATCH_SIZE, eval_set=[evalset], name=f"{name}-stages",
+                    workers=workers, verbose=verbose, stage_prefix=name)
     final = result["waterfall"][-1]["stage"]
     run = next(r for r in result["runs"] if r["version"] == final and r["seed"] == 0)
     checkpoint = Path(run["dir"]) / "checkpoint.pt"
@@ -324,6 +340,8 @@ def show(
     console.print(sources)
     if "planted_defects" in manifest:
         console.print(planted_table(manifest["planted_defects"]))
+    if (calibrated := calibration_table(manifest)) is not None:
+        console.print(calibrated)
     print_dedup_reports(manifest)
     data = [f for f in manifest["files"] if f["kind"] == "data"]
     console.print(f"{len(data)} data file(s), {sum(f['bytes'] for f in data) / 1e6:,.2f} MB; "
@@ -338,17 +356,19 @@ def thresholds(
     store: StoreOption = DEFAULT_STORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print the curves as JSON.")] = False,
 ) -> None:
-    """Documents and tokens a threshold would keep, per signal, with percentile and k-sigma suggestions."""
+    """Documents and tokens a threshold would keep, per signal, with percentile and k-sigma suggestions; the
+    bounds the version ran with (calibrated ones included) and, for a version with planted or labelled defects,
+    what the paper's bounds and those would remove of each class."""
     from curation.store import StoreError, VersionStore
-    from curation.thresholds import recipe_params, rule_retention
+    from curation.thresholds import defect_classes, recipe_params, rule_retention
 
     target = VersionStore(store)
     manifest = require_version(target, version)
     try:
         names = [c for c in target.schema(version).names if c.startswith(f"{rule}__")]
-        table = target.read_table(version, columns=["text", *names])
-        params = recipe_params(manifest["recipe"], rule)
-        curves = rule_retention(table, rule, signal or None, params)
+        table = target.read_table(version, columns=["id", "text", *names])
+        params = recipe_params(manifest["recipe"], rule, manifest.get("calibration"))
+        curves = rule_retention(table, rule, signal or None, params, classes=defect_classes(manifest, table))
     except (StoreError, ValueError) as exc:
         fail(str(exc))
     if as_json:
@@ -371,6 +391,15 @@ def thresholds(
                 "docs_kept_as_min", "tokens_kept_as_min", "docs_kept_as_max", "tokens_kept_as_max")))
         console.print(table)
         console.print("suggestions: " + ", ".join(f"{k} = {v:.4g}" for k, v in curve.suggestions.items()))
+        if curve.by_class:
+            caught = Table(title=f"{rule}.{curve.signal}: what the bounds would remove, per class",
+                           title_justify="left")
+            for column in ("class", "docs", "paper's bounds", "as run"):
+                caught.add_column(column, justify="left" if column == "class" else "right")
+            for label, counts in curve.by_class.items():
+                caught.add_row(label, f"{counts['docs']:,}", *(f"{counts[k]:,} ({counts[k] / counts['docs']:.0%})"
+                                                               for k in ("paper", "as run")))
+            console.print(caught)
 
 
 @app.command()

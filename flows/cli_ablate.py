@@ -122,8 +122,9 @@ def _print_waterfall(waterfall: list[dict[str, Any]]) -> None:
 
 
 def ablate_command(
-    versions: Annotated[list[str] | None, typer.Argument(help="Versions to compare; the first is the baseline.")
-                        ] = None,
+    versions: Annotated[list[str] | None, typer.Argument(
+        help="Versions to compare; the first is the baseline (with --steps: each compared with the recipe's first "
+             "stage too).")] = None,
     store: StoreOption = DEFAULT_STORE,
     steps: Annotated[Path | None, typer.Option("--steps", help="A recipe: publish and compare its cumulative stages "
                                                                 "(raw, +filters, +dedup, ...).")] = None,
@@ -167,6 +168,7 @@ def ablate(versions: list[str], store: str, *, steps: Path | None = None, each_s
            verbose: bool = False, stage_prefix: str | None = None) -> dict[str, Any]:
     """The command's body, also called by `curate demo` (which names the stage versions after its own)."""
     prefect_env(verbose)
+    from curation.evalsets import EvalSetError
     from curation.recipe import RecipeError
     from curation.store import StoreError, VersionStore
     from flows.ablate import run_ablation, stage_versions
@@ -178,9 +180,10 @@ def ablate(versions: list[str], store: str, *, steps: Path | None = None, each_s
     target = VersionStore(store)
     stages = None
     try:
-        if steps is not None:
-            versions, stages = stage_versions(steps, store, stage_prefix, workers=workers, show_progress=True,
-                                              each_step=each_step)
+        if steps is not None:  # the recipe's stages, then any versions named beside it (compared with its baseline)
+            staged, stages = stage_versions(steps, store, stage_prefix, workers=workers, show_progress=True,
+                                            each_step=each_step)
+            versions = [*staged, *(v for v in versions if v not in staged)]
         elif calibrate is not None:
             versions = [calibrate]
         for version in versions:
@@ -194,7 +197,7 @@ def ablate(versions: list[str], store: str, *, steps: Path | None = None, each_s
         result = run_ablation(target.url, versions, spec, name, baseline=baseline, tokenizer=str(tokenizer) if
                               tokenizer else None, vocab_size=vocab_size, eval_sets=eval_set, effect=effect,
                               stages=stages, calibrate=calibrate is not None, parallel=parallel, show_progress=True)
-    except (StoreError, AblationError, RecipeError, ValueError) as exc:
+    except (StoreError, AblationError, RecipeError, ValueError, EvalSetError) as exc:
         fail(str(exc))
     print_result(result)
     return result
@@ -203,14 +206,15 @@ def ablate(versions: list[str], store: str, *, steps: Path | None = None, each_s
 def _check_arguments(versions: list[str], steps: Path | None, calibrate: str | None, preset: str, seeds: int,
                      name: str | None) -> None:
     """Mistakes in the command's arguments, each one line and exit 2 before any work."""
-    if sum([bool(versions), steps is not None, calibrate is not None]) != 1:
-        fail("give versions to compare, or --steps RECIPE, or --calibrate VERSION (exactly one of them)")
+    if calibrate is not None and (versions or steps is not None) or not (versions or steps or calibrate):
+        fail("give versions to compare, or --steps RECIPE (and versions to compare with its stages too), or "
+             "--calibrate VERSION alone")
     if preset not in PRESETS:
         fail(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     if seeds < 1:
         fail(f"--seeds must be at least 1, got {seeds}")
     valid_name(name, "ablation")
-    if versions and len(versions) < 2:
+    if versions and steps is None and len(versions) < 2:
         fail("an ablation compares at least two versions (or use --calibrate VERSION for one)")
     if versions and len(set(versions)) != len(versions):
         fail(f"a version is listed twice: {', '.join(versions)}")

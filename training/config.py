@@ -168,3 +168,12 @@ class AblationSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# `curate tune` (flows/tune.py): seeds of the search's first round (the fewest a paired interval is computed from;
+# each later round doubles them), the fresh seeds the finalists are confirmed with (the ablation's default count),
+# and the token budget of every run (the demo's ablation budget, `curate demo --train-tokens`: small enough for a
+# search of a dozen candidates on a CPU).
+TUNE_SEEDS_START = 2
+TUNE_CONFIRM_SEEDS = len(AblationSpec.seeds)
+TUNE_TOKENS = 409_600

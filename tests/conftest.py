@@ -71,8 +71,7 @@ def demo_run(tmp_path_factory):
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "COLUMNS": "160"}
     store = tmp / "store"
     result = curate("demo", "--store", str(store), "--scale", "0.1", "--workers", "2", "--train-tokens", "16384",
-                    "--synth-records", "24",
-                    env=env)
+                    "--seeds", "3", "--synth-records", "24", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     return store, env, result.stdout
 

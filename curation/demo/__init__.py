@@ -46,10 +46,12 @@ from curation.demo.recipes import (
     write_demo_recipe,
     write_raw_recipe,
     write_synth_recipe,
+    write_web_recipe,
 )
 from curation.demo.web import WEB_FILE
 
 __all__ = ["CLEAN_WEB_DOCS", "CONTAMINATED_DOCS", "CONTAMINATION_WORDS", "DEFECT_COUNTS", "DEMO_RECIPE",
            "DEMO_SYNTH_RECIPE", "EVAL_DOCS", "HELDOUT_DIR", "KJV_FILE", "LABELS_FILE", "NEXT_CRAWL_FILE", "STDLIB_FILE",
            "WEB_FILE", "DemoCorpus", "build_demo_corpus", "documents_by_class", "load_labels", "train_demo_classifier",
-           "write_daily_recipe", "write_demo_recipe", "write_next_crawl", "write_raw_recipe", "write_synth_recipe"]
+           "write_daily_recipe", "write_demo_recipe", "write_next_crawl", "write_raw_recipe", "write_synth_recipe",
+           "write_web_recipe"]

@@ -73,13 +73,29 @@ def write_synth_recipe(corpus: DemoCorpus, source: str, checkpoint: Path | None,
 
 
 def write_raw_recipe(recipe_path: Path) -> Path:
-    """The demo's inputs with no curation beyond ingestion and Unicode normalisation: the baseline
-    the curated version is compared with (diff, coverage, and later the loss ablation)."""
+    """The baseline the curated version is compared with (diff, coverage, the loss ablation): the recipe's
+    `raw` stage only, Unicode normalisation and decontamination against the evaluation set. The same recipe
+    content as the stage `curate ablate --steps` starts from, so the ablation finds this version."""
     recipe = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
     recipe["name"] = f"{recipe.get('name', 'demo')}-raw"
-    recipe["description"] = "The demo inputs as they are: ingestion and Unicode normalisation only."
-    recipe["steps"] = [{"step": "normalize"}]
-    target = Path(recipe_path).with_name("recipe-raw.yaml")
+    recipe["description"] = "The demo inputs, normalised and decontaminated: no curation."
+    recipe["steps"] = [step for step in recipe["steps"] if step.get("stage") == "raw"]
+    return _write(recipe, Path(recipe_path).with_name("recipe-raw.yaml"))
+
+
+def write_web_recipe(recipe_path: Path) -> Path:
+    """The same recipe as the web's defaults would run it: every step on every source, no calibration. What
+    the demo compares its scoped, calibrated curation with."""
+    recipe = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
+    recipe["name"] = f"{recipe.get('name', 'demo')}-web"
+    recipe["description"] = "The demo's steps with the papers' bounds, on every source (the web defaults)."
+    recipe.pop("calibrate", None)
+    recipe["steps"] = [{k: v for k, v in step.items() if k not in ("sources", "skip_sources", "where", "calibrate")}
+                       for step in recipe["steps"]]
+    return _write(recipe, Path(recipe_path).with_name("recipe-web.yaml"))
+
+
+def _write(recipe: dict, target: Path) -> Path:
     write_atomic(target, yaml.safe_dump(recipe, sort_keys=False).encode("utf-8"))
     return target
 
@@ -92,9 +108,7 @@ def write_daily_recipe(recipe_path: Path) -> Path:
                         for spec in recipe["inputs"]]
     recipe.pop("labels", None)
     recipe["description"] = "The demo recipe over every crawl drop, run as an incremental series."
-    target = Path(recipe_path).with_name("recipe-daily.yaml")
-    write_atomic(target, yaml.safe_dump(recipe, sort_keys=False).encode("utf-8"))
-    return target
+    return _write(recipe, Path(recipe_path).with_name("recipe-daily.yaml"))
 
 
 def train_demo_classifier(corpus: DemoCorpus, out_dir: Path, seed: int = 0) -> Path:

@@ -47,6 +47,9 @@ class GPTConfig:
     dropout: float = 0.0  # embeddings, attention weights, residual branches; active in training only
     bias: bool = True  # False: no bias in any Linear or LayerNorm
     rope: bool = False  # rotary position embeddings instead of a learned position table
+    # GELU of the MLP: "none" (exact erf form, our default) or "tanh" (the approximation GPT-2's released
+    # weights were trained with, Hendrycks & Gimpel 2016); `training.pretrained` sets it when loading them.
+    gelu_approximate: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -58,6 +61,8 @@ class GPTConfig:
             raise ValueError(f"rope needs an even head size, got {self.n_embd // self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.gelu_approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> GPTConfig:

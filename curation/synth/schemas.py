@@ -195,15 +195,34 @@ class RecordSchema:
 
     def render(self, record: dict[str, Any]) -> str:
         """The record as training text (the `text` column)."""
+        if self.model is None:
+            return json.dumps(record, ensure_ascii=False, sort_keys=True)
+        return "".join(text for text, _ in self.segments(record))
+
+    def segments(self, record: dict[str, Any]) -> list[tuple[str, bool]]:
+        """The rendered text in pieces, each marked True when it is response (what fine-tuning trains a model
+        to write) and False when it is prompt (only read); `render` joins them, so both see the same text.
+        Alpaca: everything through `### Response:\n` is prompt. Chat: role markers, system and user turns are
+        prompt, every assistant turn's content is response."""
         if self.model is AlpacaRecord:
-            parts = [f"### Instruction:\n{record['instruction']}"]
+            prompt = f"### Instruction:\n{record['instruction']}\n\n"
             if record["input"]:
-                parts.append(f"### Input:\n{record['input']}")
-            parts.append(f"### Response:\n{record['output']}")
-            return "\n\n".join(parts)
+                prompt += f"### Input:\n{record['input']}\n\n"
+            return [(prompt + "### Response:\n", False), (record["output"], True)]
         if self.model is ChatRecord:
-            return "\n\n".join(f"<|{m['role']}|>\n{m['content']}" for m in record["messages"])
-        return json.dumps(record, ensure_ascii=False, sort_keys=True)
+            pieces: list[tuple[str, bool]] = []
+            prompt = ""
+            for i, message in enumerate(record["messages"]):
+                separator = "\n\n" if i else ""
+                prompt += f"{separator}<|{message['role']}|>\n"
+                if message["role"] == "assistant":
+                    pieces += [(prompt, False), (message["content"], True)]
+                    prompt = ""
+                else:
+                    prompt += message["content"]
+            return pieces + [(prompt, False)] if prompt else pieces
+        raise SchemaError(f"schema {self.name}: custom JSON-schema records have no prompt/response split; "
+                          "fine-tune on alpaca or chat records")
 
     @property
     def fingerprint(self) -> str:

@@ -102,8 +102,10 @@ def frontier_figure(result: Mapping[str, Any]):
         ax.plot([entry["tokens"]], [c["mean"]], marker, color=color, ms=size,
                 label=None if entry["kind"] in shown else entry["kind"])
         shown.add(entry["kind"])
-        ax.annotate(entry["label"], (entry["tokens"], c["mean"]), textcoords="offset points", xytext=(5, 3),
-                    fontsize=7, color="#1d2330")
+        if entry["frontier"] or entry["winner"] or entry["kind"] in ("as written", "paper bounds"):
+            # Named where it matters (clustered candidates would hide each other); the table names every one.
+            ax.annotate(entry["label"], (entry["tokens"], c["mean"]), textcoords="offset points", xytext=(5, 3),
+                        fontsize=7, color="#1d2330")
         if entry["winner"]:
             ax.plot([entry["tokens"]], [c["mean"]], "o", ms=size + 9, mfc="none", mec="#b3261e", mew=1.6,
                     label="winner")
@@ -116,8 +118,8 @@ def frontier_figure(result: Mapping[str, Any]):
         ax.plot([base["tokens"]], [0.0], "X", color="#1d2330", ms=9, label=f"baseline ({base['version']})")
     ax.axhline(0.0, color="#1d2330", lw=0.6)
     ax.set_xlabel("training tokens kept")
-    ax.set_ylabel(f"Δ loss on {primary} against the baseline (nats/token; < 0 is better)")
-    ax.set_title("loss against tokens kept (search rounds; bars: 95 % interval)")
+    ax.set_ylabel("Δ loss against the baseline\n(nats/token; < 0 is better)")
+    ax.set_title(f"loss on {primary} against tokens kept (search rounds; bars: 95 % interval)", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)

@@ -19,6 +19,15 @@ VERDICT_CLASS = {"better": "up", "worse": "down"}
 COLORS = ["#4c78a8", "#e45756", "#54a24b", "#f58518", "#72b7b2", "#b279a2", "#9d755d", "#bab0ac"]
 
 
+def summary_table(rows: list[tuple[str, str]], warnings: list[str]) -> str:
+    """A report's summary (label, HTML value rows) and the warnings its numbers must be read with."""
+    body = html_table(None, [[k, v] for k, v in rows], classes="meta")
+    if warnings:
+        body += "<h3>Read the numbers with these in mind</h3><ul>" + "".join(
+            f"<li>{esc(w)}</li>" for w in warnings) + "</ul>"
+    return body
+
+
 def _f(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
@@ -183,10 +192,7 @@ def _header(result: Mapping[str, Any]) -> str:
         ("runs", _runs_line(result["runs"])),
         ("wall time", f"{result.get('wall_seconds', 0):,.0f} s (this invocation)"),
     ]
-    body = html_table(None, [[k, v] for k, v in rows], classes="meta")
-    if result["warnings"]:
-        body += "<h3>Read the numbers with these in mind</h3><ul>" + "".join(
-            f"<li>{esc(w)}</li>" for w in result["warnings"]) + "</ul>"
+    body = summary_table(rows, result["warnings"])
     body += ("<p class=muted>Δ is the per-seed difference against the baseline's run with the same seed (same initial "
              "weights), averaged; its 95 % interval uses Student's t with n−1 degrees of freedom. The verdict reads "
              "the interval: below zero is better (lower loss), above zero worse, across zero no detectable effect "

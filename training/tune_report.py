@@ -12,7 +12,7 @@ from typing import Any
 
 from curation.calibration import bound_text
 from curation.reportkit import Plots, Row, esc, fmt_num, fmt_pct, html_table, new_figure, page_html, plain, png_base64
-from training.ablation_report import VERDICT_CLASS
+from training.ablation_report import VERDICT_CLASS, summary_table
 
 # Marker and colour of each kind of candidate on the frontier (curation/tuning.py names the kinds).
 STYLE = {"as written": ("*", "#4c78a8", 14), "paper bounds": ("s", "#f58518", 8), "calibrated": ("^", "#54a24b", 8),
@@ -176,10 +176,7 @@ def _summary(result: Mapping[str, Any]) -> str:
                    + (f", budget {result['budget_minutes']:g} min" if result["budget_minutes"] is not None else "")),
         ("wall time", f"{result.get('wall_seconds', 0):,.0f} s (this invocation)"),
     ]
-    body = html_table(None, [[k, v] for k, v in rows], classes="meta")
-    if result["warnings"]:
-        body += "<h3>Read the numbers with these in mind</h3><ul>" + "".join(
-            f"<li>{esc(w)}</li>" for w in result["warnings"]) + "</ul>"
+    body = summary_table(rows, result["warnings"])
     body += ("<p class=muted>The search ranks candidates by their mean paired Δloss against the baseline (the same "
              "seeds, the same initial weights); a candidate chosen as the best of many is flattered by the choice, so "
              "its verdict comes only from the confirmation: the finalists against the baseline with seeds no round "

@@ -11,9 +11,10 @@ import csv
 import glob
 import gzip
 import io
+import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,12 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zstandard
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.record import CORE_NAMES, ORIGINS, conform_rejects
+from curation.synth.schemas import Rejected, load_schema
 
 Format = Literal["auto", "jsonl", "parquet", "csv", "text", "hf"]
 TextMode = Literal["file", "paragraph"]
+RecordsSchema = Literal["alpaca", "chat"]
 
 # Our choice: far above any real document (a novel is ~1 MB), low enough that one bad line
 # cannot exhaust memory. Longer documents become rejects with their first bytes kept.
@@ -41,6 +44,7 @@ READ_BLOCK_BYTES = 1024 * 1024
 DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
 
 INGEST_STEP = "ingest"
+DEFAULT_TEXT_FIELD = "text"
 PROVENANCE_COLUMNS = ("_source_file", "_source_line")
 
 
@@ -56,7 +60,7 @@ class InputSpec(BaseModel):
     path: str
     format: Format = "auto"
     source: str | None = None  # defaults to the file name without extensions
-    text_field: str = "text"
+    text_field: str = DEFAULT_TEXT_FIELD
     id_field: str | None = "id"
     text_mode: TextMode = "file"  # text inputs: one document per file, or per blank-line paragraph
     glob: str | None = None  # folders: which files to read
@@ -75,6 +79,21 @@ class InputSpec(BaseModel):
     # Columnar inputs: a column whose non-null values mark rows already rejected upstream (failed
     # generations, say); those rows become ingest rejects with that reason, and the column is dropped.
     reject_field: str | None = None
+    # Each line or row is an instruction record of this schema (curation/synth/schemas.py): validated by it, its
+    # `text` the schema's rendering, with the columns an instruction version has (`_add_record`).
+    records: RecordsSchema | None = None
+
+    @model_validator(mode="after")
+    def _records_make_their_text(self) -> InputSpec:
+        # Compared with the default, not "was it given": a recipe written back by `model_dump` (`curate tune`'s
+        # candidates) gives every key.
+        if self.records and self.text_field != DEFAULT_TEXT_FIELD:
+            raise ValueError(f"input {self.path}: `records: {self.records}` makes the text from each record; remove "
+                             f"`text_field: {self.text_field}`")
+        problem = _records_format_problem(self.records, self.format)
+        if problem:
+            raise ValueError(f"input {self.path}: {problem}")
+        return self
 
     @property
     def source_name(self) -> str:
@@ -260,7 +279,24 @@ def resolve_files(spec: InputSpec, base: Path | None = None) -> list[str]:
 
 
 def file_format(spec: InputSpec, file: str) -> Format:
-    return spec.format if spec.format != "auto" else detect_format(file)
+    fmt = spec.format if spec.format != "auto" else detect_format(file)
+    problem = _records_format_problem(spec.records, fmt)
+    if problem:
+        raise IngestError(f"{file}: {problem}")
+    return fmt
+
+
+# The formats whose lines or rows can hold each schema's records (a chat record's messages are a list: not CSV).
+_RECORD_FORMATS: dict[str, tuple[Format, ...]] = {"alpaca": ("jsonl", "parquet", "hf", "csv"),
+                                                   "chat": ("jsonl", "parquet", "hf")}
+
+
+def _records_format_problem(records: RecordsSchema | None, fmt: Format) -> str | None:
+    """Why an input of format `fmt` cannot hold `records`, or None (`auto`: decided file by file)."""
+    if records is None or fmt == "auto" or fmt in _RECORD_FORMATS[records]:
+        return None
+    readable = "JSONL, Parquet or CSV" if "csv" in _RECORD_FORMATS[records] else "JSONL or Parquet"
+    return f"`records: {records}` reads {readable} (or a Hugging Face dataset), not {fmt}; convert the file to JSONL"
 
 
 def preflight(spec: InputSpec, file: str) -> None:
@@ -270,7 +306,9 @@ def preflight(spec: InputSpec, file: str) -> None:
         load_hf_dataset(spec, file)
         return
     try:
-        if fmt == "parquet":
+        if fmt == "parquet" and spec.records:
+            pq.ParquetFile(file)  # a record's fields are checked row by row, as the schema says
+        elif fmt == "parquet":
             schema = pq.ParquetFile(file).schema_arrow
             if spec.text_field not in schema.names:
                 raise IngestError(f"{file}: no column {spec.text_field!r} (columns: {', '.join(schema.names)})")
@@ -341,6 +379,37 @@ def _check_provenance(batch: _Batch, line: int, extra: dict[str, Any], rid: str 
     return True
 
 
+def _add_record(batch: _Batch, line: int, obj: dict[str, Any], raw: bytes | None) -> None:
+    """A line or row of a `records:` input becomes a record whose text is the schema's rendering (what filters,
+    dedup and a fine-tuned model all see), or a reject. Its id, `task_type` and provenance fields are read as in
+    any input; every other key is the record's, validated by the schema with no coercion (an unknown key is a
+    violation). The columns added are those `curate synthesize` writes (curation/synth/generate.py)."""
+    spec = batch.spec
+    schema = load_schema(spec.records)
+    rid = obj.pop(spec.id_field, None) if spec.id_field else None
+    if rid is not None and not isinstance(rid, str):
+        rid = str(rid)
+    extra = {name: obj.pop(name) for name in (*_PROVENANCE_TYPES, "task_type") if name in obj}
+    task_type = extra.pop("task_type", None)
+    if task_type is not None and not isinstance(task_type, str):
+        batch.reject(line, f"bad_field=task_type is {type(task_type).__name__}, expected str", raw=raw, rid=rid)
+        return
+    if not _check_provenance(batch, line, extra, rid, raw):
+        return
+    try:
+        record = schema.validate(obj)
+    except Rejected as exc:
+        batch.reject(line, exc.reason, raw=raw, rid=rid)
+        return
+    text = schema.render(record)
+    size = len(text.encode())
+    if size > spec.max_doc_bytes:
+        batch.reject(line, _too_large(size, spec.max_doc_bytes), raw=raw, rid=rid)
+        return
+    batch.add(line, text, rid, {**extra, "schema": schema.name, "record": json.dumps(record, ensure_ascii=False),
+                                **schema.flat(record), "task_type": task_type or spec.source_name})
+
+
 def _split_fields(spec: InputSpec, obj: dict[str, Any]) -> tuple[Any, str | None, dict[str, Any]]:
     text = obj.pop(spec.text_field, None)
     rid = obj.pop(spec.id_field, None) if spec.id_field else None
@@ -384,6 +453,8 @@ def _read_jsonl(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]
             else:
                 if not isinstance(obj, dict):
                     batch.reject(line_no, f"not_an_object=JSON {type(obj).__name__}", raw=raw)
+                elif spec.records:
+                    _add_record(batch, line_no, obj, raw)
                 else:
                     text, rid, extra = _split_fields(spec, obj)
                     text = _check_text(batch, line_no, text, rid, raw)
@@ -467,7 +538,7 @@ def _read_csv(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]:
             raise IngestError(f"{file}: unreadable CSV header: {problem}")
         if header is None:
             return
-        if spec.text_field not in header:
+        if not spec.records and spec.text_field not in header:
             raise IngestError(f"{file}: no column {spec.text_field!r} in CSV header ({', '.join(header)})")
         while True:
             start = lines.line_no + 1
@@ -506,23 +577,37 @@ def _read_csv(spec: InputSpec, file: str, chunk_bytes: int) -> Iterator[Chunk]:
             if nul:  # a raw NUL byte in the file: binary garbage, not text
                 batch.reject(start, f"nul_byte=field {nul[0]!r}", raw=",".join(row).encode("utf-8"))
                 continue
+            if spec.records:  # the record's own cells are validated as written; the others are read as below
+                _add_record(batch, start, _csv_values(obj, (*_PROVENANCE_TYPES, "task_type")),
+                            ",".join(row).encode("utf-8"))
+                if batch.full(chunk_bytes):
+                    yield batch.flush()
+                continue
             text, rid, extra = _split_fields(spec, obj)
             if isinstance(text, str) and len(text.encode()) > spec.max_doc_bytes:
                 batch.reject(start, _too_large(len(text.encode()), spec.max_doc_bytes),
                              raw=text.encode()[:RAW_PREVIEW_BYTES], rid=rid)
                 continue
-            extra = {k: (v if v != "" else None) for k, v in extra.items()}
-            if "generation" in extra and extra["generation"] is not None:
-                try:
-                    extra["generation"] = int(extra["generation"])
-                except ValueError:
-                    pass
+            extra = _csv_values(extra, extra.keys())
             text = _check_text(batch, start, text, rid, None)
             if text is not None and _check_provenance(batch, start, extra, rid, None):
                 batch.add(start, text, rid, extra)
             if batch.full(chunk_bytes):
                 yield batch.flush()
     yield batch.flush()
+
+
+def _csv_values(cells: dict[str, str], names: Iterable[str]) -> dict[str, Any]:
+    """CSV cells are all text: in the columns `names`, an empty cell is no value, and `generation` an integer when
+    it reads as one (else its provenance check names it)."""
+    names = set(names)
+    values: dict[str, Any] = {k: (None if k in names and v == "" else v) for k, v in cells.items()}
+    if "generation" in names and values.get("generation") is not None:
+        try:
+            values["generation"] = int(values["generation"])
+        except ValueError:
+            pass
+    return values
 
 
 _SURROGATES = re.compile("[\udc80-\udcff]")
@@ -652,6 +737,10 @@ def _arrow_chunks(spec: InputSpec, file: str, batches: Iterator[pa.RecordBatch |
         n = table.num_rows
         if n == 0:
             continue
+        if spec.records:
+            yield _record_rows(spec, file, table, row)
+            row += n
+            continue
         lines = pa.array(range(row + 1, row + n + 1), pa.int64())
         row += n
         if spec.text_field not in table.column_names:
@@ -684,6 +773,23 @@ def _arrow_chunks(spec: InputSpec, file: str, batches: Iterator[pa.RecordBatch |
         kept = table.filter(good)
         records = _arrow_records(spec, file, kept, lines.filter(good)) if kept.num_rows else None
         yield Chunk(records, rejects, n)
+
+
+def _record_rows(spec: InputSpec, file: str, table: pa.Table, rows_before: int) -> Chunk:
+    """Columnar records, row by row (as JSONL lines are). Every row has every column, so a null is a value not
+    given: a required field that is null is missing, an optional one takes its default."""
+    batch = _Batch(spec, file)
+    batch.lines_read = table.num_rows
+    for line, row in enumerate(table.to_pylist(), start=rows_before + 1):
+        given = {k: v for k, v in row.items() if v is not None}
+        upstream = given.pop(spec.reject_field, None) if spec.reject_field else None
+        raw = json.dumps(given, ensure_ascii=False, default=str).encode()  # kept by a reject
+        if upstream is not None:
+            rid = given.get(spec.id_field) if spec.id_field else None
+            batch.reject(line, str(upstream), raw=raw, rid=None if rid is None else str(rid))
+        else:
+            _add_record(batch, line, given, raw)
+    return batch.flush()
 
 
 def _bounded_texts(rejects: pa.Table) -> pa.Table:

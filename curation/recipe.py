@@ -295,8 +295,9 @@ class Recipe(BaseModel):
         if body.get("synthesize") is None:
             body.pop("synthesize", None)
         for spec in body["inputs"]:
-            if spec.get("reject_field") is None:
-                spec.pop("reject_field", None)
+            for key in ("reject_field", "records"):
+                if spec.get(key) is None:
+                    spec.pop(key, None)
             spec.pop("license", None)  # a label for the dataset card
         for spec, entry in zip(self.steps, body["steps"]):
             for key in ("sources", "skip_sources", "where", "calibrate"):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import fasttext
@@ -14,8 +16,10 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
+from curation.classifier import _zeroed_allocations, file_sha256
 from curation.demo import build_demo_corpus, documents_by_class
 from curation.recipe import RecipeError, load_recipe
+from curation.steps.base import StepOutput
 from curation.steps.langid import LanguageFilter, LanguageFilterParams
 from curation.steps.pii import PIIRedactor
 
@@ -127,19 +131,58 @@ TRAIN = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_lid(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A real fastText supervised model with lid.176-style labels, trained in well under a second."""
-    root = tmp_path_factory.mktemp("lid")
+def train_tiny_lid(root: Path) -> Path:
+    """A real fastText supervised model with lid.176-style labels, trained in well under a second.
+
+    Trained with zero-filled allocations, as `curation.classifier` trains: fastText initialises only a tenth
+    of its input matrix and counts on the rest being zero, which leftover heap memory breaks."""
     with open(root / "train.txt", "w", encoding="utf-8") as fh:
         for _ in range(30):
             for lang, lines in TRAIN.items():
                 fh.writelines(f"__label__{lang} {line}\n" for line in lines)
-    model = fasttext.train_supervised(input=str(root / "train.txt"), epoch=30, lr=0.5, dim=16, minn=2, maxn=4,
-                                      minCount=1, thread=1, seed=0, verbose=0)
+    with _zeroed_allocations():
+        model = fasttext.train_supervised(input=str(root / "train.txt"), epoch=30, lr=0.5, dim=16, minn=2, maxn=4,
+                                          minCount=1, thread=1, seed=0, verbose=0)
     path = root / "tiny-lid.bin"
     model.save_model(str(path))
-    return str(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_lid(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(train_tiny_lid(tmp_path_factory.mktemp("lid")))
+
+
+# Trains the tiny model the way it is trained after in-process CPU training (tests/test_ablation.py runs
+# before this file in the same process): `keep_freed_memory` keeps freed memory in the heap, so fastText's
+# ~128 MB input matrix is carved out of leftover bytes (here float32 3.0s) instead of fresh zeroed pages.
+_TRAIN_AFTER_THE_TRAINER = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from test_langid_pii import train_tiny_lid
+from training.trainer import keep_freed_memory
+keep_freed_memory()
+leftover = b"\\x40" * (256 << 20)
+del leftover
+train_tiny_lid(Path(sys.argv[2]))
+"""
+
+
+def _predictions(model_path: str | Path) -> list[tuple[str, float]]:
+    labels, probs = fasttext.load_model(str(model_path)).predict([EN, FR], k=1)
+    return [(label[0], round(float(prob[0]), 4)) for label, prob in zip(labels, probs)]
+
+
+def test_tiny_lid_model_does_not_depend_on_what_the_process_freed_before(tiny_lid: str, tmp_path: Path):
+    """fastText initialises only a tenth of its input matrix and relies on zeroed memory for the rest; the
+    untrained n-gram rows then steer out-of-vocabulary text such as EN, so the same data and seed must give
+    the same model file whatever the process allocated before."""
+    subprocess.run([sys.executable, "-c", _TRAIN_AFTER_THE_TRAINER, str(Path(__file__).parent), str(tmp_path)],
+                   check=True, capture_output=True, timeout=120)
+    after = tmp_path / "tiny-lid.bin"
+    assert file_sha256(after) == file_sha256(tiny_lid), (
+        f"trained after the trainer: {_predictions(after)}; trained here: {_predictions(tiny_lid)} (EN, FR)")
 
 
 def test_fasttext_backend_with_a_trained_model(tiny_lid: str):
@@ -161,14 +204,26 @@ def test_fasttext_backend_with_a_trained_model(tiny_lid: str):
         LanguageFilter(backend="fasttext", model_path=tiny_lid, languages=["de"]).apply(batch(texts))
 
 
+def _outcome(out: StepOutput) -> str:
+    """What a language_filter run kept and rejected, with each document's language and score."""
+    kept = zip(out.kept.column("id").to_pylist(), out.kept.column("lang").to_pylist(),
+               out.kept.column("lang_score").to_pylist())
+    rejected = zip(out.rejected.column("id").to_pylist(), out.rejected.column("reason").to_pylist(),
+                   out.rejected.column("lang_score").to_pylist())
+    return (f"kept {[f'{doc} {lang} {score:.4f}' for doc, lang, score in kept]}, "
+            f"rejected {[f'{doc} {why} score {score:.4f}' for doc, why, score in rejected]}")
+
+
 def test_language_filter_pickles_without_its_model(tiny_lid: str):
     for step in (LanguageFilter(), LanguageFilter(backend="fasttext", model_path=tiny_lid)):
-        step.apply(batch([EN]))  # the model is loaded and cached in this process
+        before = _outcome(step.apply(batch([EN, FR])))  # the model is loaded and cached in this process
         data = pickle.dumps(step)
         assert len(data) < 2_000
         again = pickle.loads(data)
         assert again.params == step.params
-        assert again.apply(batch([EN, FR])).kept.column("id").to_pylist() == ["d0"]
+        out = again.apply(batch([EN, FR]))
+        assert _outcome(out) == before, f"{step.params.backend}: unpickled step differs from the original"
+        assert out.kept.column("id").to_pylist() == ["d0"], f"{step.params.backend} on [EN, FR]: {_outcome(out)}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -49,9 +49,13 @@ DATA_FILE = "data.parquet"
 INFO_FILE = "evalset.json"
 FORMAT_VERSION = 1
 VERSION_PREFIX = "version:"
-ROLES = ("evaluation", "reference")
+ROLES = ("evaluation", "reference", "instruction")
 SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("text", pa.large_string(), nullable=False),
                     pa.field("source", pa.string(), nullable=False)])
+# An instruction set keeps each record's fields beside its rendered text (what fine-tuning reads; `text` is what
+# decontamination and the fingerprint see), as instruction versions do.
+INSTRUCTION_COLUMNS = ("schema", "record", "instruction", "input", "output", "task_type")
+INSTRUCTION_SCHEMA = pa.schema([*SCHEMA, *(pa.field(c, pa.string()) for c in INSTRUCTION_COLUMNS)])
 
 
 class EvalSetError(Exception):
@@ -86,6 +90,7 @@ class EvalSetInfo:
     data_file: str = DATA_FILE
     # "evaluation": held-out text that measures models (ablations, decontamination); "reference": trusted text that
     # filters are calibrated on. Never both: tuning curation on the measuring stick would flatter its results.
+    # "instruction": held-out instruction records that measure fine-tuned models (loss on their responses).
     role: str = "evaluation"
     path: str = ""
 
@@ -160,15 +165,35 @@ def evalset_names(store: VersionStore | str | os.PathLike[str], role: str | None
 
 
 def evaluation_sets(store: VersionStore | str | os.PathLike[str], names: Sequence[str] | None = None) -> list[str]:
-    """The sets a model is measured on: `names` (default: every evaluation set), none of them a reference set."""
+    """The sets a pre-trained model is measured on: `names` (default: every evaluation set), each one an
+    evaluation set."""
     target = _store(store)
     if not names:
         return evalset_names(target, "evaluation")
     for name in names:
-        if read_info(target, name).role == "reference":
+        role = read_info(target, name).role
+        if role == "reference":
             raise EvalSetError(f"{name!r} is a reference set (filters are calibrated on it): measuring models on it "
                                "would flatter the curation it tuned; evaluate on held-out text registered with "
                                "`--role evaluation`")
+        if role == "instruction":
+            raise EvalSetError(f"{name!r} is an instruction set: it measures fine-tuned models on their responses "
+                               "(`curate finetune`, `curate ablate --finetune`); pre-training evaluates on text "
+                               "registered with `--role evaluation`")
+    return list(names)
+
+
+def instruction_sets(store: VersionStore | str | os.PathLike[str], names: Sequence[str] | None = None) -> list[str]:
+    """The sets a fine-tuned model is measured on: `names` (default: every instruction set), each one an
+    instruction set."""
+    target = _store(store)
+    if not names:
+        return evalset_names(target, "instruction")
+    for name in names:
+        role = read_info(target, name).role
+        if role != "instruction":
+            raise EvalSetError(f"{name!r} is a{'n' if role == 'evaluation' else ''} {role} set: fine-tuned models are "
+                               "measured on held-out instruction records, registered with `--role instruction`")
     return list(names)
 
 
@@ -217,8 +242,11 @@ def _file_sha256(path: str) -> str:
 # Reading sources
 
 
-def _read_path_source(spec_path: str, text_field: str, source_name: str | None
+def _read_path_source(spec_path: str, text_field: str, source_name: str | None, schema: pa.Schema
                       ) -> tuple[list[pa.Table], dict[str, Any]]:
+    if schema is INSTRUCTION_SCHEMA:
+        raise EvalSetError(f"source {spec_path}: an instruction set is registered from an instruction version "
+                           "(version:NAME); publish the records as one first (`records: alpaca` input)")
     spec = InputSpec(path=spec_path, text_field=text_field, source=source_name)
     try:
         files = resolve_files(spec)
@@ -234,7 +262,7 @@ def _read_path_source(spec_path: str, text_field: str, source_name: str | None
                                  "sha256": _file_sha256(file), "docs": 0, "skipped": {}}
         for chunk in read_input(spec, file):
             if chunk.records is not None and chunk.records.num_rows:
-                tables.append(chunk.records.select(["id", "text", "source"]))
+                tables.append(chunk.records.select(schema.names))
                 entry["docs"] += chunk.records.num_rows
             if chunk.rejects is not None and chunk.rejects.num_rows:
                 for reason in chunk.rejects.column("reason").to_pylist():
@@ -244,11 +272,16 @@ def _read_path_source(spec_path: str, text_field: str, source_name: str | None
     return tables, {"kind": "path", "path": spec_path, "text_field": text_field, "files": entries}
 
 
-def _read_version_source(store: VersionStore, name: str, source_name: str | None
+def _read_version_source(store: VersionStore, name: str, source_name: str | None, schema: pa.Schema
                          ) -> tuple[list[pa.Table], dict[str, Any]]:
     try:
         manifest = store.manifest(name)
-        table = store.read_table(name, columns=["id", "text", "source"])
+        missing = [c for c in schema.names if c not in store.schema(name).names]
+        if missing:
+            raise EvalSetError(f"source {VERSION_PREFIX}{name}: no {', '.join(missing)} column(s); an instruction "
+                               "set is registered from an instruction version (`curate synthesize`, or records "
+                               "ingested with `records: alpaca`)")
+        table = store.read_table(name, columns=schema.names)
     except StoreError as exc:
         raise EvalSetError(f"source {VERSION_PREFIX}{name}: {exc}") from exc
     if source_name is not None:
@@ -310,24 +343,25 @@ def register_evalset(
     if evalset_exists(target, name):
         raise EvalSetExistsError(f"eval set {name!r} already exists in {target.url}; eval sets are immutable, "
                                  "pick another name")
+    schema = INSTRUCTION_SCHEMA if role == "instruction" else SCHEMA
     tables: list[pa.Table] = []
     provenance: list[dict[str, Any]] = []
     skipped: dict[str, int] = {}
     for source in sources:
         kind, value = _parse_source(source)
         if kind == "version":
-            got, entry = _read_version_source(target, value, source_name)
+            got, entry = _read_version_source(target, value, source_name, schema)
         else:
-            got, entry = _read_path_source(value, text_field, source_name)
+            got, entry = _read_path_source(value, text_field, source_name, schema)
             for file in entry["files"]:
                 for key, count in file["skipped"].items():
                     skipped[key] = skipped.get(key, 0) + count
         tables.extend(got)
         provenance.append(entry)
     if tables:
-        table = pa.concat_tables([t.cast(SCHEMA) for t in tables])
+        table = pa.concat_tables([t.cast(schema) for t in tables])
     else:
-        table = SCHEMA.empty_table()
+        table = schema.empty_table()
     table, duplicates = _dedupe_ids(table)
     if duplicates:
         skipped["duplicate_id"] = skipped.get("duplicate_id", 0) + duplicates

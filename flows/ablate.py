@@ -13,6 +13,7 @@ version of the store with the same recipe content), then ablates them with a wat
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
 from curation.diff import diff_versions, summarize_diff
-from curation.evalsets import evaluation_sets, read_info
+from curation.evalsets import evaluation_sets, instruction_sets, read_info
 from curation.recipe import Recipe, load_recipe
 from curation.steps.decontaminate import version_overlap
 from curation.store import VersionStore
@@ -32,9 +33,11 @@ from flows.cli_common import printer
 from flows.curate import artifact_key, run_curation, task_runner
 from training import ablation
 from training.ablation import AblationSpec
-from training.config import DEFAULT_VOCAB_SIZE
-from training.data import TokenFile, tokenize_evalset, tokenize_version
-from training.runs import train_version
+from training.config import CURVE_POINTS, DEFAULT_VOCAB_SIZE, FinetuneConfig
+from training.data import tokenize_evalset, tokenize_version
+from training.finetune import load_base
+from training.runs import finetune_version, train_version
+from training.sft import examples_from_version
 from training.tokenizer import Tokenizer, load_tokenizer, tokenizer_for_version
 from training.trainer import TrainConfig, pick_device
 
@@ -45,6 +48,14 @@ def train_run_task(store_url: str, version: str, cfg: TrainConfig, tokenizer_pat
     torch.set_num_threads(threads)
     record = train_version(VersionStore(store_url), version, cfg, load_tokenizer(tokenizer_path), eval_sets,
                            log=lambda *_: None)
+    return record.to_dict()
+
+
+@task(name="finetune-run")
+def finetune_run_task(store_url: str, version: str, cfg: TrainConfig, ft: FinetuneConfig, eval_sets: list[str],
+                      threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    record = finetune_version(VersionStore(store_url), version, cfg, ft, eval_sets, log=lambda *_: None)
     return record.to_dict()
 
 
@@ -74,29 +85,39 @@ def plan_workers(runs: int, device: str, parallel: int | None = None) -> tuple[i
 def ablate_flow(store_url: str, versions: list[str], spec: AblationSpec, name: str, *, baseline: str | None = None,
                 tokenizer: str | None = None, vocab_size: int = DEFAULT_VOCAB_SIZE, eval_sets: list[str] | None = None,
                 effect: float | None = None, stages: list[dict[str, Any]] | None = None, calibrate: bool = False,
-                parallel: int | None = None, show_progress: bool = False) -> dict[str, Any]:
+                parallel: int | None = None, show_progress: bool = False,
+                finetune: FinetuneConfig | None = None) -> dict[str, Any]:
     """Train `spec` on every version with every seed; compare each version with `baseline` (default:
     the first), and with `stages`, each stage with the one before it. `calibrate`: one version, its
-    seed-to-seed noise. Writes `<store>/ablations/<name>/` and returns the result."""
+    seed-to-seed noise. `finetune`: each run fine-tunes its base on the (instruction) version and is measured
+    on the instruction sets. Writes `<store>/ablations/<name>/` and returns the result."""
     started = time.perf_counter()
     say = printer(show_progress)
     store = VersionStore(store_url)
     baseline = baseline or versions[0]
     manifests = {v: store.manifest(v) for v in versions}
-    tok = load_tokenizer(tokenizer) if tokenizer else tokenizer_for_version(store, baseline, vocab_size)
-    names = evaluation_sets(store, eval_sets)
-    if not names:
-        raise ablation.AblationError("no evaluation set is registered (`curate evalset register`): an ablation "
-                                     "compares losses on frozen held-out text")
+    if finetune is not None:
+        sizes, jobs, names, tok = _finetune_runs(store, versions, manifests, spec, finetune, eval_sets)
+        steps = ", ".join(f"{v}: {sizes[v][2]:,}" for v in versions)
+        what = f"fine-tunes of {finetune.base} (steps: {steps})"
+    else:
+        tok = load_tokenizer(tokenizer) if tokenizer else tokenizer_for_version(store, baseline, vocab_size)
+        names = evaluation_sets(store, eval_sets)
+        if not names:
+            raise ablation.AblationError("no evaluation set is registered (`curate evalset register`): an ablation "
+                                         "compares losses on frozen held-out text")
+        token_files = {v: tokenize_version(store, v, tok) for v in versions}  # cached; tasks only read them
+        sizes = {v: (tf.n_tokens, {s: int(e["tokens"]) for s, e in tf.meta["by_source"].items()}, None)
+                 for v, tf in token_files.items()}
+        for n in names:
+            tokenize_evalset(store, n, tok)
+        jobs = _distinct_runs(versions, manifests, spec, tok)
+        what = f"{spec.preset} ({spec.steps(tok.vocab_size):,} steps each)"
     eval_fingerprints = {n: read_info(store, n).fingerprint for n in names}
-    token_files = {v: tokenize_version(store, v, tok) for v in versions}  # cached; tasks only read them
-    for n in names:
-        tokenize_evalset(store, n, tok)
-    jobs = _distinct_runs(versions, manifests, spec, tok)
     workers, threads, devices = plan_workers(len(jobs), spec.device, parallel)
     say(f"ablation {name}: {len(versions)} version(s) x {len(spec.seeds)} seed(s) = {len(jobs)} distinct run(s) of "
-        f"{spec.preset} ({spec.steps(tok.vocab_size):,} steps each), tokenizer {tok.hash[:12]}, eval sets "
-        f"{', '.join(names)}; {workers} process(es) x {threads} thread(s) on {devices[0]}")
+        f"{what}, tokenizer {tok.hash[:12]}, eval sets {', '.join(names)}; {workers} process(es) x {threads} "
+        f"thread(s) on {devices[0]}")
 
     overlaps = {v: overlap_task.submit(store.url, v, names) for v in versions}
     staged = [s["version"] for s in stages or []]
@@ -106,7 +127,10 @@ def ablate_flow(store_url: str, versions: list[str], spec: AblationSpec, name: s
     for i, (version, cfg) in enumerate(jobs):
         if devices[i % workers] != cfg.device:
             cfg = TrainConfig(**{**cfg.to_dict(), "device": devices[i % workers]})
-        futures.append(train_run_task.submit(store.url, version, cfg, str(tok.path), names, threads))
+        if finetune is not None:
+            futures.append(finetune_run_task.submit(store.url, version, cfg, finetune, names, threads))
+        else:
+            futures.append(train_run_task.submit(store.url, version, cfg, str(tok.path), names, threads))
     finished = _collect_runs(futures, names[0], say)
     runs = [{**finished[(manifests[version]["fingerprint"], seed)], "version": version}
             for version in versions for seed in spec.seeds]
@@ -115,11 +139,12 @@ def ablate_flow(store_url: str, versions: list[str], spec: AblationSpec, name: s
         "device_type": runs[0]["device"].split(":")[0],
         "name": name, "store": store.url, "spec": spec.to_dict(), "effect": effect,
         "tokenizer": {"hash": tok.hash, "vocab_size": tok.vocab_size, "path": str(tok.path),
-                      "trained_on": tokenizer or baseline},
+                      "trained_on": "the base model's" if finetune else tokenizer or baseline},
         "eval_sets": eval_fingerprints,
-        "versions": {v: _version_context(manifests[v], token_files[v], overlaps[v].result()) for v in versions},
+        "versions": {v: _version_context(manifests[v], sizes[v], overlaps[v].result()) for v in versions},
         "diffs": [diffs[pair].result() for pair in pairs],
         "stages": stages,
+        **({"finetune": finetune.to_dict()} if finetune else {}),
     }
     if calibrate:
         result = ablation.calibration_result(context, runs, effect)
@@ -158,11 +183,49 @@ def _collect_runs(futures: list[Any], primary: str, say) -> dict[tuple[str, int]
     return finished
 
 
-def _version_context(manifest: dict[str, Any], token_file: TokenFile, overlap: dict[str, int]) -> dict[str, Any]:
+def _finetune_runs(store: VersionStore, versions: list[str], manifests: dict[str, dict[str, Any]], spec: AblationSpec,
+                   ft: FinetuneConfig, eval_sets: list[str] | None
+                   ) -> tuple[dict[str, tuple[int, dict[str, int], int]], list[tuple[str, TrainConfig]], list[str],
+                              Tokenizer]:
+    """A fine-tuning ablation's plan: per version (tokens, tokens by task type, steps), one run per (content, seed)
+    with about CURVE_POINTS evaluations each, the instruction sets and the base's tokenizer. Every version is read
+    here, so a version that cannot be fine-tuned on fails before any run starts."""
+    base = load_base(ft.base)
+    names = instruction_sets(store, eval_sets)
+    if not names:
+        raise ablation.AblationError("no instruction set is registered (`curate evalset register NAME "
+                                     "version:HELD_OUT --role instruction`): a fine-tuning ablation compares response "
+                                     "losses on held-out instructions")
+    block = base.model.config.block_size
+    sizes: dict[str, tuple[int, dict[str, int], int]] = {}
+    jobs: list[tuple[str, TrainConfig]] = []
+    seen: set[tuple[str, int]] = set()
+    for version in versions:
+        data = examples_from_version(store, version, ft.template, base.tokenizer, block)
+        if not len(data):
+            raise ablation.AblationError(f"version {version!r}: no record makes a fine-tuning example "
+                                         f"({data.skipped})")
+        by_task: dict[str, int] = {}
+        for example in data.examples:
+            by_task[example.task_type] = by_task.get(example.task_type, 0) + len(example.input_ids)
+        steps = ft.steps(len(data), spec.batch_size)
+        sizes[version] = (data.n_tokens, by_task, steps)
+        for seed in spec.seeds:
+            if (manifests[version]["fingerprint"], seed) not in seen:
+                seen.add((manifests[version]["fingerprint"], seed))
+                jobs.append((version, TrainConfig(seed=seed, batch_size=spec.batch_size,
+                                                  learning_rate=spec.learning_rate,
+                                                  eval_every=spec.eval_every or max(1, math.ceil(steps / CURVE_POINTS)),
+                                                  device=spec.device, compile=spec.compile)))
+    return sizes, jobs, names, base.tokenizer
+
+
+def _version_context(manifest: dict[str, Any], size: tuple[int, dict[str, int], int | None],
+                     overlap: dict[str, int]) -> dict[str, Any]:
+    tokens, by_source, steps = size
     return {"fingerprint": manifest["fingerprint"], "rows": manifest["rows"], "parents": manifest.get("parents", []),
-            "tokens": token_file.n_tokens,
-            "tokens_by_source": {s: int(e["tokens"]) for s, e in token_file.meta["by_source"].items()},
-            "overlap": overlap}
+            "tokens": tokens, "tokens_by_source": by_source, "overlap": overlap,
+            **({"steps": steps} if steps is not None else {})}
 
 
 def publish_artifacts(result: dict[str, Any]) -> None:

@@ -36,7 +36,7 @@ from flows.cli_evalsets import evalset_app
 from flows.cli_inspect import diff_command, guards_command, why_command
 from flows.cli_ops import increment_command, serve_command, server_command
 from flows.cli_synthesize import synthesize_command
-from flows.cli_train import generate_command, sample, train_command
+from flows.cli_train import finetune_command, generate_command, sample, train_command
 from flows.cli_tune import tune_command
 from flows.printing import (
     accounting,
@@ -73,6 +73,7 @@ def _options(debug: Annotated[bool, typer.Option("--debug", envvar="CURATE_DEBUG
 app.add_typer(classifier_app, name="classifier", help="Train and use fastText quality classifiers.")
 app.add_typer(evalset_app, name="evalset", help="Frozen evaluation sets: register and list.")
 app.command(name="train")(train_command)
+app.command(name="finetune")(finetune_command)
 app.command(name="generate")(generate_command)
 app.command(name="ablate")(ablate_command)
 app.command(name="tune")(tune_command)

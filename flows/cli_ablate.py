@@ -5,6 +5,9 @@ Three forms (registered in `flows/cli.py`):
     curate ablate V1 V2 [V3 ...]        every version against the first (or --baseline)
     curate ablate --steps RECIPE         the recipe's cumulative stages, with a waterfall
     curate ablate --calibrate V          the seed-to-seed noise of one version (use --seeds 5)
+
+and `--finetune --base CKPT` with the first or the third: each run fine-tunes the base on an instruction version
+and is measured by its response loss on the registered instruction sets.
 """
 
 from __future__ import annotations
@@ -21,8 +24,16 @@ from rich.table import Table
 # must wait for `prefect_env`, and they would slow every start (flows/cli_common.py); training.config is
 # torch-free and is where the options' defaults live.
 from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail, prefect_env, require_version, valid_name
-from flows.cli_train import PRESET_HELP, VOCAB_HELP
-from training.config import DEFAULT_VOCAB_SIZE, PRESETS, AblationSpec
+from flows.cli_train import PRESET_HELP, VOCAB_HELP, finetune_configs
+from training.config import (
+    DEFAULT_VOCAB_SIZE,
+    FINETUNE_LEARNING_RATE,
+    LORA_LEARNING_RATE,
+    PRESETS,
+    AblationSpec,
+    FinetuneConfig,
+    TrainConfig,
+)
 
 SEEDS = len(AblationSpec.seeds)  # the command counts seeds (0 .. N-1); the spec lists them
 
@@ -141,7 +152,9 @@ def ablate_command(
     tokenizer: Annotated[Path | None, typer.Option(help="A tokenizer.json (default: trained on the baseline).")] = None,
     vocab_size: Annotated[int, typer.Option(help=VOCAB_HELP)] = DEFAULT_VOCAB_SIZE,
     batch_size: Annotated[int, typer.Option(help="Sequences per optimiser step.")] = AblationSpec.batch_size,
-    learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = AblationSpec.learning_rate,
+    learning_rate: Annotated[float | None, typer.Option(
+        help=f"Peak learning rate (default: {AblationSpec.learning_rate:g}; fine-tuning {FINETUNE_LEARNING_RATE:g}, "
+             f"{LORA_LEARNING_RATE:g} with --lora).")] = None,
     block_size: Annotated[int | None, typer.Option(help="Context length (default: the preset's).")
                           ] = AblationSpec.block_size,
     name: Annotated[str | None, typer.Option(help="Name of the result under <store>/ablations/.")] = None,
@@ -149,13 +162,33 @@ def ablate_command(
     workers: Annotated[int | None, typer.Option(help="Curation worker processes for --steps.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = AblationSpec.device,
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = AblationSpec.compile,
+    finetune: Annotated[bool, typer.Option("--finetune", help="Fine-tune --base on each (instruction) version; "
+                                                               "measure on the instruction sets.")] = False,
+    base: Annotated[Path | None, typer.Option(help="With --finetune: a checkpoint.pt of `curate train` or a GPT-2 "
+                                                   "folder.")] = None,
+    template: Annotated[str, typer.Option(help="With --finetune: alpaca, chat or a format string.")
+                        ] = FinetuneConfig.template,
+    epochs: Annotated[float, typer.Option(help="With --finetune: passes over each version's records.")
+                      ] = FinetuneConfig.epochs,
+    lora: Annotated[bool, typer.Option(help="With --finetune: train LoRA adapters only.")] = FinetuneConfig.lora,
+    lora_r: Annotated[int, typer.Option(help="With --lora: the rank.")] = FinetuneConfig.lora_r,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's logs.")] = False,
 ) -> None:
     """Train the same model on each version with the same seeds; loss deltas with 95% intervals and verdicts."""
+    ft = None
+    if finetune:
+        if base is None or steps is not None:
+            fail("--finetune needs --base CKPT and versions (or --calibrate VERSION), not --steps")
+        ft, cfg = finetune_configs(base, template, epochs, lora, lora_r, FinetuneConfig.lora_alpha, 0, batch_size,
+                                   learning_rate, TrainConfig.eval_every, compile, device)
+        learning_rate = cfg.learning_rate
+    elif base is not None:
+        fail("--base is for --finetune (fine-tuning ablations)")
     ablate(versions or [], store, steps=steps, each_step=each_step, calibrate=calibrate, baseline=baseline,
            preset=preset, tokens=tokens, seeds=seeds, effect=effect, eval_set=eval_set, tokenizer=tokenizer,
-           vocab_size=vocab_size, batch_size=batch_size, learning_rate=learning_rate, block_size=block_size,
-           name=name, parallel=parallel, workers=workers, device=device, compile=compile, verbose=verbose)
+           vocab_size=vocab_size, batch_size=batch_size, learning_rate=learning_rate or AblationSpec.learning_rate,
+           block_size=block_size, name=name, parallel=parallel, workers=workers, device=device, compile=compile,
+           verbose=verbose, finetune=ft)
 
 
 def ablate(versions: list[str], store: str, *, steps: Path | None = None, each_step: bool = False,
@@ -165,7 +198,8 @@ def ablate(versions: list[str], store: str, *, steps: Path | None = None, each_s
            batch_size: int = AblationSpec.batch_size, learning_rate: float = AblationSpec.learning_rate,
            block_size: int | None = AblationSpec.block_size, name: str | None = None, parallel: int | None = None,
            workers: int | None = None, device: str = AblationSpec.device, compile: bool = AblationSpec.compile,
-           verbose: bool = False, stage_prefix: str | None = None) -> dict[str, Any]:
+           verbose: bool = False, stage_prefix: str | None = None, finetune: FinetuneConfig | None = None
+           ) -> dict[str, Any]:
     """The command's body, also called by `curate demo` (which names the stage versions after its own)."""
     prefect_env(verbose)
     from curation.evalsets import EvalSetError
@@ -173,6 +207,7 @@ def ablate(versions: list[str], store: str, *, steps: Path | None = None, each_s
     from curation.store import StoreError, VersionStore
     from flows.ablate import run_ablation, stage_versions
     from training.ablation import AblationError
+    from training.sft import SFTError
 
     _check_arguments(versions, steps, calibrate, preset, seeds, name)
     spec = AblationSpec(preset=preset, tokens=tokens, seeds=tuple(range(seeds)), batch_size=batch_size,
@@ -193,11 +228,13 @@ def ablate(versions: list[str], store: str, *, steps: Path | None = None, each_s
         if baseline is not None:  # the baseline leads the table
             versions = [baseline, *(v for v in versions if v != baseline)]
         kind = "calibrate" if calibrate else "ablation"
-        name = name or default_name(kind, versions, preset, tokens, seeds)
+        name = name or default_name(kind, versions, f"ft-e{finetune.epochs:g}" + ("-lora" if finetune.lora else "")
+                                    if finetune else preset, tokens, seeds)
         result = run_ablation(target.url, versions, spec, name, baseline=baseline, tokenizer=str(tokenizer) if
                               tokenizer else None, vocab_size=vocab_size, eval_sets=eval_set, effect=effect,
-                              stages=stages, calibrate=calibrate is not None, parallel=parallel, show_progress=True)
-    except (StoreError, AblationError, RecipeError, ValueError, EvalSetError) as exc:
+                              stages=stages, calibrate=calibrate is not None, parallel=parallel, show_progress=True,
+                              finetune=finetune)
+    except (StoreError, AblationError, RecipeError, ValueError, EvalSetError, SFTError) as exc:
         fail(str(exc))
     print_result(result)
     return result

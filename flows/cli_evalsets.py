@@ -30,7 +30,9 @@ def register(
                                                     "(default: the input's name).")] = None,
     role: Annotated[str, typer.Option(help="evaluation: held-out text models are measured on (ablations, "
                                            "decontamination); reference: trusted text filters are calibrated on "
-                                           "(`calibrate: {reference: NAME}`). A set is never both.")] = "evaluation",
+                                           "(`calibrate: {reference: NAME}`); instruction: held-out instruction "
+                                           "records fine-tuned models are measured on (from version:NAME of an "
+                                           "instruction version). A set has one role.")] = "evaluation",
 ) -> None:
     """Freeze SOURCES as the set NAME: never filtered or deduplicated, hashed, checked on every load."""
     from curation.evalsets import EvalSetError, register_evalset

@@ -92,3 +92,22 @@ def doc(i: int, words: int = 40) -> str:
     base = ("the river ran past the old mill where people met each morning to trade grain and news "
             "about weather roads prices and the health of their families").split()
     return " ".join(f"{base[(i + k) % len(base)]}" if k % 7 else f"item{i}x{k}" for k in range(words)) + "."
+
+
+def publish_instructions(store, name: str, rows: list[tuple[str, str, dict]]) -> None:
+    """An instruction version as `curate synthesize` publishes one: rows of (schema, task type, record)."""
+    import pyarrow as pa
+
+    from curation.synth.schemas import ALPACA, CHAT
+
+    schemas = {"alpaca": ALPACA, "chat": CHAT}
+    flat = [schemas[s].flat(r) if s in schemas else {"instruction": None, "input": None, "output": None}
+            for s, _, r in rows]
+    n = len(rows)
+    store.publish_table(name, pa.table({
+        "id": [f"{name}-{i}" for i in range(n)],
+        "text": [schemas[s].render(r) if s in schemas else json.dumps(r) for s, _, r in rows],
+        "source": ["synthetic-grounded"] * n, "origin": ["synthetic"] * n, "generation": pa.array([1] * n, pa.int32()),
+        "generator": ["scripted"] * n, "record": [json.dumps(r) for _, _, r in rows],
+        **{field: [f[field] for f in flat] for field in ("instruction", "input", "output")},
+        "schema": [s for s, _, _ in rows], "task_type": [t for _, t, _ in rows]}))

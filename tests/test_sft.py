@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections import Counter
@@ -10,9 +9,11 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 import torch
+from conftest import publish_instructions
 
 from curation.store import VersionStore
 from curation.synth.schemas import ALPACA, CHAT, SchemaError, load_schema
+from training.data import EpochSampler
 from training.model import GPT, IGNORE_INDEX, GPTConfig
 from training.sft import (
     Example,
@@ -193,18 +194,21 @@ def test_batches_are_a_function_of_seed_and_step_and_cover_each_epoch(tok):
     examples = [encode(ALPACA.segments({**NO_INPUT, "output": "the river " * (i + 1)}), tok) for i in range(12)]
     data = SFTData(examples, {}, tok.eot_id)
     again = SFTData(list(examples), {}, tok.eot_id)
+    sampler = EpochSampler(len(data), seed=3)  # what the trainer draws each step's examples with
     for step in range(7):
-        assert data.batch_indices(step, 4, seed=3).tolist() == again.batch_indices(step, 4, seed=3).tolist()
-        x, y = data.batch(step, 4, seed=3)
-        assert torch.equal(x, again.batch(step, 4, seed=3)[0]) and torch.equal(y, again.batch(step, 4, seed=3)[1])
-        assert x.shape[1] == max(len(examples[i].input_ids) for i in data.batch_indices(step, 4, seed=3))
+        indices = sampler.global_batch(step, 4)
+        assert indices.tolist() == EpochSampler(len(again), seed=3).global_batch(step, 4).tolist()
+        x, y = data.batch(indices)
+        assert torch.equal(x, again.batch(indices)[0]) and torch.equal(y, again.batch(indices)[1])
+        assert x.shape[1] == max(len(examples[i].input_ids) for i in indices)
     for epoch in range(2):
-        seen = [i for step in range(3 * epoch, 3 * epoch + 3) for i in data.batch_indices(step, 4, seed=3)]
+        seen = [i for step in range(3 * epoch, 3 * epoch + 3) for i in sampler.global_batch(step, 4)]
         assert sorted(seen) == list(range(12))
-    first_epoch = [data.batch_indices(s, 4, seed=3).tolist() for s in range(3)]
-    assert first_epoch != [data.batch_indices(s, 4, seed=4).tolist() for s in range(3)]
+    first_epoch = [sampler.global_batch(s, 4).tolist() for s in range(3)]
+    assert first_epoch != [EpochSampler(12, seed=4).global_batch(s, 4).tolist() for s in range(3)]
+    assert data.n_tokens == sum(len(e.input_ids) for e in examples)
     with pytest.raises(SFTError, match="every record was skipped"):
-        SFTData([], {"prompt_too_long": 2}, tok.eot_id).batch(0, 4)
+        SFTData([], {"prompt_too_long": 2}, tok.eot_id).batch([0])
 
 
 # ---- response loss ----------------------------------------------------------------------------
@@ -242,21 +246,6 @@ def test_response_loss_is_the_mean_over_response_tokens(tok):
 
 
 # ---- from the store ---------------------------------------------------------------------------
-
-
-def publish_instructions(store: VersionStore, name: str, rows: list[tuple[str, str, dict]]) -> None:
-    """An instruction version as `curate synthesize` publishes one: rows of (schema, task type, record)."""
-    schemas = {"alpaca": ALPACA, "chat": CHAT}
-    flat = [schemas[s].flat(r) if s in schemas else {"instruction": None, "input": None, "output": None}
-            for s, _, r in rows]
-    n = len(rows)
-    store.publish_table(name, pa.table({
-        "id": [f"{name}-{i}" for i in range(n)],
-        "text": [schemas[s].render(r) if s in schemas else json.dumps(r) for s, _, r in rows],
-        "source": ["synthetic-grounded"] * n, "origin": ["synthetic"] * n, "generation": pa.array([1] * n, pa.int32()),
-        "generator": ["scripted"] * n, "record": [json.dumps(r) for _, _, r in rows],
-        **{field: [f[field] for f in flat] for field in ("instruction", "input", "output")},
-        "schema": [s for s, _, _ in rows], "task_type": [t for _, t, _ in rows]}))
 
 
 def test_examples_from_a_version(tok, tmp_path):

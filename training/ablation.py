@@ -326,6 +326,8 @@ def calibration_key(context: Mapping[str, Any]) -> str:
     spec = {k: v for k, v in context["spec"].items() if k not in ("seeds", "device", "compile", "eval_every")}
     body = {"spec": spec, "vocab_size": context["tokenizer"]["vocab_size"], "eval_sets": context["eval_sets"],
             "device_type": context["device_type"]}
+    if context.get("finetune"):  # a fine-tune's noise is its base's and settings' (pre-training keys unchanged)
+        body["finetune"] = context["finetune"]
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -177,17 +177,27 @@ def _runs_line(runs: Sequence[Mapping[str, Any]]) -> str:
 
 def _header(result: Mapping[str, Any]) -> str:
     spec = result["spec"]
+    ft = result.get("finetune")
+    if ft:  # a fine-tuning ablation: the base and its settings instead of a preset and a token budget
+        lora = f"LoRA r {ft['lora_r']}, alpha {ft['lora_alpha']:g}" if ft["lora"] else "every weight"
+        training = [("fine-tune of", f"<code>{esc(ft['base'])}</code>"),
+                    ("template, epochs, trained", f"{esc(ft['template'])}, {ft['epochs']:g}, {lora}")]
+    else:
+        training = [("model", f"{esc(spec['preset'])}" + (f", block {spec['block_size']}" if spec.get("block_size")
+                                                           else "")),
+                    ("token budget per run", fmt_num(spec["tokens"]) if spec["tokens"]
+                     else "20 per parameter (Chinchilla)")]
     rows = [
         ("baseline", f"<code>{esc(result['baseline'])}</code>"),
-        ("model", f"{esc(spec['preset'])}" + (f", block {spec['block_size']}" if spec.get("block_size") else "")),
-        ("token budget per run", fmt_num(spec["tokens"]) if spec["tokens"] else "20 per parameter (Chinchilla)"),
+        *training,
         ("seeds", esc(", ".join(str(s) for s in spec["seeds"]))),
-        ("batch, learning rate", f"{spec['batch_size']} sequences, {spec['learning_rate']:g}"),
+        ("batch, learning rate", f"{spec['batch_size']} {'records' if ft else 'sequences'}, "
+                                 f"{spec['learning_rate']:g}"),
         ("tokenizer", f"<code>{esc(result['tokenizer']['hash'][:16])}</code> ({result['tokenizer']['vocab_size']:,} "
                       f"tokens, trained on {esc(result['tokenizer']['trained_on'])})"),
         ("evaluation sets", ", ".join(f"<code>{esc(n)}</code> ({esc(fp[:12])})"
                                       for n, fp in result["eval_sets"].items())
-         + f"; {spec['eval_tokens']:,} fixed tokens each"),
+         + ("; loss on every record's response tokens" if ft else f"; {spec['eval_tokens']:,} fixed tokens each")),
         ("ranking", " &lt; ".join(f"<code>{esc(v)}</code>" for v in result["ranking"]) + " (lowest loss first)"),
         ("runs", _runs_line(result["runs"])),
         ("wall time", f"{result.get('wall_seconds', 0):,.0f} s (this invocation)"),
@@ -302,7 +312,8 @@ def _data(result: Mapping[str, Any]) -> str:
         sources.append([f"<code>{esc(version)}</code>", fmt_num(info["tokens"]),
                         ", ".join(f"{esc(s)} {n / total:.0%}" for s, n in sorted(info["tokens_by_source"].items(),
                                                                                 key=lambda kv: -kv[1]))])
-    return ("<h3>Training tokens by source</h3>" + html_table(["version", "tokens", "by source"], sources, numeric=(1,))
+    by = "task type" if result.get("finetune") else "source"  # a fine-tune's examples, by their task type
+    return (f"<h3>Training tokens by {by}</h3>" + html_table(["version", "tokens", f"by {by}"], sources, numeric=(1,))
             + "".join(parts))
 
 

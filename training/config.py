@@ -175,6 +175,50 @@ class AblationSpec:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """What a supervised fine-tune adds to a `TrainConfig`: the pre-trained base it starts from, how records
+    become text, how long it trains and whether only LoRA adapters train. Plain values (torch-free): a run's
+    key is computed from them, and `training.lora.LoRAConfig` is built from the `lora_*` fields."""
+
+    base: str  # a checkpoint.pt written by `curate train` (tokenizer.json beside it) or a GPT-2 folder
+    template: str = "alpaca"  # alpaca, chat, or a format string ending with {output} (`training.sft`)
+    # Passes over the instruction records. Alpaca (Taori et al. 2023) and LIMA (Zhou et al. 2023) fine-tune
+    # for 3 epochs; we do the same.
+    epochs: float = 3.0
+    lora: bool = False  # train LoRA adapters only (the base stays frozen) instead of every weight
+    lora_r: int = 8  # training.lora.LoRAConfig's defaults (peft's rank; alpaca-lora's alpha and dropout)
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("qkv", "proj", "fc")
+
+    def __post_init__(self) -> None:
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+
+    def steps(self, examples: int, batch_size: int) -> int:
+        """Optimiser steps: `epochs` passes over `examples`, rounded up to whole batches."""
+        return max(1, math.ceil(self.epochs * examples / batch_size))
+
+    def for_key(self) -> dict[str, Any]:
+        """What decides a fine-tune's numbers besides the data: the base is identified by its weights' hash
+        (added by the caller), not its path; LoRA settings only when LoRA is on."""
+        out: dict[str, Any] = {"template": self.template, "epochs": self.epochs, "lora": self.lora}
+        if self.lora:
+            out.update(lora_r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                       lora_targets=list(self.lora_targets))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Peak learning rate of a fine-tune (our choice, measured on the tiny preset: see docs/finetuning.md): lower than
+# pre-training's 2e-3 for full fine-tuning, higher with LoRA, whose update is scaled by alpha / r.
+FINETUNE_LEARNING_RATE = 5e-4
+LORA_LEARNING_RATE = 2e-3
+
+
 # `curate tune` (flows/tune.py): seeds of the search's first round (the fewest a paired interval is computed from;
 # each later round doubles them), the fresh seeds the finalists are confirmed with (the ablation's default count),
 # and the token budget of every run (the demo's ablation budget, `curate demo --train-tokens`: small enough for a

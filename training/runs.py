@@ -12,7 +12,10 @@ computation; `dtype="auto"` means bf16 on one GPU and fp32 on another). The run 
         plan.json, metrics.jsonl, checkpoint.pt, loss.png, tokenizer.json
         result.json      written by the trainer after the last step: the run is finished
 
-so a folder with `result.json` is reused without training, and a folder with only a checkpoint (a
+A fine-tune (`finetune_version`) adds its base's sha256 and its settings (template, epochs, LoRA) to the key
+and lives in `ft-<base sha256[:8]>-s<seed>-<key[:12]>/`; its evaluation sets are instruction sets.
+
+A folder with `result.json` is reused without training, and a folder with only a checkpoint (a
 crashed or interrupted run) resumes from it. The cache root is the store's folder (or `cache_dir` for
 a remote store, as for token files).
 """
@@ -23,15 +26,19 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.evalsets import evaluation_sets, read_info
+from curation.evalsets import evaluation_sets, load_evalset, read_info
+from curation.evalsets import instruction_sets as find_instruction_sets
 from curation.store import VersionStore
+from training.config import FinetuneConfig
 from training.data import tokenize_evalset, tokenize_version
+from training.sft import examples_from_table, examples_from_version
 from training.tokenizer import Tokenizer, cache_root
-from training.trainer import TrainConfig, compute_precision, config_for_key, pick_device, train
+from training.trainer import TrainConfig, TrainResult, compute_precision, config_for_key, pick_device, train
 
 RUNS_DIR = "runs"
 RUN_FILE = "run.json"
@@ -63,16 +70,22 @@ class RunRecord:
 
 
 def run_key(fingerprint: str, tokenizer_hash: str, cfg: TrainConfig, eval_fingerprints: dict[str, str],
-            device_type: str, precision: str) -> str:
+            device_type: str, precision: str, finetune: dict[str, Any] | None = None) -> str:
+    """`finetune`: a fine-tune's base sha256 and settings (`FinetuneConfig.for_key`); pre-training keys have none,
+    so they are unchanged by its existence."""
     body = {"fingerprint": fingerprint, "tokenizer": tokenizer_hash, "config": config_for_key(cfg),
             "eval_sets": dict(sorted(eval_fingerprints.items())), "device_type": device_type,
             "precision": precision}
+    if finetune is not None:
+        body["finetune"] = finetune
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run_dir(root: Path, fingerprint: str, cfg: TrainConfig, key: str) -> Path:
+def run_dir(root: Path, fingerprint: str, cfg: TrainConfig, key: str, finetune_of: str | None = None) -> Path:
+    """`finetune_of`: the base's sha256; a fine-tune's folder is named after it (`ft-<base[:8]>`)."""
     budget = f"t{cfg.tokens}" if cfg.tokens else "tchinchilla"
-    return Path(root) / RUNS_DIR / fingerprint[:16] / f"{cfg.preset}-{budget}-s{cfg.seed}-{key[:12]}"
+    what = f"ft-{finetune_of[:8]}" if finetune_of else f"{cfg.preset}-{budget}"
+    return Path(root) / RUNS_DIR / fingerprint[:16] / f"{what}-s{cfg.seed}-{key[:12]}"
 
 
 def _is_main() -> bool:
@@ -110,11 +123,56 @@ def train_version(store: VersionStore, version: str, cfg: TrainConfig, tok: Toke
     precision = compute_precision(device, cfg.dtype)
     key = run_key(fingerprint, tok.hash, cfg, eval_fingerprints, device.split(":")[0], precision)
     out = run_dir(cache_root(store, cache_dir), fingerprint, cfg, key)
+    described = {"eval_sets": eval_fingerprints, "device_type": device.split(":")[0], "precision": precision}
+    return _train_or_reuse(out, key, version, fingerprint, cfg, tok, described, train_tokens.n_tokens, device,
+                           lambda: train(cfg, train_tokens, evals, out, log=log if _is_main() else _silent))
+
+
+def finetune_version(store: VersionStore, version: str, cfg: TrainConfig, ft: FinetuneConfig,
+                     instruction_sets: list[str] | None = None, *, cache_dir: str | os.PathLike[str] | None = None,
+                     log=print) -> RunRecord:
+    """Fine-tune the base `ft.base` on the instruction version `version` and measure its response loss on the
+    held-out `instruction_sets` (default: every registered instruction set), or return the finished run with
+    the same key from the store. The key holds the base's sha256 and the fine-tune's settings."""
+    from training.finetune import finetune, load_base  # loads the base's weights: only for a fine-tune
+
+    manifest = store.manifest(version)
+    fingerprint = manifest["fingerprint"]
+    base = load_base(ft.base)
+    block = base.model.config.block_size
+    data = examples_from_version(store, version, ft.template, base.tokenizer, block)
+    names = find_instruction_sets(store, instruction_sets)
+    evals = {name: examples_from_table(load_evalset(store, name)[0], ft.template, base.tokenizer, block,
+                                       f"instruction set {name!r}") for name in names}
+    eval_fingerprints = {name: read_info(store, name).fingerprint for name in names}
+    device = pick_device(cfg.device)
+    precision = compute_precision(device, cfg.dtype)
+    key = run_key(fingerprint, base.tokenizer.hash, cfg, eval_fingerprints, device.split(":")[0], precision,
+                  finetune={"base_sha256": base.sha256, **ft.for_key()})
+    out = run_dir(cache_root(store, cache_dir), fingerprint, cfg, key, finetune_of=base.sha256)
+    described = {"eval_sets": eval_fingerprints, "device_type": device.split(":")[0], "precision": precision,
+                 "base": base.describe(), "finetune": ft.to_dict(), "examples": len(data), "skipped": data.skipped}
+    meta = {"version": version, "fingerprint": fingerprint,
+            "eval_sets": eval_fingerprints}
+    return _train_or_reuse(out, key, version, fingerprint, cfg, base.tokenizer, described, data.n_tokens, device,
+                           lambda: finetune(cfg, ft, base, data, evals, out, meta=meta,
+                                            log=log if _is_main() else _silent))
+
+
+def _silent(*_: Any) -> None:
+    return None
+
+
+def _train_or_reuse(out: Path, key: str, version: str, fingerprint: str, cfg: TrainConfig, tok: Tokenizer,
+                    described: dict[str, Any], unique_tokens: int, device: str,
+                    run: Callable[[], TrainResult]) -> RunRecord:
+    """The finished run in `out` when its key is `key`; else `run()` there (resuming its checkpoint), after
+    writing run.json (what the key was computed from) and the tokenizer beside the checkpoint."""
 
     def record(result: dict[str, Any], cached: bool) -> RunRecord:
         return RunRecord(version=version, fingerprint=fingerprint, seed=cfg.seed, key=key, dir=str(out), cached=cached,
                          final_eval=result["final_eval"], epochs=float(result["epochs"]),
-                         tokens_trained=int(result["tokens_trained"]), unique_tokens=train_tokens.n_tokens,
+                         tokens_trained=int(result["tokens_trained"]), unique_tokens=unique_tokens,
                          seconds=float(result["seconds"]), tokens_per_second=float(result["tokens_per_second"]),
                          device=str(result.get("meta", {}).get("device", device)), tokenizer_hash=tok.hash,
                          config=cfg.to_dict())
@@ -125,10 +183,6 @@ def train_version(store: VersionStore, version: str, cfg: TrainConfig, tok: Toke
     if _is_main():
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / RUN_FILE, {"key": key, "version": version, "fingerprint": fingerprint,
-                                     "tokenizer_hash": tok.hash, "config": config_for_key(cfg),
-                                     "eval_sets": eval_fingerprints, "device_type": device.split(":")[0],
-                                     "precision": precision})
+                                     "tokenizer_hash": tok.hash, "config": config_for_key(cfg), **described})
         shutil.copyfile(tok.path, out / "tokenizer.json")
-    result = train(cfg, train_tokens, evals, out, log=log if _is_main() else (lambda *_: None))
-    return record(result.to_dict(), cached=False)
-
+    return record(run().to_dict(), cached=False)

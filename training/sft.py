@@ -2,7 +2,7 @@
 
     data = examples_from_version(store, "instruct-v1", "alpaca", tok, block_size=256)
     data.skipped                         # {"prompt_too_long": 3}: every record is kept or counted
-    x, y = data.batch(step, batch_size)  # a pure function of (seed, step)
+    x, y = data.batch(EpochSampler(len(data), seed).global_batch(step, batch_size))
     response_loss(model, data)           # {"loss", "tokens", "bits_per_byte", "by_task_type": {...}}
 
 A record becomes text pieces marked prompt or response (`RecordSchema.segments`, the same pieces the
@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from curation.store import VersionStore
 from curation.synth.schemas import ALPACA, CHAT, RecordSchema
-from training.data import EpochSampler
 from training.model import GPT, IGNORE_INDEX
 from training.tokenizer import Tokenizer
 
@@ -90,6 +90,15 @@ def load_template(spec: str) -> RecordSchema | FormatTemplate:
                        "what follows the prompt)")
     prompt = tuple((literal, field) for literal, field, _, _ in parsed[:-1]) + ((parsed[-1][0], None),)
     return FormatTemplate(spec, prompt)
+
+
+def prompt_text(template: str, instruction: str, input_text: str = "") -> str:
+    """What a fine-tuned model reads before it answers: the template's prompt for this instruction, exactly as
+    the training examples had it (the response would follow)."""
+    chosen = load_template(template)
+    fields = {"instruction": instruction, "input": input_text, "output": ""}
+    record = CHAT.from_fields(fields) if chosen is CHAT else fields
+    return chosen.segments(record)[0][0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,21 +162,26 @@ def collate(examples: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, tor
 
 @dataclass(frozen=True)
 class SFTData:
-    """Examples, the count of skipped records by reason, and the id that pads a batch's inputs."""
+    """Examples, the count of skipped records by reason, and the id that pads a batch's inputs. Batches are
+    taken by index, as the trainer takes token windows: its seeded `EpochSampler` picks the examples of each
+    step, so a step's batch is a pure function of (seed, step) and a resumed run continues exactly."""
 
     examples: list[Example]
     skipped: dict[str, int]
     pad_id: int  # the tokenizer's EOT id
 
-    def batch_indices(self, step: int, batch_size: int, seed: int = 0) -> np.ndarray:
-        """The examples of `step`: each epoch is a permutation seeded by (seed, epoch), as in pre-training,
-        so any step's batch is computed directly and a resumed run continues exactly."""
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def n_tokens(self) -> int:
+        """Input tokens over every example (an epoch's tokens; padding aside)."""
+        return sum(len(e.input_ids) for e in self.examples)
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.examples:
             raise SFTError(f"no examples to batch: every record was skipped ({self.skipped})")
-        return EpochSampler(len(self.examples), seed).global_batch(step, batch_size)
-
-    def batch(self, step: int, batch_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        return collate([self.examples[i] for i in self.batch_indices(step, batch_size, seed)], self.pad_id)
+        return collate([self.examples[int(i)] for i in indices], self.pad_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,22 +240,34 @@ def _record(row: dict[str, Any], template: RecordSchema | FormatTemplate) -> dic
     return json.loads(row["record"]) if row["schema"] == CHAT.name else CHAT.from_fields(fields)
 
 
-def examples_from_version(store: VersionStore | str | os.PathLike[str], version: str, template: str,
-                          tokenizer: Tokenizer, block_size: int) -> SFTData:
-    """Every record of an instruction version (made by `curate synthesize`) as an example, or counted in
-    `skipped` by reason."""
-    store = store if isinstance(store, VersionStore) else VersionStore(store)
+def columns_for(template: str) -> list[str]:
+    """The instruction columns a template reads (`record` too for chat)."""
+    return BASE_COLUMNS + (["record"] if load_template(template) is CHAT else [])
+
+
+def examples_from_table(table: pa.Table, template: str, tokenizer: Tokenizer, block_size: int, what: str) -> SFTData:
+    """Every row of an instruction table (a version's or an instruction evaluation set's) as an example, or
+    counted in `skipped` by reason; `what` names the table in errors."""
     chosen = load_template(template)
-    columns = BASE_COLUMNS + (["record"] if chosen is CHAT else [])
-    missing = [c for c in columns if c not in store.schema(version).names]
+    missing = [c for c in columns_for(template) if c not in table.column_names]
     if missing:
-        raise SFTError(f"version {version!r} has no {', '.join(missing)} column(s); fine-tuning reads instruction "
-                       "versions made by `curate synthesize`")
+        raise SFTError(f"{what} has no {', '.join(missing)} column(s); fine-tuning reads instruction records (made by "
+                       "`curate synthesize`, or ingested with `records: alpaca` or `records: chat`)")
     skipped: Counter[str] = Counter()
     examples = []
-    for row in store.read_table(version, columns=columns).to_pylist():
+    for row in table.select(columns_for(template)).to_pylist():
         example = encode_example(chosen.segments(_record(row, chosen)), tokenizer, block_size, skipped,
                                  task_type=row["task_type"] or "")
         if example is not None:
             examples.append(example)
     return SFTData(examples, dict(skipped), tokenizer.eot_id)
+
+
+def examples_from_version(store: VersionStore | str | os.PathLike[str], version: str, template: str,
+                          tokenizer: Tokenizer, block_size: int) -> SFTData:
+    """Every record of an instruction version as an example, or counted in `skipped` by reason."""
+    store = store if isinstance(store, VersionStore) else VersionStore(store)
+    names = store.schema(version).names
+    columns = [c for c in columns_for(template) if c in names]
+    return examples_from_table(store.read_table(version, columns=columns), template, tokenizer, block_size,
+                               f"version {version!r}")

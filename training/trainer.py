@@ -21,7 +21,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from training.config import (
     config_for_key,
 )
 from training.data import EpochSampler, TokenFile, Windows, fixed_eval_windows, per_source_eval_windows
+from training.lora import load_lora_state_dict, lora_state_dict
 from training.model import GPT, IGNORE_INDEX
 
 CHECKPOINT = "checkpoint.pt"
@@ -124,14 +125,19 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - floor)
 
 
-def plan(model: GPT, cfg: TrainConfig, unique_tokens: int, world_size: int = 1) -> dict[str, Any]:
+def plan(model: GPT, cfg: TrainConfig, unique_tokens: int, world_size: int = 1, steps: int | None = None,
+         step_tokens: int | None = None) -> dict[str, Any]:
     """What the run will cost, printed before it starts: parameters, memory per parameter, tokens,
-    epochs over the data and FLOPs (6 N per token plus attention, as in the PaLM appendix)."""
+    epochs over the data and FLOPs (6 N per token plus attention, as in the PaLM appendix). Pre-training
+    steps follow from the token budget; a fine-tune gives its `steps` and mean `step_tokens`."""
     n_params = model.num_params()
     tokens = cfg.tokens or TOKENS_PER_PARAM * n_params
     block = model.config.block_size
-    step_tokens = cfg.batch_size * block
-    steps = max(1, math.ceil(tokens / step_tokens))
+    step_tokens = step_tokens or cfg.batch_size * block
+    if steps:
+        tokens = steps * step_tokens
+    else:
+        steps = max(1, math.ceil(tokens / step_tokens))
     micro = cfg.batch_size // (world_size * cfg.grad_accum)
     # fp32 weights 4 B + gradients 4 B + AdamW moments 8 B per parameter; activations of one micro-batch
     # ~ 34 x block x n_embd x layers bytes per sequence in fp32 (Korthikanti et al. 2022, no recompute).
@@ -176,9 +182,12 @@ def bits_per_byte(loss: float, token_file: TokenFile, source: str | None = None)
 
 
 def save_checkpoint(path: Path, model: GPT, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig,
-                    extra: dict[str, Any]) -> None:
+                    extra: dict[str, Any], adapters_only: bool = False) -> None:
+    """The run's state, atomically. `adapters_only`: the LoRA adapters alone (the frozen base is rebuilt from the
+    base the run's `extra` names), a few hundred KB instead of the whole model."""
     state = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+        "model": lora_state_dict(model) if adapters_only else model.state_dict(),
+        "optimizer": optimizer.state_dict(), "step": step, "adapters_only": adapters_only,
         "config": cfg.to_dict(), "model_config": asdict(model.config), "extra": extra,
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -194,7 +203,8 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> dict[str, Any]:
 
 def _run_identity(meta: dict[str, Any]) -> dict[str, Any]:
     """What besides the configuration decides a run's numbers, from the trainer's meta (as saved)."""
-    identity = {k: meta[k] for k in ("tokenizer_hash", "fingerprint", "precision") if k in meta}
+    identity = {k: meta[k] for k in ("tokenizer_hash", "fingerprint", "precision", "base_sha256", "finetune")
+                if k in meta}
     if "device" in meta:
         identity["device_type"] = str(meta["device"]).split(":")[0]
     return identity
@@ -214,8 +224,13 @@ def check_resumable(path: Path, state: dict[str, Any], cfg: TrainConfig, meta: d
 
 
 def load_model(path: Path, device: str = "cpu") -> tuple[GPT, dict[str, Any]]:
-    """A trained model from a checkpoint (for generation and evaluation)."""
+    """A trained model from a checkpoint (for generation and evaluation); a LoRA fine-tune's adapters are
+    applied to its base and merged into plain weights."""
     state = load_checkpoint(path, device)
+    if state.get("adapters_only"):
+        from training.finetune import merged_model  # the base's loader lives with fine-tuning
+
+        return merged_model(state, device), state
     model = GPT(GPTConfig(**state["model_config"]))
     model.load_state_dict(_strip_compile_prefix(state["model"]))
     return model.to(device).eval(), state
@@ -251,9 +266,16 @@ def train(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenF
     `out_dir/checkpoint.pt` when it exists. `stop_at_step` ends early (as a crash would) after
     saving a checkpoint, for resume tests."""
     run = _set_up(cfg, train_tokens, eval_sets, Path(out_dir))
+    return run_loop(run, _Evaluator(run, eval_sets), stop_at_step, log)
+
+
+def run_loop(run: _Run, evaluator: Evaluator, stop_at_step: int | None = None, log=print) -> TrainResult:
+    """The steps of a set-up run, from its checkpoint if it has one: pre-training (`train`) and fine-tuning
+    (`training.finetune`) share it, with their own data (anything with `__len__` and `batch(indices)`) and
+    their own evaluator."""
+    cfg = run.cfg
     start_step = _resume(run, log)
     train_model = _wrap(run)
-    evaluator = _Evaluator(run, eval_sets)
     if run.ddp.main:
         log(format_plan(run.budget, run.model.config, run.device, run.ddp.world_size))
         (run.out_dir / "plan.json").write_text(json.dumps({"plan": run.budget, "config": cfg.to_dict(),
@@ -279,7 +301,8 @@ def train(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenF
                 curve_point = evaluator.overall()
             progress.write(done, lr, train_loss, speed, curve_point)
         if run.ddp.main and (done % cfg.checkpoint_every == 0 or is_last or done == stop_at_step):
-            save_checkpoint(run.checkpoint_path, run.model, run.optimizer, done, cfg, run.meta)
+            save_checkpoint(run.checkpoint_path, run.model, run.optimizer, done, cfg, run.meta,
+                            adapters_only=run.adapters_only)
         if stop_at_step is not None and done >= stop_at_step:
             break
     seconds = time.perf_counter() - progress.started
@@ -287,7 +310,7 @@ def train(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenF
         final_eval = evaluator.everything()
     steps_run = min(run.total_steps, stop_at_step or run.total_steps)
     result = TrainResult(str(run.out_dir), steps_run, steps_run * run.tokens_per_step,
-                         steps_run * run.tokens_per_step / max(train_tokens.n_tokens, 1), final_eval, train_loss,
+                         steps_run * run.tokens_per_step / max(run.budget["unique_tokens"], 1), final_eval, train_loss,
                          seconds, (steps_run - start_step) * run.tokens_per_step / max(seconds, 1e-9), run.budget,
                          run.meta)
     if run.ddp.main and steps_run == run.total_steps:
@@ -296,6 +319,22 @@ def train(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenF
     if run.ddp.world_size > 1:
         dist.barrier()
     return result
+
+
+class Batches(Protocol):
+    """What the loop trains on: a count of examples and their (x, y) tensors by index."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class Evaluator(Protocol):
+    """Loss and bits per byte by evaluation key: `overall` for the curve, `everything` (per domain too) at the end."""
+
+    def overall(self) -> dict[str, dict[str, float]]: ...
+
+    def everything(self) -> dict[str, dict[str, float]]: ...
 
 
 @dataclass
@@ -309,9 +348,10 @@ class _Run:
     ctx: Any  # autocast, or nullcontext
     model: GPT  # the plain module: evaluation and checkpoints use it, whatever wraps it for the steps
     optimizer: torch.optim.Optimizer
-    windows: Windows
+    windows: Batches  # the training examples: token windows, or fine-tuning examples
     budget: dict[str, Any]  # plan()
     meta: dict[str, Any]  # what besides the configuration decides the run's numbers
+    adapters_only: bool = False  # LoRA: checkpoints hold the adapters, not the frozen base
 
     @property
     def total_steps(self) -> int:
@@ -319,7 +359,8 @@ class _Run:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.cfg.batch_size * self.model.config.block_size
+        """Tokens per optimiser step (a fine-tune's varies with its examples: their mean)."""
+        return self.budget["tokens_per_step"]
 
     @property
     def checkpoint_path(self) -> Path:
@@ -379,7 +420,10 @@ def _resume(run: _Run, log) -> int:
         return 0
     state = load_checkpoint(path, run.device)
     check_resumable(path, state, run.cfg, run.meta)
-    run.model.load_state_dict(_strip_compile_prefix(state["model"]))
+    if run.adapters_only:
+        load_lora_state_dict(run.model, state["model"])
+    else:
+        run.model.load_state_dict(_strip_compile_prefix(state["model"]))
     run.optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"].cpu())
     if state["rng"]["cuda"] and torch.cuda.is_available():

@@ -18,12 +18,20 @@ label prefix `__label__` neutralised inside the text so a document cannot inject
 
 Labels are `__label__hq` (positive) and `__label__lq` (negative); a score is P(`__label__hq`).
 Nothing here imports Prefect.
+
+Backends. `classifier.json`'s `backend` says what kind of model a folder holds: "fasttext" (this module's,
+also when the key is absent, as in every folder written before backends existed) or "gpt" (a classification
+head on the project's GPT, `training/classify.py`). `load_classifier`/`cached_model` look the backend up in a
+registry of loaders (name -> callable(folder) -> object with `.score(texts)`); fastText is registered here,
+"gpt" by `training.classify` when imported (and lazily by `flows/gpt.py`, which the curation flow's worker
+processes import), since `curation/` never imports `training/`. The held-out split (`labelled_data`), the
+metrics and the folder's writing are shared by both.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import functools
 import json
 import os
 import random
@@ -32,25 +40,28 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import fasttext
 import numpy as np
 
 from curation.glibc import M_PERTURB, mallopt
 from curation.ingest import IngestError, InputSpec, preflight, read_input, resolve_files
-from curation.store import StoreError, VersionStore, check_name
+from curation.store import StoreError, VersionStore, check_name, file_sha256
 
 HQ_LABEL = "__label__hq"
 LQ_LABEL = "__label__lq"
 METADATA_FILE = "classifier.json"
 FORMAT_VERSION = 1
 VERSION_PREFIX = "version:"
+# The backend of a classifier.json without a `backend` key: every folder written before backends existed, and
+# every fastText one (its classifier.json is unchanged).
+DEFAULT_BACKEND = "fasttext"
 
 # Preprocessing. Our choice: the first 5,000 words are plenty to judge a document and bound the cost
 # of very long ones. Text is also cut at 100 characters per allowed word *before* splitting, so a
@@ -177,14 +188,6 @@ def parse_sources(specs: Sequence[str | TextSource]) -> list[TextSource]:
     return [s if isinstance(s, TextSource) else TextSource.parse(s) for s in specs]
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
 # Where models live
 
@@ -261,7 +264,7 @@ class ClassifierInfo:
     seed: int
     sources: dict[str, list[dict[str, Any]]]
     created_at: str
-    fasttext_version: str
+    fasttext_version: str | None  # None for a backend that is not fastText
     train_seconds: float  # wall time of the whole call: reading, hashing, training, quantizing, evaluating
     preprocessing: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -269,6 +272,10 @@ class ClassifierInfo:
     @property
     def model_path(self) -> Path:
         return self.directory / self.model_file
+
+    @property
+    def backend(self) -> str:
+        return str(self.extra.get("backend", DEFAULT_BACKEND))
 
     @property
     def metadata_path(self) -> Path:
@@ -295,15 +302,16 @@ class ClassifierInfo:
 
 
 def _read_class(sources: list[TextSource], store: VersionStore | None, cap: int | None,
-                rng: random.Random, max_words: int) -> tuple[list[tuple[int, str]], list[int]]:
-    """Preprocessed (source index, text) pairs of one class; at most `cap` kept by seeded reservoir sampling
-    so memory stays bounded however large the sources are. Also returns the documents read per source."""
+                rng: random.Random, prepare: Callable[[str], str]) -> tuple[list[tuple[int, str]], list[int]]:
+    """(source index, `prepare`d text) pairs of one class (texts `prepare` empties are skipped); at most `cap`
+    kept by seeded reservoir sampling so memory stays bounded however large the sources are. Also returns the
+    documents read per source."""
     kept: list[tuple[int, str]] = []
     read = [0] * len(sources)
     seen = 0
     for i, source in enumerate(sources):
         for raw in source.texts(store):
-            text = preprocess(raw, max_words)
+            text = prepare(raw)
             if not text:
                 continue
             read[i] += 1
@@ -362,20 +370,15 @@ def train_quality_classifier(
     """
     _check_options(positive, negative, holdout, max_docs_per_class, quantize, dim)
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ClassifierError(f"{out}: already holds a classifier; pick another name or overwrite")
-    target = VersionStore(store) if isinstance(store, (str, os.PathLike)) else store
+    check_out_dir(out, overwrite)
     started = time.perf_counter()
-    data = _training_data(parse_sources(positive), parse_sources(negative), target, random.Random(seed),
-                          max_docs_per_class, balance, holdout, max_words)
+    data = labelled_data(positive, negative, functools.partial(preprocess, max_words=max_words), seed=seed,
+                         max_docs_per_class=max_docs_per_class, balance=balance, holdout=holdout, store=store)
     params = {"dim": dim, "word_ngrams": word_ngrams, "bucket": bucket, "epoch": epoch, "lr": lr,
               "min_count": min_count, "loss": loss, "threads": threads, "quantize": quantize,
               "quantize_cutoff": quantize_cutoff if quantize else None, "qnorm": quantize if quantize else None,
               "holdout": holdout, "max_docs_per_class": max_docs_per_class, "balance": balance}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
+    with staged_folder(out) as staging:
         model, extra = _fit(data, params, seed)
         model_file = "model.ftz" if quantize else "model.bin"
         model.save_model(str(staging / model_file))
@@ -389,29 +392,57 @@ def train_quality_classifier(
                            "label_prefix_in_text": "__label__ -> _label_"},
             extra=extra,
         )
-        _write_json(staging / METADATA_FILE, info.to_json())
+        write_info(staging, info)
+    return info
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to train into a folder that already holds something, unless `overwrite`."""
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ClassifierError(f"{out}: already holds a classifier; pick another name or overwrite")
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A fresh folder beside `out` to write a classifier into; when the block succeeds it becomes `out` in one
+    rename (so a reader never sees half a classifier), otherwise it is removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        yield staging
         _move_into_place(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return info
+
+
+def write_info(folder: Path, info: ClassifierInfo) -> None:
+    """`classifier.json` of `info`, written into `folder` (the staged one) atomically."""
+    _write_json(folder / METADATA_FILE, info.to_json())
 
 
 def _check_options(positive: Sequence[Any], negative: Sequence[Any], holdout: float, max_docs_per_class: int | None,
                    quantize: bool, dim: int) -> None:
+    _check_split_options(positive, negative, holdout, max_docs_per_class)
+    if quantize and dim % 2:
+        raise ClassifierError(f"dim must be even to quantize (product quantization, dsub 2), got {dim}")
+
+
+def _check_split_options(positive: Sequence[Any], negative: Sequence[Any], holdout: float,
+                         max_docs_per_class: int | None) -> None:
     if not positive or not negative:
         raise ClassifierError("need at least one positive and one negative source")
     if not 0 <= holdout < 1:
         raise ClassifierError(f"holdout must be in [0, 1), got {holdout}")
     if max_docs_per_class is not None and max_docs_per_class < 2:
         raise ClassifierError(f"max_docs_per_class must be at least 2, got {max_docs_per_class}")
-    if quantize and dim % 2:
-        raise ClassifierError(f"dim must be even to quantize (product quantization, dsub 2), got {dim}")
 
 
 @dataclass
-class _TrainingData:
-    """The shuffled training rows, the held-out texts with their labels, and what the metadata records."""
+class LabelledData:
+    """The shuffled training rows (label, text), the held-out texts with their labels (True: hq), and what the
+    metadata records (`counts`, `sources`)."""
 
     rows: list[tuple[str, str]]
     test_texts: list[str]
@@ -420,17 +451,36 @@ class _TrainingData:
     sources: dict[str, list[dict[str, Any]]]
 
 
+def labelled_data(
+    positive: Sequence[TextSource | str],
+    negative: Sequence[TextSource | str],
+    prepare: Callable[[str], str],
+    *,
+    seed: int = 0,
+    max_docs_per_class: int | None = None,
+    balance: bool = True,
+    holdout: float = 0.1,
+    store: VersionStore | str | None = None,
+) -> LabelledData:
+    """Both classes read, each text `prepare`d, balanced and split as `train_quality_classifier` does (same
+    options, same seeded draws): the split another backend trains and is evaluated on."""
+    _check_split_options(positive, negative, holdout, max_docs_per_class)
+    target = VersionStore(store) if isinstance(store, (str, os.PathLike)) else store
+    return _training_data(parse_sources(positive), parse_sources(negative), target, random.Random(seed),
+                          max_docs_per_class, balance, holdout, prepare)
+
+
 def _training_data(pos_sources: list[TextSource], neg_sources: list[TextSource], target: VersionStore | None,
                    rng: random.Random, max_docs_per_class: int | None, balance: bool, holdout: float,
-                   max_words: int) -> _TrainingData:
+                   prepare: Callable[[str], str]) -> LabelledData:
     """Read, balance and split both classes; every draw comes from `rng` in a fixed order (reproducible)."""
     # Provenance first: it hashes the files and fails early on unreadable sources or missing versions.
     sources: dict[str, list[dict[str, Any]]] = {
         "positive": [s.provenance(target) for s in pos_sources],
         "negative": [s.provenance(target) for s in neg_sources],
     }
-    pos, pos_read = _read_class(pos_sources, target, max_docs_per_class, rng, max_words)
-    neg, neg_read = _read_class(neg_sources, target, max_docs_per_class, rng, max_words)
+    pos, pos_read = _read_class(pos_sources, target, max_docs_per_class, rng, prepare)
+    neg, neg_read = _read_class(neg_sources, target, max_docs_per_class, rng, prepare)
     for what, docs in (("positive", pos), ("negative", neg)):
         if len(docs) < 2:
             raise ClassifierError(f"{what} sources hold {len(docs)} usable document(s); need at least 2")
@@ -451,11 +501,11 @@ def _training_data(pos_sources: list[TextSource], neg_sources: list[TextSource],
     rng.shuffle(rows)
     counts = {"available": available, "train": {"hq": len(pos_train), "lq": len(neg_train)},
               "heldout": {"hq": len(pos_test), "lq": len(neg_test)}}
-    return _TrainingData(rows, [t for _, t in pos_test] + [t for _, t in neg_test],
+    return LabelledData(rows, [t for _, t in pos_test] + [t for _, t in neg_test],
                          np.array([True] * len(pos_test) + [False] * len(neg_test)), counts, sources)
 
 
-def _fit(data: _TrainingData, params: dict[str, Any], seed: int) -> tuple[Any, dict[str, Any]]:
+def _fit(data: LabelledData, params: dict[str, Any], seed: int) -> tuple[Any, dict[str, Any]]:
     """The trained (and, if asked, quantized) fastText model, and the unquantized held-out metrics."""
     extra: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="curate-fasttext-") as tmp:
@@ -587,13 +637,10 @@ class QualityModel:
     def load(cls, path: str | os.PathLike[str]) -> QualityModel:
         """Load from a classifier folder or its model file; the file's sha256 must match `classifier.json`."""
         info = read_info(path)
-        model_path = info.model_path
-        if not model_path.is_file():
-            raise ClassifierError(f"{model_path}: model file missing (named by {info.metadata_path})")
-        actual = file_sha256(model_path)
-        if actual != info.sha256:
-            raise ClassifierError(f"{model_path}: sha256 {actual[:16]}… does not match {info.sha256[:16]}… "
-                                  f"recorded in {info.metadata_path}; the model file was changed or corrupted")
+        if info.backend != DEFAULT_BACKEND:
+            raise ClassifierError(f"{info.metadata_path}: a {info.backend!r} classifier, not a fastText one; "
+                                  "load it with curation.classifier.load_classifier")
+        model_path = verified_model_path(info)
         try:
             model = fasttext.load_model(str(model_path))
         except Exception as exc:  # noqa: BLE001 - fastText raises ValueError/RuntimeError for bad files
@@ -607,6 +654,18 @@ class QualityModel:
         A text with no words (or None) scores 0."""
         max_words = int(self.info.preprocessing.get("max_words", MAX_WORDS))
         return _predict_hq(self.model, [preprocess(t, max_words) if t else "" for t in texts])
+
+
+def verified_model_path(info: ClassifierInfo) -> Path:
+    """The model file `info` names, once it exists and its sha256 matches the one recorded."""
+    model_path = info.model_path
+    if not model_path.is_file():
+        raise ClassifierError(f"{model_path}: model file missing (named by {info.metadata_path})")
+    actual = file_sha256(model_path)
+    if actual != info.sha256:
+        raise ClassifierError(f"{model_path}: sha256 {actual[:16]}… does not match {info.sha256[:16]}… "
+                              f"recorded in {info.metadata_path}; the model file was changed or corrupted")
+    return model_path
 
 
 def read_info(path: str | os.PathLike[str]) -> ClassifierInfo:
@@ -634,17 +693,56 @@ def read_info(path: str | os.PathLike[str]) -> ClassifierInfo:
     return info
 
 
-_CACHE: dict[tuple[str, str], QualityModel] = {}
+# ---------------------------------------------------------------------------------------------
+# Backends
+
+
+class Scorer(Protocol):
+    """What a backend's loader returns: P(hq) per text, float64; a text with nothing to score (or None) gets 0."""
+
+    info: ClassifierInfo
+
+    def score(self, texts: Sequence[str | None]) -> np.ndarray: ...
+
+
+BackendLoader = Callable[[Path], Scorer]  # classifier folder -> loaded, verified model
+_BACKENDS: dict[str, BackendLoader] = {DEFAULT_BACKEND: QualityModel.load}
+# How to make a known backend available, for the error message only (curation/ never imports training/).
+_BACKEND_HINTS = {"gpt": "import training.classify first (the curate CLI and the curation flow's workers do)"}
+
+
+def register_backend(name: str, loader: BackendLoader) -> None:
+    """Make `load_classifier` load folders whose classifier.json says `backend: name` with `loader`."""
+    _BACKENDS[name] = loader
+
+
+def backend_loader(info: ClassifierInfo) -> BackendLoader:
+    """The loader of `info`'s backend, or a one-line error naming the folder and how to make it available."""
+    loader = _BACKENDS.get(info.backend)
+    if loader is None:
+        hint = _BACKEND_HINTS.get(info.backend, f"the backends available are {', '.join(sorted(_BACKENDS))}")
+        raise ClassifierError(f"{info.metadata_path}: classifier backend {info.backend!r} is not registered in "
+                              f"this process; {hint}")
+    return loader
+
+
+def load_classifier(path: str | os.PathLike[str]) -> Scorer:
+    """A classifier folder (or its model file), loaded and verified by the loader of its backend."""
+    info = read_info(path)
+    return backend_loader(info)(info.directory)
+
+
+_CACHE: dict[tuple[str, str, str], Scorer] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def cached_model(path: str | os.PathLike[str]) -> QualityModel:
-    """One loaded model per (model file, sha256) per process: reads only the small JSON on a hit, so a
-    retrained model at the same path is picked up and verified again."""
+def cached_model(path: str | os.PathLike[str]) -> Scorer:
+    """One loaded model per (backend, model file, sha256) per process: reads only the small JSON on a hit, so
+    a retrained model at the same path is picked up and verified again."""
     info = read_info(path)
-    key = (str(info.model_path.resolve()), info.sha256)
+    key = (info.backend, str(info.model_path.resolve()), info.sha256)
     with _CACHE_LOCK:
         model = _CACHE.get(key)
         if model is None:
-            model = _CACHE[key] = QualityModel.load(path)
+            model = _CACHE[key] = load_classifier(path)
         return model

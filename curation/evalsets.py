@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.ingest import IngestError, InputSpec, preflight, read_input, resolve_files
-from curation.store import StoreError, VersionStore, check_name, write_json
+from curation.store import StoreError, VersionStore, check_name, file_sha256, write_json
 
 EVALSETS_DIR = "evalsets"
 DATA_FILE = "data.parquet"
@@ -222,22 +222,6 @@ def _chunks(column: pa.ChunkedArray) -> Iterator[list[str]]:
         yield combined.slice(start, step).to_pylist()
 
 
-def _sha256_fs(store: VersionStore, path: str) -> str:
-    digest = hashlib.sha256()
-    with store.fs.open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading sources
 
@@ -259,7 +243,7 @@ def _read_path_source(spec_path: str, text_field: str, source_name: str | None, 
     for file in files:
         # Hashed before reading: the recorded sha256 is of the bytes about to be read.
         entry: dict[str, Any] = {"path": os.path.abspath(file), "bytes": os.path.getsize(file),
-                                 "sha256": _file_sha256(file), "docs": 0, "skipped": {}}
+                                 "sha256": file_sha256(file), "docs": 0, "skipped": {}}
         for chunk in read_input(spec, file):
             if chunk.records is not None and chunk.records.num_rows:
                 tables.append(chunk.records.select(schema.names))
@@ -383,7 +367,7 @@ def register_evalset(
         info = EvalSetInfo(
             name=name, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             docs=table.num_rows, chars=int(pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0),
-            sha256=_sha256_fs(target, f"{staging}/{DATA_FILE}"), fingerprint=content_fingerprint(table),
+            sha256=file_sha256(f"{staging}/{DATA_FILE}", target.fs), fingerprint=content_fingerprint(table),
             sources=provenance, bytes=int(target.fs.size(f"{staging}/{DATA_FILE}")), docs_available=available,
             max_docs=max_docs, seed=seed, text_field=text_field, skipped=dict(sorted(skipped.items())), role=role,
             path=_uri(target, final),

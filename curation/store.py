@@ -271,7 +271,8 @@ class VersionStore:
     def _staged_entry(self, staging: Staging, path: str, kind: str) -> dict[str, Any]:
         """The manifest's entry for a staged file that is not a table (a report, the card)."""
         full = staging.sub(path)
-        return {"path": path, "kind": kind, "rows": None, "bytes": self.fs.size(full), "sha256": _sha256(self.fs, full)}
+        return {"path": path, "kind": kind, "rows": None, "bytes": self.fs.size(full),
+                "sha256": file_sha256(full, self.fs)}
 
     def publish(self, staging: Staging, manifest: dict[str, Any],
                 extras: Callable[[Staging, dict[str, Any]], list[str]] | None = None) -> str:
@@ -289,7 +290,7 @@ class VersionStore:
             for part in parts:
                 meta = pq.read_metadata(part, filesystem=self.fs)
                 files.append({"path": f"{kind}/{part.rsplit('/', 1)[-1]}", "kind": kind, "rows": meta.num_rows,
-                              "bytes": self.fs.size(part), "sha256": _sha256(self.fs, part)})
+                              "bytes": self.fs.size(part), "sha256": file_sha256(part, self.fs)})
         data_parts = [staging.sub(f["path"]) for f in files if f["kind"] == "data"]
         reject_parts = [staging.sub(f["path"]) for f in files if f["kind"] == "rejects"]
         manifest = dict(manifest)
@@ -402,9 +403,10 @@ def write_text(fs: fsspec.AbstractFileSystem, path: str, text: str) -> None:
     fs.mv(tmp, path)
 
 
-def _sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:
+def file_sha256(path: str | os.PathLike[str], fs: fsspec.AbstractFileSystem | None = None) -> str:
+    """sha256 of a file's bytes, read 1 MiB at a time (a local path, or a path on `fs`)."""
     digest = hashlib.sha256()
-    with fs.open(path, "rb") as handle:
+    with (fs.open(path, "rb") if fs is not None else open(path, "rb")) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -35,7 +35,7 @@ from training import ablation
 from training.ablation import AblationSpec
 from training.config import CURVE_POINTS, DEFAULT_VOCAB_SIZE, FinetuneConfig
 from training.data import tokenize_evalset, tokenize_version
-from training.finetune import load_base
+from training.pretrained import load_base
 from training.runs import finetune_version, train_version
 from training.sft import examples_from_version
 from training.tokenizer import Tokenizer, load_tokenizer, tokenizer_for_version

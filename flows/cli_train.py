@@ -152,7 +152,7 @@ def finetune_version(target: VersionStore, version: str, cfg: TrainConfig, ft: F
                      eval_sets: list[str] | None = None) -> RunRecord:
     """Fine-tune, or reuse the finished run; prints the response losses."""
     from curation.evalsets import EvalSetError, instruction_sets
-    from training.finetune import BaseModelError
+    from training.pretrained import BaseModelError
     from training.runs import finetune_version as finetune_or_reuse
     from training.sft import SFTError
     from training.trainer import CheckpointMismatch

@@ -21,7 +21,7 @@ from curation.calibration import calibrate
 from curation.guards import gate, staged_guards
 from curation.recipe import Recipe
 from curation.store import VersionStore
-from flows.gpt import perplexity_scorer
+from flows.gpt import perplexity_scorer  # also registers the "gpt" classifier backend, in every worker
 from flows.printing import accounting, guard_rows
 from flows.progress import RunProgress
 

@@ -1,8 +1,10 @@
 """The project's own GPT (`training/`) as the models `curation/` takes: a perplexity scorer for the
-model-collapse guards, and a completion backend for synthesis.
+model-collapse guards, a completion backend for synthesis, and the "gpt" quality-classifier backend.
 
 `curation/` never imports `training/`: the flows build these from a checkpoint path and pass them in
-(`compute_guards(..., perplexity=)`, `make_backend(..., gpt_backend=)`).
+(`compute_guards(..., perplexity=)`, `make_backend(..., gpt_backend=)`), and importing this module registers
+the "gpt" classifier backend with `curation.classifier` (flows/curate.py imports it, so the curation flow's
+worker processes have it too).
 
 torch, and `training/` which imports it, load when a model is first used rather than with this module:
 they take seconds to import, and most commands never load a model.
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from curation.classifier import Scorer, register_backend
 from curation.guards import PerplexityScorer
 from curation.synth.backends import Completion, CompletionRequest
 
@@ -43,6 +46,19 @@ def load_gpt(checkpoint: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     tokenizer = load_tokenizer(checkpoint.parent / "tokenizer.json")
     model, _ = load_model(checkpoint, device)
     return model, tokenizer
+
+
+# ---- the "gpt" quality-classifier backend ---------------------------------------------------------
+
+
+def load_gpt_classifier(folder: Path) -> Scorer:
+    """A classifier folder written by `curate classifier train --backend gpt` (torch loads here, on first use)."""
+    from training.classify import GPTQualityModel  # torch: see the module docstring
+
+    return GPTQualityModel.load(folder)
+
+
+register_backend("gpt", load_gpt_classifier)
 
 
 # ---- perplexity, for the guards -------------------------------------------------------------------

@@ -56,7 +56,7 @@ def test_register_load_list(store, tmp_path):
     assert info.skipped == {"malformed_json": 1}
     assert info.fingerprint == E.content_fingerprint(table)
     files = info.sources[0]["files"]
-    assert files[0]["sha256"] == E._file_sha256(str(tmp_path / "qa.jsonl")) and files[0]["docs"] == 2
+    assert files[0]["sha256"] == E.file_sha256(str(tmp_path / "qa.jsonl")) and files[0]["docs"] == 2
     meta = json.loads((store / "evalsets" / "qa" / "evalset.json").read_text())
     assert meta["name"] == "qa" and meta["sha256"] == info.sha256 and meta["docs"] == 2
     short, _ = E.load_evalset(store, "short")

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import publish_instructions
+
 from curation.evalsets import EvalSetError, evaluation_sets, instruction_sets, register_evalset
 from curation.store import VersionStore
 from training.config import FinetuneConfig, GPTConfig, TrainConfig
-from training.finetune import BaseModelError, finetune, load_base
+from training.finetune import finetune
 from training.lora import ADAPTER_NAMES
 from training.model import GPT
+from training.pretrained import BaseModelError, load_base
 from training.runs import finetune_version
 from training.sft import examples_from_version, prompt_text, response_loss
 from training.tokenizer import TOKENIZER_FILE, train_tokenizer

@@ -39,7 +39,7 @@ def test_publish_list_show_and_load_with_datasets(tmp_path, prefect_harness):
     # Checksums in the manifest match the files on disk.
     for entry in manifest["files"]:
         path = f"{store.version_path('v1')}/{entry['path']}"
-        assert store_module._sha256(store.fs, path) == entry["sha256"]
+        assert store_module.file_sha256(path, store.fs) == entry["sha256"]
         if entry["kind"] in ("data", "rejects"):
             assert pq.read_metadata(path).num_rows == entry["rows"]
     assert {f["path"] for f in manifest["files"] if f["kind"] == "report"} == {

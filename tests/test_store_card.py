@@ -35,7 +35,7 @@ def test_a_curated_version_loads_as_a_folder_with_data_and_rejects_apart(tmp_pat
 
     card = (tmp_path / "store" / "versions" / "v1" / "README.md").read_text()
     entry = next(f for f in manifest["files"] if f["path"] == "README.md")
-    assert entry["kind"] == "card" and entry["sha256"] == store_module._sha256(store.fs, f"{folder}/README.md")
+    assert entry["kind"] == "card" and entry["sha256"] == store_module.file_sha256(f"{folder}/README.md", store.fs)
     data_parts = [f"{folder}/{f['path']}" for f in manifest["files"] if f["kind"] == "data"]
     assert manifest["fingerprint"] == store_module.content_fingerprint(store.fs, data_parts)  # records only
     front = front_matter(card)

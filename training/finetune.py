@@ -1,6 +1,6 @@
 """Supervised fine-tuning: a pre-trained GPT trained further on instruction records, measured on held-out ones.
 
-    base = load_base("runs/.../checkpoint.pt")          # or a GPT-2 folder saved with save_pretrained
+    base = load_base("runs/.../checkpoint.pt")          # training.pretrained: or a GPT-2 folder
     data = examples_from_version(store, "instruct", "alpaca", base.tokenizer, base.model.config.block_size)
     finetune(TrainConfig(learning_rate=5e-4), FinetuneConfig(base=...), base, data, {"held-out": evals}, out)
 
@@ -17,9 +17,8 @@ the path the run recorded, after checking its sha256, when the run resumes or it
 
 from __future__ import annotations
 
-import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,8 @@ import torch
 from training.config import ADAM_BETA1, FinetuneConfig, TrainConfig
 from training.lora import LoRAConfig, apply_lora, load_lora_state_dict, merge_lora
 from training.model import GPT
+from training.pretrained import Base, BaseModelError, load_base
 from training.sft import SFTData, response_loss
-from training.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from training.trainer import (
     TrainResult,
     _Run,
@@ -39,60 +38,6 @@ from training.trainer import (
     plan,
     run_loop,
 )
-
-HASH_CHUNK = 1 << 20
-
-
-class BaseModelError(ValueError):
-    """A base that cannot start a fine-tune; the message names the path and what to give instead."""
-
-
-@dataclass
-class Base:
-    """A pre-trained model, its tokenizer, and what identifies it (a run's key holds the sha256, not the path)."""
-
-    model: GPT
-    tokenizer: Tokenizer
-    path: str  # absolute
-    sha256: str  # of the weights file: checkpoint.pt, or the GPT-2 folder's model.safetensors
-    kind: str  # "checkpoint" or "gpt2"
-
-    def describe(self) -> dict[str, str]:
-        return {"path": self.path, "sha256": self.sha256, "kind": self.kind}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def load_base(path: str | Path) -> Base:
-    """A checkpoint.pt of ours (tokenizer.json beside it; a LoRA fine-tune's is merged) or a GPT-2 folder
-    written by `save_pretrained` (model.safetensors, config.json and its tokenizer.json)."""
-    from training.pretrained import WEIGHTS_FILE, PretrainedError, load_gpt2
-    from training.trainer import load_model
-
-    path = Path(path).resolve()
-    if path.is_dir():
-        try:
-            model, tokenizer = load_gpt2(path)
-        except PretrainedError as exc:
-            raise BaseModelError(str(exc)) from None
-        if tokenizer is None:
-            raise BaseModelError(f"{path}: no {TOKENIZER_FILE}; save the tokenizer the weights were trained with "
-                                 "into the same folder (tokenizer.save_pretrained)")
-        return Base(model, tokenizer, str(path), file_sha256(path / WEIGHTS_FILE), "gpt2")
-    if not path.is_file():
-        raise BaseModelError(f"{path}: no such base model; give a checkpoint.pt written by `curate train` or a "
-                             "folder holding a GPT-2 model saved with save_pretrained")
-    if not (path.parent / TOKENIZER_FILE).is_file():
-        raise BaseModelError(f"{path.parent}: the checkpoint's folder has no {TOKENIZER_FILE}")
-    model, _ = load_model(path)
-    return Base(model.train(), load_tokenizer(path.parent / TOKENIZER_FILE), str(path), file_sha256(path),
-                "checkpoint")
 
 
 def lora_config(ft: FinetuneConfig) -> LoRAConfig:

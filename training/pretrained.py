@@ -1,6 +1,7 @@
 """GPT-2 weights from a local folder, in `training.model.GPT`: the starting point of a fine-tune.
 
     model, tokenizer = load_gpt2("models/gpt2")   # a folder written by transformers' save_pretrained
+    base = load_base("models/gpt2")               # that, or a checkpoint of ours, identified by its sha256
 
 The folder holds what Hugging Face's ``GPT2LMHeadModel.save_pretrained`` writes: ``config.json`` and
 ``model.safetensors`` (and, optionally, the ``tokenizer.json`` its tokenizer saves). Nothing is downloaded.
@@ -17,18 +18,21 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from curation.store import file_sha256
 from training.config import GPTConfig
 from training.model import GPT
 from training.tokenizer import TOKENIZER_FILE, Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.pt"  # what `curate train` writes into a run folder
 PICKLED_WEIGHTS = ("pytorch_model.bin", "model.bin", "model.pt", "model.ckpt")
 
 # config.json's activation_function -> GPTConfig.gelu_approximate ("gelu_new" is GPT-2's).
@@ -145,3 +149,59 @@ def _copy_weights(folder: Path, model: GPT) -> None:
     except SafetensorError as exc:
         raise PretrainedError(f"{path}: not a readable safetensors file ({exc}); re-save it with "
                               "save_pretrained") from exc
+
+
+# ---- a base model: ours or GPT-2's ---------------------------------------------------------------
+
+
+class BaseModelError(ValueError):
+    """A base that cannot start a fine-tune; the message names the path and what to give instead."""
+
+
+@dataclass
+class Base:
+    """A pre-trained model, its tokenizer, and what identifies it (a fine-tune's key holds the sha256, not the
+    path)."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    path: str  # absolute
+    sha256: str  # of the weights file: checkpoint.pt, or the GPT-2 folder's model.safetensors
+    kind: str  # "checkpoint" or "gpt2"
+
+    def describe(self) -> dict[str, str]:
+        return {"kind": self.kind, "path": self.path, "sha256": self.sha256}
+
+
+def load_base(path: str | os.PathLike[str]) -> Base:
+    """A checkpoint.pt of ours (or the run folder holding it; tokenizer.json beside it; a LoRA fine-tune's is
+    merged), read as the trainer reads it (`weights_only=True`), or a GPT-2 folder written by `save_pretrained`
+    (model.safetensors, config.json and its tokenizer.json). The model is in training mode."""
+    from training.tokenizer import TokenizerError
+    from training.trainer import load_model  # the trainer imports this module
+
+    path = Path(path).resolve()
+    if path.is_dir() and (path / CHECKPOINT_FILE).is_file():
+        path = path / CHECKPOINT_FILE
+    try:
+        if path.is_dir():
+            model, tokenizer = load_gpt2(path)
+            if tokenizer is None:
+                raise BaseModelError(f"{path}: no {TOKENIZER_FILE}; save the tokenizer the weights were trained "
+                                     "with into the same folder (tokenizer.save_pretrained)")
+            return Base(model, tokenizer, str(path), file_sha256(path / WEIGHTS_FILE), "gpt2")
+        if not path.is_file():
+            raise BaseModelError(f"{path}: no such base model; give a checkpoint.pt written by `curate train` (or its "
+                                 "run folder) or a folder holding a GPT-2 model saved with save_pretrained")
+        if not (path.parent / TOKENIZER_FILE).is_file():
+            raise BaseModelError(f"{path.parent}: the checkpoint's folder has no {TOKENIZER_FILE}; a `curate train` "
+                                 "run folder holds both")
+        model, _ = load_model(path)
+        return Base(model.train(), load_tokenizer(path.parent / TOKENIZER_FILE), str(path), file_sha256(path),
+                    "checkpoint")
+    except (PretrainedError, TokenizerError) as exc:
+        raise BaseModelError(str(exc)) from exc
+    except (RuntimeError, OSError, KeyError, TypeError, EOFError) as exc:  # torch.load's and load_state_dict's
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise BaseModelError(f"{path}: not a checkpoint written by `curate train` ({type(exc).__name__}: {first})"
+                             ) from exc

@@ -134,7 +134,8 @@ def finetune_version(store: VersionStore, version: str, cfg: TrainConfig, ft: Fi
     """Fine-tune the base `ft.base` on the instruction version `version` and measure its response loss on the
     held-out `instruction_sets` (default: every registered instruction set), or return the finished run with
     the same key from the store. The key holds the base's sha256 and the fine-tune's settings."""
-    from training.finetune import finetune, load_base  # loads the base's weights: only for a fine-tune
+    from training.finetune import finetune  # torch-heavy fine-tuning code: only for a fine-tune
+    from training.pretrained import load_base
 
     manifest = store.manifest(version)
     fingerprint = manifest["fingerprint"]

@@ -1,4 +1,5 @@
-"""Quality classifier filter: score each document with a trained fastText hq/lq model (`curation.classifier`).
+"""Quality classifier filter: score each document with a trained hq/lq classifier (`curation.classifier`): a
+fastText model, or any backend registered there (the GPT head of `training/classify.py`, "gpt").
 
 Always writes `quality_score` (float32, P(hq)); in `filter` mode rejects documents scoring under
 `min_score` with reason `quality_classifier:score=0.123<0.5`; `annotate` mode keeps every document and
@@ -18,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curation.classifier import ClassifierError, cached_model, read_info
+from curation.classifier import ClassifierError, backend_loader, cached_model, read_info
 from curation.steps.base import Collected
 from curation.steps.filter import Check, FilterParams, FilterStep, Measurement
 from curation.steps.registry import register
@@ -44,6 +45,7 @@ class QualityClassifier(FilterStep[QualityClassifierParams]):
     def preflight(self, store_url: str) -> None:
         try:
             info = read_info(self.params.model)
+            backend_loader(info)  # an unregistered backend fails here, before any work
         except ClassifierError as exc:
             raise ValueError(f"model: {exc}") from None
         if not info.model_path.is_file():

@@ -34,8 +34,12 @@ On CUDA (`--device auto` picks it when available) the preset comparison runs wit
 (`--dtype`), TF32 matmuls, and our `gpt2` preset (124 M parameters, block 1024) is timed too, next to
 nanoGPT at the same config when `--nanogpt` is given, with tokens/s and MFU: training FLOPs per token
 from our `GPT.flops_per_token` (the same for both models at one config) over the peak bf16 FLOP/s of
-the device from `training.trainer.PEAK_FLOPS` (by device name; MFU is left out for unknown devices).
+the device from `training.trainer.peak_flops` (the GPU's whole name against `PEAK_FLOPS`' patterns). The header
+prints the GPU's name and the peak used; MFU is left out for a GPU of unknown peak and without bf16 autocast
+(the bf16 peak does not apply to fp32/TF32 steps). AdamW is fused on CUDA (`configure_optimizer`).
 `--compile` wraps every timed model in `torch.compile` (on the CPU that needs a C++ compiler).
+
+    .venv/bin/python bench/train_speed.py --device cuda --json bench/out/train_speed_gpu.json   # + --compile
 
 Target (`--check` exits 1 when missed, only when the reference ran): ours >= `--min-ratio` (1.0) x
 the reference's median tokens/s at the preset.
@@ -61,7 +65,7 @@ import torch
 
 from training.config import ADAM_BETA1, TrainConfig
 from training.model import GPT, GPTConfig
-from training.trainer import PEAK_FLOPS, autocast_context
+from training.trainer import autocast_context, compute_precision, peak_flops, synchronize
 
 # The trainer's optimiser settings (they do not change the work per step).
 WEIGHT_DECAY = TrainConfig.weight_decay
@@ -145,11 +149,6 @@ def make_batches(vocab_size: int, block_size: int, batch_size: int, device: str,
     return batches
 
 
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
 def run_steps(c: Contender, batches, n: int, ctx_factory) -> torch.Tensor | None:
     """The identical training step for every model: forward with targets, backward, AdamW, zero_grad."""
     loss = None
@@ -205,11 +204,18 @@ def summarise(ours: Contender, ref: Contender | None) -> dict[str, Any]:
     return out
 
 
-def peak_flops(device: str) -> tuple[str | None, float | None]:
+def device_peak(device: str, dtype: str) -> tuple[str | None, float | None, str]:
+    """The GPU's name, the peak FLOP/s MFU is measured against (None: no MFU) and a line saying which and why."""
     if not device.startswith("cuda"):
-        return None, None
+        return None, None, "MFU: not measured on the CPU"
     name = torch.cuda.get_device_name(device)
-    return name, next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    peak = peak_flops(name)
+    if peak is None:
+        return name, None, f"MFU: not measured: no known peak FLOP/s for {name!r} (training.trainer.PEAK_FLOPS)"
+    if compute_precision(device, dtype) != "bf16":
+        return name, None, (f"MFU: not measured: the steps run in fp32/TF32, and {peak / 1e12:,.0f} TFLOP/s is "
+                            f"{name}'s bf16 peak")
+    return name, peak, f"MFU against {name}'s dense bf16 peak {peak / 1e12:,.0f} TFLOP/s (training.trainer.PEAK_FLOPS)"
 
 
 # ---- report ----------------------------------------------------------------------------------------------
@@ -261,8 +267,8 @@ def print_table(result: dict[str, Any], model: GPT, peak: float | None) -> None:
               f"(different initial draws, same batches)")
 
 
-def compare(label: str, config: GPTConfig, batch_size: int, device: str, dtype: str, nanogpt: ModuleType | None,
-            args: argparse.Namespace) -> dict[str, Any]:
+def compare(label: str, config: GPTConfig, batch_size: int, device: str, dtype: str, peak: float | None,
+            nanogpt: ModuleType | None, args: argparse.Namespace) -> dict[str, Any]:
     tokens_per_step = batch_size * config.block_size
     print(f"\n== {label}: {describe(config)}; batch {batch_size} -> {tokens_per_step:,} tokens/step")
     ours = build_ours(config, device, args.seed, args.compile)
@@ -273,7 +279,6 @@ def compare(label: str, config: GPTConfig, batch_size: int, device: str, dtype: 
     measure(contenders, batches, tokens_per_step, device, ctx_factory, args.warmup, args.rounds, args.steps)
     result = summarise(ours, ref)
     result.update(config=asdict(config), batch_size=batch_size, tokens_per_step=tokens_per_step)
-    _, peak = peak_flops(device)
     print()
     print_table(result, ours.model, peak)
     if ref is None:
@@ -315,13 +320,14 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     nanogpt = load_nanogpt(args.nanogpt) if args.nanogpt else None
-    device_name, peak = peak_flops(device)
+    device_name, peak, peak_line = device_peak(device, args.dtype)
     load_before = os.getloadavg()
     dtype_used = {True: "bf16 autocast", False: "fp32"}[
         not isinstance(autocast_context(device, args.dtype), contextlib.nullcontext)]
 
     print(f"device {device}{f' ({device_name})' if device_name else ''}, torch {torch.__version__}, "
           f"{threads} torch threads, {os.cpu_count()} CPUs, {dtype_used}{', torch.compile' if args.compile else ''}")
+    print(peak_line)
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} (1/5/15 min)")
     print(f"reference: {args.nanogpt.expanduser().resolve() if nanogpt else 'none (pass --nanogpt PATH)'}")
     print(f"loop: AdamW (weight decay {WEIGHT_DECAY}, lr {LEARNING_RATE}, betas {BETAS}); {args.warmup} warm-up "
@@ -329,19 +335,18 @@ def main() -> None:
           f"per round, order alternating")
 
     report: dict[str, Any] = {"device": device, "device_name": device_name, "torch": torch.__version__,
-                              "threads": threads, "cpus": os.cpu_count(), "dtype": dtype_used,
+                              "threads": threads, "cpus": os.cpu_count(), "dtype": dtype_used, "peak_flops": peak,
                               "compile": args.compile, "nanogpt": str(args.nanogpt) if nanogpt else None,
                               "load_before": load_before, "warmup": args.warmup, "rounds": args.rounds,
                               "steps": args.steps, "seed": args.seed}
     config = GPTConfig.from_preset(args.preset)
     report["preset"] = {"name": args.preset, **compare(f"preset {args.preset}", config, args.batch_size, device,
-                                                       args.dtype, nanogpt, args)}
+                                                       args.dtype, peak, nanogpt, args)}
     if device.startswith("cuda") and not args.skip_gpt2:
         gpt2_args = argparse.Namespace(**{**vars(args), "steps": args.gpt2_steps})
         report["gpt2"] = compare("preset gpt2", GPTConfig.from_preset("gpt2"), args.gpt2_batch_size, device,
-                                 args.dtype, nanogpt, gpt2_args)
-        if peak is None:
-            print(f"  MFU: unknown peak FLOP/s for {device_name!r} (training.trainer.PEAK_FLOPS)")
+                                 args.dtype, peak, nanogpt, gpt2_args)
+        print(f"  {peak_line}")
     elif not device.startswith("cuda"):
         print("\ngpt2 preset: not run (no CUDA device; tokens/s and MFU for gpt2 are measured on CUDA only)")
 

@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,11 +19,24 @@ from conftest import publish_rows
 
 from curation.evalsets import register_evalset
 from curation.store import VersionStore
+from training import trainer
 from training.data import Windows, tokenize_evalset, tokenize_version
 from training.model import GPT, IGNORE_INDEX, GPTConfig
 from training.runs import run_key
 from training.tokenizer import train_tokenizer
-from training.trainer import CheckpointMismatch, TrainConfig, evaluate, load_checkpoint, lr_at, train
+from training.trainer import (
+    CheckpointMismatch,
+    Distributed,
+    TrainConfig,
+    _Run,
+    evaluate,
+    load_checkpoint,
+    lr_at,
+    peak_flops,
+    plan,
+    run_loop,
+    train,
+)
 
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32}
 WORDS = ("river mill people morning trade grain news weather roads prices health families village market "
@@ -144,6 +158,82 @@ def test_learning_rate_warms_up_then_decays():
     rates = [lr_at(step, 100, cfg) for step in range(100)]
     assert rates[0] < rates[9] == pytest.approx(1.0) and rates[-1] == pytest.approx(0.1, abs=0.01)
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
+    ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A100-PCIE-40GB", 312e12),
+    ("NVIDIA A100 80GB PCIe", 312e12), ("NVIDIA L4", 121e12), ("NVIDIA L40S", 362e12), ("NVIDIA A10", 125e12),
+    ("NVIDIA A10G", 70e12),
+    # No known peak: no MFU rather than a neighbour's peak.
+    ("NVIDIA L40", None), ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", None), ("NVIDIA GeForce RTX 4090", None),
+    ("NVIDIA H200 NVL", None), ("Tesla T4", None),
+])
+def test_mfu_peak_is_chosen_by_the_whole_gpu_name(name, peak):
+    assert peak_flops(name) == peak
+
+
+class SkippingClock:
+    """The trainer's clock: real time plus the seconds `skip` added, so a test can spend an hour in no time."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() + self.skipped
+
+    def skip(self, seconds: float) -> None:
+        self.skipped += seconds
+
+
+class SlowEvaluator:
+    """An evaluator (the loop's protocol) that takes an hour on the trainer's clock."""
+
+    def __init__(self, clock: SkippingClock) -> None:
+        self.clock = clock
+
+    def overall(self) -> dict[str, dict[str, float]]:
+        self.clock.skip(3600)
+        return {"held": {"loss": 1.0}}
+
+    def everything(self) -> dict[str, dict[str, float]]:
+        return self.overall()
+
+
+def test_tokens_per_second_counts_training_steps_only(tmp_path, monkeypatch):
+    """Each line's tokens/s is the training steps' own: an hour of evaluation before an interval, or an hour in the
+    first step (compilation), does not lower it; the first step's time is reported as warm-up."""
+    clock = SkippingClock()
+    monkeypatch.setattr(trainer, "time", clock)
+    cfg = config(eval_every=2, checkpoint_every=2, batch_size=4)
+    torch.manual_seed(cfg.seed)
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    first_step_hour = iter([3600])  # like a compilation: the first forward takes an hour, the others nothing
+    model.register_forward_hook(lambda *_: clock.skip(next(first_step_hour, 0)))
+    windows = Windows(np.arange(2048) % 64, block_size=16)
+    budget = plan(model, cfg, 2048, steps=6, step_tokens=4 * 16)
+    run = _Run(cfg, tmp_path, "cpu", Distributed(), nullcontext(), model,
+               model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (0.9, cfg.beta2), "cpu"), windows,
+               budget, {})
+    run_loop(run, SlowEvaluator(clock), log=lambda *_: None)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [2, 4, 6]
+    interval_seconds = [2 * 4 * 16 / row["tokens_per_second"] for row in rows[1:]]
+    assert max(interval_seconds) < 600  # two tiny steps each; an hour of evaluation would make them >= 3600 s
+    assert 1 * 4 * 16 / rows[0]["tokens_per_second"] < 600  # step 2 alone: step 1 was the warm-up
+    assert rows[0]["warmup_seconds"] >= 3600 and all("warmup_seconds" not in row for row in rows[1:])
+
+
+def test_a_gpu_index_under_torchrun_is_refused(corpus, tmp_path, monkeypatch):
+    """Under torchrun every process takes the GPU of its LOCAL_RANK: one named GPU would put them all on it."""
+    _, _, tokens, evals = corpus
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ValueError, match=r"device 'cuda:1' under torchrun .*LOCAL_RANK") as refused:
+        train(config(device="cuda:1"), tokens, evals, tmp_path / "run", log=lambda *_: None)
+    assert "\n" not in str(refused.value)
 
 
 DDP_SCRIPT = """

@@ -488,18 +488,14 @@ class _WindowsBase:
         if isinstance(indices, torch.Tensor):
             indices = indices.cpu().numpy()
         starts = self.starts(self._index(indices))
-        span = self.block_size + 1
-        chunk = np.empty((len(starts), span), dtype=np.int64)
-        valid = np.ones((len(starts), span), dtype=bool)
-        for row, s in enumerate(starts.tolist()):
-            piece = self.tokens[s:s + span]
-            chunk[row, :len(piece)] = piece
-            if len(piece) < span:
-                chunk[row, len(piece):] = self.pad_id
-                valid[row, len(piece):] = False
+        # One fancy-indexing gather over (rows, block_size + 1) positions instead of a Python loop over rows;
+        # positions past the end read the last token (any in-range index) and are replaced by the padding.
+        positions = starts[:, None] + np.arange(self.block_size + 1, dtype=np.int64)
+        valid = positions < len(self.tokens)
+        gathered = np.asarray(self.tokens[np.minimum(positions, len(self.tokens) - 1)], dtype=np.int64)
+        chunk = np.where(valid, gathered, np.int64(self.pad_id))
         x = chunk[:, :-1].copy()
-        y = chunk[:, 1:].copy()
-        y[~valid[:, 1:]] = IGNORE_INDEX
+        y = np.where(valid[:, 1:], chunk[:, 1:], np.int64(IGNORE_INDEX))
         return torch.from_numpy(x), torch.from_numpy(y)
 
 

@@ -4,8 +4,10 @@ Same preset, tokenizer, token budget and seed on two versions means that a loss 
 data difference: the data order is a pure function of (seed, step), the initialisation of the seed,
 and a run stopped at step N and resumed reaches exactly the state of an uninterrupted run.
 
-Fast paths on a GPU: bf16 autocast, TF32 matmuls, fused AdamW, optional torch.compile, DDP through
-`torchrun` (NCCL; gloo on the CPU). Everything also runs on the CPU, where the tests run.
+Fast paths on a GPU: bf16 autocast, TF32 matmuls, fused AdamW, optional torch.compile, batches copied from
+pinned memory without blocking, losses read only when a line of metrics needs them, DDP through `torchrun`
+(NCCL, one GPU per LOCAL_RANK; gloo on the CPU) with evaluation shared between the processes. Everything also runs
+on the CPU, where the tests run.
 
 `TrainConfig` and the training defaults live in the torch-free `training.config` (the CLI reads them at
 start-up); importing them from here keeps working.
@@ -13,12 +15,15 @@ start-up); importing them from here keeps working.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
+import re
 import time
 import warnings
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,8 +46,23 @@ from training.lora import load_lora_state_dict, lora_state_dict
 from training.model import GPT, IGNORE_INDEX
 
 CHECKPOINT = "checkpoint.pt"
-# Peak dense bf16 FLOP/s for MFU on common GPUs (vendor datasheets); CPU MFU is not meaningful.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+# Peak dense bf16 tensor FLOP/s for MFU, by a pattern that must match the whole name `torch.cuda.get_device_name`
+# reports ("NVIDIA " aside), so "L4" is not "L40S" and "H100 PCIe" is not an SXM. NVIDIA's datasheets give the peak
+# with 2:4 sparsity, twice the dense one. A GPU no pattern matches gets no MFU rather than another GPU's peak; CPU
+# MFU is not meaningful.
+PEAK_FLOPS: dict[str, float] = {
+    r"H100( SXM\d?)?( \d+GB)?( HBM3)?": 989e12,  # H100 SXM ("NVIDIA H100 80GB HBM3"), datasheet 1,979 sparse
+    r"H100 PCIe( \d+GB)?": 756e12,  # H100 datasheet: 1,513 sparse
+    r"H100 NVL": 835e12,  # H100 datasheet: 1,671 sparse
+    r"H200( SXM\d?)?( \d+GB)?( HBM3e)?": 989e12,  # H200 SXM datasheet: 1,979 sparse
+    r"A100([- ].*)?": 312e12,  # every A100 (SXM4, PCIe; 40 and 80 GB), datasheet 624 sparse
+    r"L4": 121e12,  # L4 datasheet: 242 sparse
+    r"L40S": 362e12,  # L40S datasheet: 362.05 dense, 733 sparse
+    r"A10": 125e12,  # A10 datasheet: 250 sparse
+    # AWS's A10G has no NVIDIA datasheet: 70 TFLOP/s is the dense bf16 figure quoted for it (public bf16 GEMM
+    # measurements reach ~69.5), not the A10's 125.
+    r"A10G": 70e12,
+}
 
 
 class CheckpointMismatch(ValueError):
@@ -62,11 +82,24 @@ def pick_device(requested: str = "auto") -> str:
     return "cpu"
 
 
+def peak_flops(device_name: str) -> float | None:
+    """The dense bf16 peak FLOP/s of the GPU `torch.cuda.get_device_name` calls `device_name` (PEAK_FLOPS), or
+    None for a GPU of unknown peak."""
+    name = device_name.strip().removeprefix("NVIDIA ")
+    return next((peak for pattern, peak in PEAK_FLOPS.items() if re.fullmatch(pattern, name)), None)
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several that torchrun started (RANK and WORLD_SIZE >= 2 in the environment)."""
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) >= 2
+
+
 @dataclass
 class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this process group was initialised here, so `close` destroys it
 
     @property
     def main(self) -> bool:
@@ -74,12 +107,24 @@ class Distributed:
 
     @classmethod
     def from_env(cls, device: str) -> Distributed:
-        """Set up DDP when launched by torchrun (RANK / WORLD_SIZE in the environment)."""
-        if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        """Set up DDP when launched by torchrun. On CUDA `device` is this process's own GPU (already set as the
+        current device), passed as `device_id` where this torch accepts it: NCCL then binds the group to it at once
+        instead of guessing a GPU for its first collective."""
+        if not launched_by_torchrun():
             return cls()
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        owns_group = not dist.is_initialized()
+        if owns_group:
+            options: dict[str, Any] = {}
+            if device.startswith("cuda") and "device_id" in inspect.signature(dist.init_process_group).parameters:
+                options["device_id"] = torch.device(device)
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", **options)
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns_group)
+
+    def close(self) -> None:
+        """Destroy the process group when this code initialised it (a caller's own group is left to the caller)."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+        self.owns_group = False
 
     def mean(self, value: float, device: str) -> float:
         if self.world_size == 1:
@@ -87,6 +132,21 @@ class Distributed:
         tensor = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
         return float(tensor.item()) / self.world_size
+
+    def sum_over_processes(self, values: list[float], device: str) -> list[float]:
+        """`values` summed element-wise over every process (float64)."""
+        if self.world_size == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def shard(self, n: int, chunk: int = 1) -> range:
+        """This process's contiguous share of `n` items, cut at multiples of `chunk` (whole batches): every
+        process gets 1/world_size of the chunks, and one process gets everything."""
+        chunks = -(-n // chunk)
+        first, last = self.rank * chunks // self.world_size, (self.rank + 1) * chunks // self.world_size
+        return range(min(first * chunk, n), min(last * chunk, n))
 
 
 def keep_freed_memory() -> bool:
@@ -110,6 +170,22 @@ def autocast_context(device: str, dtype: str):
     if compute_precision(device, dtype) == "bf16":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def to_device(batch: torch.Tensor, device: str) -> torch.Tensor:
+    """A host batch on `device`. On CUDA it is copied from pinned (page-locked) memory with non_blocking=True: the
+    copy is queued on the stream and the CPU goes on launching the step's kernels instead of waiting for it."""
+    if device.startswith("cuda") and batch.device.type == "cpu":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
+
+
+def synchronize(device: str) -> None:
+    """Wait for the work queued on `device` (a GPU runs asynchronously: a clock read without this measures launches)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    elif device == "mps":
+        torch.mps.synchronize()
 
 
 # ---- planning -----------------------------------------------------------------------------------
@@ -157,18 +233,27 @@ def plan(model: GPT, cfg: TrainConfig, unique_tokens: int, world_size: int = 1, 
 
 
 @torch.no_grad()
-def evaluate(model: GPT, windows, device: str, ctx, batch_size: int = 16) -> float:
+def evaluate(model: GPT, windows, device: str, ctx, batch_size: int = 16, ddp: Distributed | None = None) -> float:
     """Mean next-token loss (nats) over the real targets of a fixed set of windows: padded positions
-    (target IGNORE_INDEX) add 0 to the sum, so they must not add to the count either."""
+    (target IGNORE_INDEX) add 0 to the sum, so they must not add to the count either. Under DDP (`ddp`) each
+    process measures its own whole batches of the windows (`Distributed.shard`) and the (sum, count) pairs are
+    summed over the processes: every process gets the whole set's loss for 1/world_size of the work."""
+    ddp = ddp or Distributed()
+    mine = ddp.shard(len(windows), batch_size)
     model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(windows), batch_size):
-        x, y = windows.batch(np.arange(start, min(start + batch_size, len(windows))))
+    batch_sums: list[torch.Tensor] = []  # on the device: read once at the end, not once per batch
+    count = 0
+    for start in range(mine.start, mine.stop, batch_size):
+        x, y = windows.batch(np.arange(start, min(start + batch_size, mine.stop)))
         with ctx:
-            losses = model.token_losses(x.to(device), y.to(device))
-        total += float(losses.float().sum())
+            losses = model.token_losses(to_device(x, device), to_device(y, device))
+        batch_sums.append(losses.float().sum())
         count += int((y != IGNORE_INDEX).sum())
     model.train()
+    total = 0.0
+    for batch_sum in torch.stack(batch_sums).tolist() if batch_sums else []:
+        total += batch_sum  # float64, in order, in a plain loop (Python 3.12's sum() compensates: other bits)
+    total, count = ddp.sum_over_processes([total, float(count)], device)
     return total / max(count, 1)
 
 
@@ -251,8 +336,8 @@ class TrainResult:
     epochs: float
     final_eval: dict[str, dict[str, float]]
     train_loss: float
-    seconds: float
-    tokens_per_second: float
+    seconds: float  # wall-clock of this call's loop: evaluations, checkpoints and warm-up included
+    tokens_per_second: float  # the tokens this call trained / seconds (metrics.jsonl has the steps' own rate)
     plan: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -265,14 +350,20 @@ def train(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenF
     """Train `cfg.preset` on `train_tokens`; evaluate on the frozen `eval_sets`. Resumes from
     `out_dir/checkpoint.pt` when it exists. `stop_at_step` ends early (as a crash would) after
     saving a checkpoint, for resume tests."""
-    run = _set_up(cfg, train_tokens, eval_sets, Path(out_dir))
-    return run_loop(run, _Evaluator(run, eval_sets), stop_at_step, log)
+    device, ddp = _set_up_device(cfg.device)
+    try:
+        run = _set_up(cfg, device, ddp, train_tokens, eval_sets, Path(out_dir))
+        evaluator = _Evaluator(run, eval_sets)
+    except BaseException:  # refused on every process alike: none waits in a collective, the group can go
+        ddp.close()
+        raise
+    return run_loop(run, evaluator, stop_at_step, log)
 
 
 def run_loop(run: _Run, evaluator: Evaluator, stop_at_step: int | None = None, log=print) -> TrainResult:
     """The steps of a set-up run, from its checkpoint if it has one: pre-training (`train`) and fine-tuning
     (`training.finetune`) share it, with their own data (anything with `__len__` and `batch(indices)`) and
-    their own evaluator."""
+    their own evaluator. At the end it destroys the process group if `run.ddp` started it."""
     cfg = run.cfg
     start_step = _resume(run, log)
     train_model = _wrap(run)
@@ -282,29 +373,34 @@ def run_loop(run: _Run, evaluator: Evaluator, stop_at_step: int | None = None, l
                                                            "meta": run.meta}, indent=2))
 
     sampler = EpochSampler(len(run.windows), cfg.seed).shard(run.ddp.rank, run.ddp.world_size)
-    progress = _Progress(run, start_step, log)
-    train_loss = float("nan")
+    progress = _Progress(run, log)
+    step_losses: list[torch.Tensor] = []  # the last step's micro-step losses, on the device until a line needs them
     final_eval: dict[str, dict[str, float]] = {}
     for step, indices in sampler.batches(cfg.batch_size, start_step=start_step, end_step=run.total_steps):
         lr = lr_at(step, run.total_steps, cfg)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        train_loss = _train_step(run, train_model, indices)
+        step_losses = _train_step(run, train_model, indices)
+        progress.step_done()
         done = step + 1
         is_last = done == run.total_steps
-        if done % cfg.eval_every == 0 or is_last:
-            speed = progress.tokens_per_second(done)  # before evaluating
-            if is_last:  # the run's final numbers: every set overall and per source
-                final_eval = evaluator.everything()
-                curve_point = {k: e for k, e in final_eval.items() if "/" not in k}
-            else:
-                curve_point = evaluator.overall()
-            progress.write(done, lr, train_loss, speed, curve_point)
-        if run.ddp.main and (done % cfg.checkpoint_every == 0 or is_last or done == stop_at_step):
-            save_checkpoint(run.checkpoint_path, run.model, run.optimizer, done, cfg, run.meta,
-                            adapters_only=run.adapters_only)
+        measure = done % cfg.eval_every == 0 or is_last
+        save = run.ddp.main and (done % cfg.checkpoint_every == 0 or is_last or done == stop_at_step)
+        if measure or save:
+            with progress.paused():  # evaluating and checkpointing are not training time
+                if measure:
+                    if is_last:  # the run's final numbers: every set overall and per source
+                        final_eval = evaluator.everything()
+                        curve_point = {k: e for k, e in final_eval.items() if "/" not in k}
+                    else:
+                        curve_point = evaluator.overall()
+                    progress.write(done, lr, _step_loss(run, step_losses), curve_point)
+                if save:
+                    save_checkpoint(run.checkpoint_path, run.model, run.optimizer, done, cfg, run.meta,
+                                    adapters_only=run.adapters_only)
         if stop_at_step is not None and done >= stop_at_step:
             break
+    train_loss = _step_loss(run, step_losses) if step_losses else float("nan")
     seconds = time.perf_counter() - progress.started
     if start_step >= run.total_steps:  # resumed from the last step's checkpoint: nothing to train, still measure
         final_eval = evaluator.everything()
@@ -318,6 +414,7 @@ def run_loop(run: _Run, evaluator: Evaluator, stop_at_step: int | None = None, l
         plot_curves(progress.metrics_path, run.out_dir / "loss.png")
     if run.ddp.world_size > 1:
         dist.barrier()
+    run.ddp.close()
     return result
 
 
@@ -368,12 +465,17 @@ class _Run:
 
 
 def _set_up_device(requested: str) -> tuple[str, Distributed]:
-    """The device and process group, with TF32 on a GPU and the allocator tuned on the CPU."""
+    """The device and process group, with TF32 on a GPU and the allocator tuned on the CPU. Under torchrun each
+    process takes the GPU of its LOCAL_RANK, made current before the process group starts (NCCL binds to it)."""
     device = pick_device(requested)
-    ddp = Distributed.from_env(device)
-    if device == "cuda" and ddp.world_size > 1:
-        device = f"cuda:{ddp.local_rank}"
+    if device.startswith("cuda") and launched_by_torchrun():
+        if device != "cuda":
+            raise ValueError(f"device {requested!r} under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}): every "
+                             "process would use that one GPU; set device to 'cuda' or 'auto' and each process takes "
+                             "the GPU of its LOCAL_RANK")
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(device)
+    ddp = Distributed.from_env(device)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -382,9 +484,9 @@ def _set_up_device(requested: str) -> tuple[str, Distributed]:
     return device, ddp
 
 
-def _set_up(cfg: TrainConfig, train_tokens: TokenFile, eval_sets: dict[str, TokenFile], out_dir: Path) -> _Run:
-    """Device, model (seeded), training windows, plan and optimiser; refuses a budget that cannot run."""
-    device, ddp = _set_up_device(cfg.device)
+def _set_up(cfg: TrainConfig, device: str, ddp: Distributed, train_tokens: TokenFile, eval_sets: dict[str, TokenFile],
+            out_dir: Path) -> _Run:
+    """Model (seeded), training windows, plan and optimiser on a set-up device; refuses a budget that cannot run."""
     if ddp.main:
         out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and in every run with this seed
@@ -445,23 +547,34 @@ def _wrap(run: _Run) -> torch.nn.Module:
     return train_model
 
 
-def _train_step(run: _Run, train_model: torch.nn.Module, indices: np.ndarray) -> float:
+def _train_step(run: _Run, train_model: torch.nn.Module, indices: np.ndarray) -> list[torch.Tensor]:
     """One optimiser step on this process's share of a global batch, in grad_accum micro-steps (gradients
-    are synchronised across processes on the last one); the step's mean loss over all processes."""
+    are synchronised across processes on the last one); the micro-steps' losses, left on the device: reading
+    one waits for the GPU, so `_step_loss` reads them only when a line of metrics needs them."""
     cfg = run.cfg
-    loss_sum = 0.0
+    losses = []
     for k, chunk in enumerate(np.array_split(indices, cfg.grad_accum)):
         x, y = run.windows.batch(chunk)
-        x, y = x.to(run.device), y.to(run.device)
+        x, y = to_device(x, run.device), to_device(y, run.device)
         sync = k == cfg.grad_accum - 1 or run.ddp.world_size == 1
         with (nullcontext() if sync else train_model.no_sync()), run.ctx:
             _, loss = train_model(x, y)
             (loss / cfg.grad_accum).backward()
-        loss_sum += float(loss.detach()) / cfg.grad_accum
+        losses.append(loss.detach())
     if cfg.grad_clip:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
+    return losses
+
+
+def _step_loss(run: _Run, losses: list[torch.Tensor]) -> float:
+    """A step's mean loss over its micro-steps and all processes (a collective: every process calls it at the same
+    step). The micro-step losses are added in float64 on the host, one by one in order, as when each was read at
+    once: the same number to the last bit."""
+    loss_sum = 0.0
+    for value in torch.stack(losses).tolist():
+        loss_sum += value / run.cfg.grad_accum
     return run.ddp.mean(loss_sum, run.device)
 
 
@@ -481,7 +594,7 @@ class _Evaluator:
 
     def _measure(self, windows, name: str, source: str | None = None) -> dict[str, float]:
         run = self.run
-        loss = run.ddp.mean(evaluate(run.model, windows, run.device, run.ctx), run.device)
+        loss = evaluate(run.model, windows, run.device, run.ctx, ddp=run.ddp)
         return {"loss": loss, "bpb": bits_per_byte(loss, self.eval_sets[name], source)}
 
     def overall(self) -> dict[str, dict[str, float]]:
@@ -499,30 +612,55 @@ class _Evaluator:
 
 
 class _Progress:
-    """Throughput between evaluations, and the lines of metrics.jsonl (and the log)."""
+    """Training throughput between lines, and the lines of metrics.jsonl (and the log). Only training steps are
+    timed: not evaluations or checkpoints (`paused`), nor the first step after a start or resume (compilation,
+    allocator and cache warm-up), whose seconds the next line reports apart as `warmup_seconds`. A line with no
+    timed step since the previous one has no tokens_per_second."""
 
-    def __init__(self, run: _Run, start_step: int, log):
+    def __init__(self, run: _Run, log):
         self.run, self.log = run, log
         self.metrics_path = run.out_dir / "metrics.jsonl"
-        self.peak = next((v for k, v in PEAK_FLOPS.items() if run.device.startswith("cuda")
-                          and k in torch.cuda.get_device_name()), None)
+        # MFU against the bf16 peak only when the steps compute in bf16.
+        bf16_gpu = run.device.startswith("cuda") and compute_precision(run.device, run.cfg.dtype) == "bf16"
+        self.peak = peak_flops(torch.cuda.get_device_name(run.device)) if bf16_gpu else None
         self.started = time.perf_counter()
-        self.last_time, self.last_step = self.started, start_step
+        self.warming_up = True  # until the first step is done
+        self.warmup_seconds: float | None = None  # the first step's, until a line reports it
+        self.clock = self.started  # when the current stretch of timed steps began
+        self.timed_steps, self.timed_seconds = 0, 0.0  # since the previous line
 
-    def tokens_per_second(self, done: int) -> float:
-        """Training tokens per second since the previous evaluation (its time included)."""
-        now = time.perf_counter()
-        speed = (done - self.last_step) * self.run.tokens_per_step / max(now - self.last_time, 1e-9)
-        self.last_time, self.last_step = now, done
-        return speed
+    def _now(self) -> float:
+        synchronize(self.run.device)  # the queued steps belong to the stretch being measured
+        return time.perf_counter()
 
-    def write(self, done: int, lr: float, train_loss: float, speed: float,
-              evals: dict[str, dict[str, float]]) -> None:
+    def step_done(self) -> None:
+        """After every training step: the first ends the warm-up and starts the clock; later ones are timed."""
+        if self.warming_up:
+            self.clock = self._now()
+            self.warmup_seconds, self.warming_up = self.clock - self.started, False
+        else:
+            self.timed_steps += 1
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop the clock for what is not a training step."""
+        self.timed_seconds += self._now() - self.clock
+        yield
+        self.clock = self._now()
+
+    def write(self, done: int, lr: float, train_loss: float, evals: dict[str, dict[str, float]]) -> None:
+        """A line for step `done` with the throughput of the timed steps since the previous line (called paused)."""
         run = self.run
         record: dict[str, Any] = {"step": done, "tokens": done * run.tokens_per_step, "lr": lr,
-                                  "train_loss": train_loss, "tokens_per_second": speed}
-        if self.peak:
-            record["mfu"] = run.model.estimate_mfu(speed / run.ddp.world_size, self.peak)
+                                  "train_loss": train_loss}
+        if self.timed_steps:
+            speed = self.timed_steps * run.tokens_per_step / max(self.timed_seconds, 1e-9)
+            record["tokens_per_second"] = speed
+            if self.peak:
+                record["mfu"] = run.model.estimate_mfu(speed / run.ddp.world_size, self.peak)
+        if self.warmup_seconds is not None:
+            record["warmup_seconds"] = self.warmup_seconds
+        self.timed_steps, self.timed_seconds, self.warmup_seconds = 0, 0.0, None
         record.update({f"eval/{name}/{metric}": v for name, e in evals.items() for metric, v in e.items()})
         if run.ddp.main:
             with open(self.metrics_path, "a", encoding="utf-8") as handle:

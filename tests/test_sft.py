@@ -245,6 +245,34 @@ def test_response_loss_is_the_mean_over_response_tokens(tok):
              "bits_per_byte": task_nats / math.log(2) / task_bytes}, rel=1e-5)
 
 
+def test_response_loss_shared_between_processes_equals_one_process(tok):
+    """Under DDP each process measures its own batches; the sums added over the processes give the one-process
+    numbers (the all-reduce is played here by adding the two processes' exchanged values)."""
+    from training.trainer import Distributed
+
+    examples = [encode(ALPACA.segments({**NO_INPUT, "output": "the river " * (i + 1)}), tok,
+                       task_type=("a", "b")[i % 2]) for i in range(9)]
+    data = SFTData(examples, {}, tok.eot_id)
+    model = tiny_gpt(tok.vocab_size)
+    alone = response_loss(model, data, batch_size=2)
+    sent: dict[int, list[float]] = {}
+
+    class Rank(Distributed):
+        def sum_over_processes(self, values, device):
+            sent[self.rank] = values
+            return values
+
+    for rank in (0, 1):
+        response_loss(model, data, batch_size=2, ddp=Rank(rank=rank, world_size=2))
+    assert sent[0] != sent[1]  # each did a share of the work
+    added = [a + b for a, b in zip(sent[0], sent[1])]
+    nats = added[0::3]
+    tokens = added[1::3]
+    assert sum(tokens) == alone["tokens"]
+    assert sum(nats) / sum(tokens) == pytest.approx(alone["loss"], rel=1e-12)
+    assert added[0] / added[1] == pytest.approx(alone["by_task_type"]["a"]["loss"], rel=1e-12)
+
+
 # ---- from the store ---------------------------------------------------------------------------
 
 

@@ -67,7 +67,7 @@ class SFTEvaluator:
 
     def _losses(self, data: SFTData) -> dict[str, Any]:
         with self.run.ctx:
-            return response_loss(self.run.model, data)
+            return response_loss(self.run.model, data, ddp=self.run.ddp)
 
     def overall(self) -> dict[str, dict[str, float]]:
         return {name: _metrics(self._losses(data)) for name, data in self.eval_sets.items()}

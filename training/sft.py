@@ -30,7 +30,7 @@ import string
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +40,9 @@ from curation.store import VersionStore
 from curation.synth.schemas import ALPACA, CHAT, RecordSchema
 from training.model import GPT, IGNORE_INDEX
 from training.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from training.trainer import Distributed
 
 FIELDS = ("instruction", "input", "output")
 # The instruction version's columns (as `curate synthesize` writes them) every template reads.
@@ -189,9 +192,11 @@ class SFTData:
 
 
 @torch.no_grad()
-def response_loss(model: GPT, data: SFTData, batch_size: int = 16) -> dict[str, Any]:
+def response_loss(model: GPT, data: SFTData, batch_size: int = 16, ddp: Distributed | None = None) -> dict[str, Any]:
     """Mean loss (nats) over response tokens only, their count and bits per response byte, overall and by
-    task type: how well the model writes the answers, not how well it predicts the prompts."""
+    task type: how well the model writes the answers, not how well it predicts the prompts. Under DDP (`ddp`)
+    each process measures its own whole batches and the sums are added over the processes: every process gets
+    the whole set's numbers for 1/world_size of the work."""
     if not data.examples:
         raise SFTError(f"no examples to evaluate: every record was skipped ({data.skipped})")
     device = next(model.parameters()).device
@@ -200,11 +205,12 @@ def response_loss(model: GPT, data: SFTData, batch_size: int = 16) -> dict[str, 
     response_bytes: Counter[str] = Counter()
     # Similar lengths share a batch (less padding); the order cannot change any example's loss.
     order = sorted(data.examples, key=lambda e: len(e.input_ids))
+    mine = ddp.shard(len(order), batch_size) if ddp is not None else range(len(order))
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+        for start in range(mine.start, mine.stop, batch_size):
+            chunk = order[start:min(start + batch_size, mine.stop)]
             x, y = collate(chunk, data.pad_id)
             row_nats = model.token_losses(x.to(device), y.to(device)).double().sum(dim=1).tolist()
             for example, value in zip(chunk, row_nats):
@@ -213,14 +219,21 @@ def response_loss(model: GPT, data: SFTData, batch_size: int = 16) -> dict[str, 
                 response_bytes[example.task_type] += example.response_bytes
     finally:
         model.train(was_training)
+    tasks = sorted({e.task_type for e in data.examples})  # every process's keys, in one order
+    if ddp is not None and ddp.world_size > 1:
+        sums = ddp.sum_over_processes([v for t in tasks for v in (nats[t], tokens[t], response_bytes[t])],
+                                      str(device))
+        for i, task in enumerate(tasks):
+            nats[task], tokens[task], response_bytes[task] = sums[3 * i], int(sums[3 * i + 1]), int(sums[3 * i + 2])
 
     def summary(total_nats: float, total_tokens: int, total_bytes: int) -> dict[str, float]:
         # max(bytes, 1): the trainer's convention for a text of no bytes.
         return {"loss": total_nats / total_tokens, "tokens": total_tokens,
                 "bits_per_byte": total_nats / math.log(2) / max(total_bytes, 1)}
 
-    overall = summary(sum(nats.values()), sum(tokens.values()), sum(response_bytes.values()))
-    by_task = {task: summary(nats[task], tokens[task], response_bytes[task]) for task in sorted(nats)}
+    overall = summary(sum(nats[t] for t in tasks), sum(tokens[t] for t in tasks),
+                      sum(response_bytes[t] for t in tasks))
+    by_task = {task: summary(nats[task], tokens[task], response_bytes[task]) for task in tasks}
     return {**overall, "by_task_type": by_task}
 
 

@@ -11,9 +11,12 @@ Every function takes and returns plain, picklable values, so it can run in anoth
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import hashlib
 import json
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import zstandard
 
 from curation import __version__, markers
 from curation.analysis import TOKENS
@@ -33,6 +37,7 @@ from curation.ingest import (
     PROVENANCE_COLUMNS,
     IngestError,
     InputSpec,
+    file_format,
     preflight,
     read_input,
     resolve_files,
@@ -75,6 +80,7 @@ class IngestResult:
     rejected_by_reason: dict[str, int]
     bytes_read: int
     resumed: bool = False  # read back from an interrupted run's finished work
+    text_bytes: int = 0  # UTF-8 bytes of the records' text, for the manifest's estimate-vs-actual
 
 
 @markers.marker_type
@@ -241,13 +247,14 @@ def ingest_unit(recipe: Recipe, unit: IngestUnit, store_url: str, staging: str) 
     target = int(recipe.shard_size_mb * 1e6)
     shards = _RollingWriter(fs, f"{staging}/work/raw-{unit.unit:05d}-{{:05d}}.parquet", target)
     rejects = _RollingWriter(fs, f"{staging}/rejects/ingest-{unit.unit:05d}-{{:05d}}.parquet", target)
-    lines = records = 0
+    lines = records = text_bytes = 0
     reasons: Counter[str] = Counter()
     for file in unit.files:
         for chunk in read_input(spec, file, chunk_bytes=min(target, 8_000_000)):
             lines += chunk.lines_read
             if chunk.records is not None:
                 records += chunk.records.num_rows
+                text_bytes += _text_bytes(chunk.records)
                 shards.add(chunk.records)
             if chunk.rejects is not None:
                 reasons.update(reason_key(r) for r in chunk.rejects.column("reason").to_pylist())
@@ -255,7 +262,8 @@ def ingest_unit(recipe: Recipe, unit: IngestUnit, store_url: str, staging: str) 
     shards.flush()
     rejects.flush()
     return mark_finished(fs, staging, f"ingest-{unit.unit:05d}",
-                         IngestResult(unit.unit, shards.paths, lines, records, dict(reasons), unit.nbytes))
+                         IngestResult(unit.unit, shards.paths, lines, records, dict(reasons), unit.nbytes,
+                                      text_bytes=text_bytes))
 
 
 def duplicate_ids(store_url: str, shards: list[str], carried: str | None = None) -> dict[str, list[tuple[int, str]]]:
@@ -541,19 +549,31 @@ def version_extras(store_url: str, parents: list[str]):
 
 # ---- resource estimate ----------------------------------------------------------------------------
 
-# Measured with bench/end_to_end.py (1 M generated 3 KB documents, 64 MB shards, 2 workers): the store's
-# peak disk was 5.4 GB for 3.1 GB of text in 3 rounds (0.35 x (rounds + 2)); a worker peaked at 1.66 GB on a
-# 64 MB shard (~300 MB of it imports); the whole tree peaked at 8.4 GB, which leaves ~4 GB (~4 KB per document)
-# for the flow's own process while a dedup step decides (ids, keys, where each text lives, candidate pairs).
-PARQUET_BYTES_PER_TEXT_BYTE = 0.35
+# The flow's own process while a dedup step decides (ids, keys, where each text lives, candidate pairs): ~4 KB per
+# document, measured with bench/end_to_end.py (1 M generated 3 KB documents, 2 workers, 8.4 GB for the whole tree).
 DEDUP_DRIVER_BYTES_PER_DOC = 4000
-WORKER_BYTES_PER_SHARD_BYTE = 21.0
-COMPRESSED_RATIO_GUESS = 3.0  # gzip/zstd/Parquet inputs: text bytes per file byte, when the sample cannot tell
+# A worker's peak resident memory: WORKER_BASE_BYTES (the imports: Arrow, the steps, Prefect's task machinery, and
+# what earlier tasks left in the process's heaps) + WORKER_BYTES_PER_SHARD_BYTE per byte of the largest shard's
+# Arrow table (the table, the steps' filtered copies and annotations, its word tokens shared by the steps,
+# Parquet's write buffers). Fitted on `curate run` with 2 workers (bench/estimates.py's recipe): 1 KB documents in
+# 4, 8 and 32 MB shards peaked at 0.47, 0.63 and 1.11 GB, 3 KB in 4 and 16 MB at 0.46 and 0.76 GB, 20 KB in 8 and
+# 32 MB at 0.60 and 1.09 GB. Document size moved the peak by under 6 % at a given shard size: no per-document term.
+WORKER_BASE_BYTES = 460e6
+WORKER_BYTES_PER_SHARD_BYTE = 20.0
+# Staging at its peak (just before publishing): the raw shards and data + rejects (together one copy), each about
+# the sampled records' own Parquet size, one output per round before a global step (what the per-document steps
+# before the first global step keep of the sample, as Parquet), and the markers that carry each global step's
+# per-document summary (MinHash: one 64-bit value per band, exact dedup: a 16-byte key).
+MARKER_BYTES_PER_DOC = 16
+KEPT_SAMPLE_ROWS = 500  # per sampled file: the rows the steps before the first global step are tried on
+COMPRESSED_RATIO_GUESS = 3.0  # a Hugging Face input: text bytes per stored byte, when the sample cannot tell
+FILES_SAMPLED = 8  # per input: one file per eighth of its bytes
+SAMPLE_BYTES_PER_FILE = 1_000_000  # decompressed bytes read from each sampled file
 
 
 @dataclass
 class Estimate:
-    """What a run will need, from the input sizes and a sample of the first file of each input."""
+    """What a run will need, from the input sizes and samples spread over each input's files."""
 
     documents: int
     text_bytes: int
@@ -569,41 +589,191 @@ class Estimate:
                 f"{size(self.dedup_memory_bytes)} for the dedup index + {workers} x {size(self.worker_memory_bytes)} "
                 f"workers; disk ~{size(self.disk_bytes)} of intermediates")
 
+    def versus(self, actual: dict[str, int | None]) -> dict[str, Any]:
+        """The manifest's `estimate`, `actual` and `estimate_ratio` (estimate / actual, per quantity measured)."""
+        pairs = {"documents": "documents", "text_bytes": "text_bytes", "worker_memory_bytes": "worker_peak_rss_bytes",
+                 "disk_bytes": "disk_peak_bytes"}
+        ratio = {key: round(getattr(self, key) / actual[measured], 3) for key, measured in pairs.items()
+                 if actual.get(measured)}
+        return {"estimate": dataclasses.asdict(self), "actual": actual, "estimate_ratio": ratio}
 
-def estimate(recipe: Recipe, plan: Plan, sample_bytes: int = 2_000_000) -> Estimate:
-    documents = 0.0
-    text_bytes = 0.0
-    for index, spec in enumerate(recipe.inputs):
-        files = [f for unit in plan.units if unit.input_index == index for f in unit.files]
-        if not files:
-            continue
-        input_bytes = sum(unit.nbytes for unit in plan.units if unit.input_index == index)
-        chunks = read_input(spec, files[0], chunk_bytes=sample_bytes)
-        chunk = next(chunks, None)
-        whole = next(chunks, None) is None  # the sample was the whole first file
-        chunks.close()
-        if chunk is None or chunk.records is None or chunk.records.num_rows == 0:
-            continue
-        n = chunk.records.num_rows
-        text = int(pc.sum(pc.binary_length(chunk.records.column("text"))).as_py() or 0)
-        first_bytes = os.path.getsize(files[0]) if os.path.exists(files[0]) else 0
-        if whole and first_bytes:
-            sampled_file_bytes = first_bytes
+
+def run_actuals(ingested: list[IngestResult], worker_peak_rss: int, staging_bytes: int) -> dict[str, int | None]:
+    """What the run really read and used, next to the estimate (0 peak: no task reported one)."""
+    return {"documents": sum(r.lines_read for r in ingested), "text_bytes": sum(r.text_bytes for r in ingested),
+            "worker_peak_rss_bytes": worker_peak_rss or None, "disk_peak_bytes": staging_bytes}
+
+
+def _text_bytes(records: pa.Table) -> int:
+    return int(pc.sum(pc.binary_length(records.column("text"))).as_py() or 0)
+
+
+@dataclass
+class _Sample:
+    """What a sample of one file held, and how many of the file's bytes it covered."""
+
+    documents: float
+    text_bytes: float
+    table_bytes: float  # the records as Arrow holds them in a shard
+    parquet_bytes: float  # the records as a staged Parquet part
+    file_bytes: float
+    kept_parquet_bytes: float = 0.0  # of parquet_bytes, what the steps before the first global step keep
+    head: pa.Table | None = field(default=None, repr=False)  # the first records, to try those steps on
+
+    def scaled(self, nbytes: float) -> _Sample:
+        """The sample's densities applied to `nbytes` of input."""
+        factor = nbytes / self.file_bytes if self.file_bytes else 0.0
+        return _Sample(self.documents * factor, self.text_bytes * factor, self.table_bytes * factor,
+                       self.parquet_bytes * factor, nbytes, self.kept_parquet_bytes * factor)
+
+    def plus(self, other: _Sample) -> _Sample:
+        return _Sample(*(getattr(self, f) + getattr(other, f) for f in _SUMMED))
+
+
+_SUMMED = ("documents", "text_bytes", "table_bytes", "parquet_bytes", "file_bytes", "kept_parquet_bytes")
+
+
+def _records_sample(chunks: Iterable[Any], file_bytes: float, documents: float | None = None) -> _Sample:
+    """A sample from parsed chunks; `documents`: the exact count where the file's metadata knows it."""
+    lines = 0
+    tables = []
+    for chunk in chunks:
+        lines += chunk.lines_read
+        if chunk.records is not None and chunk.records.num_rows:
+            tables.append(chunk.records)
+    if not tables:
+        return _Sample(lines, 0, 0, 0, file_bytes)
+    records = concat(tables)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(records, buffer, compression=PARQUET_COMPRESSION)
+    scale = documents / lines if documents is not None and lines else 1.0
+    return _Sample(documents if documents is not None else lines, _text_bytes(records) * scale,
+                   records.nbytes * scale, buffer.getvalue().size * scale, file_bytes,
+                   head=records.slice(0, KEPT_SAMPLE_ROWS))
+
+
+def _prefix(file: str, budget: int, separator: bytes) -> tuple[bytes, float]:
+    """The file's first whole records (ending in `separator`) of about `budget` decompressed bytes, and the file
+    bytes they took (compressed ones, for .gz and .zst)."""
+    with open(file, "rb") as raw:
+        if file.endswith(".gz"):
+            stream: Any = gzip.GzipFile(fileobj=raw)
+        elif file.endswith(".zst"):  # small reads: the file position then tells how much the sample took
+            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_size=8192)
         else:
-            compressed = files[0].endswith((".gz", ".zst", ".parquet", ".bz2", ".xz"))
-            sampled_file_bytes = text * (1 / COMPRESSED_RATIO_GUESS if compressed else 1.0) or sample_bytes
-        scale = input_bytes / sampled_file_bytes if sampled_file_bytes else 0.0
-        documents += n * scale
-        text_bytes += text * scale
+            stream = raw
+        data = stream.read(budget)
+        while separator not in data and (more := stream.read(budget)):  # a record longer than the budget
+            data += more
+        consumed = raw.tell()
+        whole = not stream.read(1)
+    if whole:
+        return data, os.path.getsize(file)
+    cut = data.rfind(separator) + len(separator)
+    return data[:cut], consumed * cut / len(data)
+
+
+def _sample_file(spec: InputSpec, file: str, budget: int) -> _Sample:
+    """Records, text and stored bytes per file byte of one file: Parquet rows counted exactly from the metadata,
+    a line or paragraph format from a prefix of whole records, a one-document text file read whole."""
+    fmt = file_format(spec, file)
+    size = os.path.getsize(file) if os.path.isfile(file) else 0
+    if fmt == "parquet":
+        chunks = read_input(spec, file, chunk_bytes=budget)
+        first = next(chunks, None)
+        chunks.close()
+        return _records_sample([first] if first else [], size, pq.read_metadata(file).num_rows)
+    if fmt == "hf" or (fmt == "text" and spec.text_mode != "paragraph"):
+        chunks = read_input(spec, file, chunk_bytes=budget)
+        first = next(chunks, None)
+        whole = next(chunks, None) is None
+        chunks.close()
+        sample = _records_sample([first] if first else [], size)
+        if not whole:  # a dataset larger than the sample: its stored size says little, guess its compression
+            sample.file_bytes = sample.text_bytes / COMPRESSED_RATIO_GUESS
+        return sample
+    data, covered = _prefix(file, budget, b"\n\n" if fmt == "text" else b"\n")
+    with tempfile.TemporaryDirectory() as folder:
+        name = os.path.basename(file).removesuffix(".gz").removesuffix(".zst")
+        copy = os.path.join(folder, name)
+        with open(copy, "wb") as handle:
+            handle.write(data)
+        return _records_sample(read_input(spec, copy, chunk_bytes=len(data) + 1), covered)
+
+
+def _sampled_files(files: list[str], sizes: list[int], count: int) -> list[tuple[str, int]]:
+    """Up to `count` strata of consecutive files, each about an equal share of the bytes: (its middle file, the
+    stratum's bytes). Every file is its own stratum when there are no more than `count`."""
+    if len(files) <= count:
+        return list(zip(files, sizes))
+    total = sum(sizes) or 1
+    strata: dict[int, list[tuple[str, int]]] = {}
+    seen = 0
+    for file, size in zip(files, sizes):
+        strata.setdefault(min(count - 1, int((seen + size / 2) / total * count)), []).append((file, size))
+        seen += size
+    return [(members[len(members) // 2][0], sum(size for _, size in members)) for members in strata.values()]
+
+
+def _kept_share(recipe: Recipe, records: pa.Table | None) -> float:
+    """The share of the records' text that the steps before the first global step keep: what the intermediate
+    shards hold. A step that cannot run here (it needs the store, or a model's files) counts as keeping all."""
+    if records is None or records.num_rows == 0:
+        return 1.0
+    steps = recipe.build_steps()
+    first_global = next((i for i, (_, step) in enumerate(steps) if step.is_global()), len(steps))
+    batch = records
+    try:
+        for index in range(first_global):
+            batch = apply_in_scope(steps[index][1], batch, recipe.steps[index].scope).kept
+    except Exception:  # noqa: BLE001 - a forecast: the upper bound rather than no estimate
+        return 1.0
+    finally:
+        TOKENS.clear()  # the sample's token lists, as after a shard
+    return _text_bytes(batch) / max(_text_bytes(records), 1)
+
+
+def _input_sample(recipe: Recipe, spec: InputSpec, units: list[IngestUnit]) -> _Sample:
+    """One input's totals: each stratum of its files scaled from its middle file's sample."""
+    files = [f for unit in units for f in unit.files]
+    sizes = [os.path.getsize(f) if os.path.isfile(f) else 0 for f in files]
+    total = _Sample(0, 0, 0, 0, 0)
+    for file, nbytes in _sampled_files(files, sizes, FILES_SAMPLED):
+        sample = _sample_file(spec, file, SAMPLE_BYTES_PER_FILE)
+        sample.kept_parquet_bytes = sample.parquet_bytes * _kept_share(recipe, sample.head)
+        total = total.plus(sample.scaled(nbytes or 1))
+    return total
+
+
+def estimate(recipe: Recipe, plan: Plan) -> Estimate:
+    """Documents and text from samples spread over each input's files; memory and disk from models fitted on
+    measured runs (see the constants above)."""
+    totals = _Sample(0, 0, 0, 0, 0)
+    largest_shard = _Sample(0, 0, 0, 0, 0)
+    target = recipe.shard_size_mb * 1e6
+    for index, spec in enumerate(recipe.inputs):
+        units = [unit for unit in plan.units if unit.input_index == index]
+        if not units:
+            continue
+        sample = _input_sample(recipe, spec, units)
+        totals = totals.plus(sample)
+        # A shard is cut once its Arrow table reaches the target; a unit smaller than that is one shard.
+        unit = sample.scaled(max(u.nbytes for u in units))
+        shard = unit.scaled(unit.file_bytes * min(1.0, target / unit.table_bytes)) if unit.table_bytes else unit
+        if shard.table_bytes > largest_shard.table_bytes:
+            largest_shard = shard
     steps = recipe.build_steps()
     per_doc = 0
+    markers_per_doc = 0
     for _, step in steps:
         band_shape = getattr(step, "band_shape", None)
         if step.is_global() and step.category == "dedup":
             per_doc = max(per_doc, DEDUP_DRIVER_BYTES_PER_DOC + (band_shape()[0] * 8 if band_shape else 16) + 24)
-    rounds_ = len(rounds(recipe))
-    parquet = text_bytes * PARQUET_BYTES_PER_TEXT_BYTE
-    return Estimate(documents=int(documents), text_bytes=int(text_bytes),
-                    dedup_memory_bytes=int(per_doc * documents),
-                    worker_memory_bytes=int(recipe.shard_size_mb * 1e6 * WORKER_BYTES_PER_SHARD_BYTE + 300e6),
-                    disk_bytes=int(parquet * (rounds_ + 2)))  # raw shards + one output per round + rejects
+            markers_per_doc += band_shape()[0] * 8 if band_shape else MARKER_BYTES_PER_DOC
+    intermediates = len(rounds(recipe)) - 1  # an output per round that ends at a global step
+    return Estimate(documents=int(totals.documents), text_bytes=int(totals.text_bytes),
+                    dedup_memory_bytes=int(per_doc * totals.documents),
+                    worker_memory_bytes=int(WORKER_BASE_BYTES
+                                            + WORKER_BYTES_PER_SHARD_BYTE * largest_shard.table_bytes),
+                    disk_bytes=int(totals.parquet_bytes * 2 + totals.kept_parquet_bytes * intermediates
+                                   + markers_per_doc * totals.documents))

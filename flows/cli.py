@@ -7,7 +7,7 @@ import os
 import sys
 import webbrowser
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -27,6 +27,7 @@ from flows.cli_common import (
     console,
     crash,
     fail,
+    prefect_api_ready,
     prefect_env,
     require_version,
     route_logs,
@@ -46,6 +47,10 @@ from flows.printing import (
     print_guards,
     steps_table,
 )
+
+if TYPE_CHECKING:
+    from curation.pipeline import Estimate, Plan
+    from curation.recipe import Recipe
 
 
 class _App(typer.Typer):
@@ -90,7 +95,8 @@ app.command(name="why")(why_command)
 def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], workers: int | None,
          verbose: bool, override_guards: str | None = None, cluster: str | None = None) -> dict[str, Any]:
     """`curate run`'s body, also called by `curate demo`: check and plan, curate, show what was published."""
-    prefect_env(verbose)
+    recipe, name, plan = _plan(recipe_path, store, name, parents)  # a mistake ends the command before Prefect starts
+    prefect_env(verbose, wait=False)  # Prefect's temporary server starts while the run is forecast
     from curation.guards import GuardError
     from curation.ingest import IngestError
     from curation.pipeline import ShardError
@@ -98,10 +104,11 @@ def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], wo
     from curation.store import StoreError
     from flows.curate import run_curation
 
-    recipe, name = _plan(recipe_path, store, name, parents, workers, cluster)
+    forecast = _forecast(recipe, plan, workers, cluster)
+    prefect_api_ready()
     try:
         manifest = run_curation(recipe, store, name, parents=parents, workers=workers, show_progress=True,
-                                override_guards=override_guards, cluster=cluster)
+                                override_guards=override_guards, cluster=cluster, forecast=forecast)
     except (RecipeError, IngestError, StoreError, GuardError, ValueError, ShardError) as exc:
         fail(f"{exc} (finished tasks are kept: rerun the same command to resume)" if isinstance(exc, ShardError)
              else str(exc))
@@ -109,12 +116,11 @@ def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], wo
     return manifest
 
 
-def _plan(recipe_path: Path, store: str, name: str | None, parents: list[str], workers: int | None,
-          cluster: str | None) -> tuple[Any, str]:
-    """The recipe and the version's name, every mistake in them (a clash, a missing parent, what a step needs)
-    found before any work; prints the plan and its forecast."""
+def _plan(recipe_path: Path, store: str, name: str | None, parents: list[str]) -> tuple[Recipe, str, Plan]:
+    """The recipe, the version's name and the ingest plan, every mistake in them (a clash, a missing parent, what
+    a step needs) found before any work; prints the plan."""
     from curation.ingest import IngestError
-    from curation.pipeline import estimate, plan_ingest
+    from curation.pipeline import plan_ingest
     from curation.recipe import RecipeError, load_recipe
     from curation.store import StoreError, VersionStore
 
@@ -133,14 +139,28 @@ def _plan(recipe_path: Path, store: str, name: str | None, parents: list[str], w
             require_version(target, parent)
         recipe.preflight(target.url)
         plan = plan_ingest(recipe)
-        forecast = estimate(recipe, plan)
     except (RecipeError, IngestError, StoreError) as exc:
         fail(str(exc))
     console.print(f"[bold]curate[/] {name}: {len(recipe.inputs)} input(s), {len(plan.units)} ingest task(s), "
                   f"{plan.nbytes / 1e6:,.1f} MB, steps: {', '.join(s.instance_name for s in recipe.steps) or 'none'}")
+    return recipe, name, plan
+
+
+def _forecast(recipe: Recipe, plan: Plan, workers: int | None, cluster: str | None) -> Estimate:
+    """Prints what the run will need (documents, memory, disk), from samples spread over each input's files, and
+    returns it (the manifest records it next to what the run used)."""
+    from curation.ingest import IngestError
+    from curation.pipeline import estimate
+    from curation.recipe import RecipeError
+    from curation.store import StoreError
+
+    try:
+        forecast = estimate(recipe, plan)
+    except (RecipeError, IngestError, StoreError) as exc:
+        fail(str(exc))
     local = cluster.removeprefix("local:") if cluster and cluster.startswith("local:") else ""
     console.print(forecast.describe(int(local) if local.isdigit() else workers or os.cpu_count() or 1))
-    return recipe, name
+    return forecast
 
 
 def _print_published(manifest: dict[str, Any]) -> None:
@@ -344,9 +364,29 @@ def show(
     if (calibrated := calibration_table(manifest)) is not None:
         console.print(calibrated)
     print_dedup_reports(manifest)
+    if "estimate" in manifest:
+        console.print(_estimate_versus_actual(manifest))
     data = [f for f in manifest["files"] if f["kind"] == "data"]
     console.print(f"{len(data)} data file(s), {sum(f['bytes'] for f in data) / 1e6:,.2f} MB; "
                   f"path: {target.version_path(version)}")
+
+
+def _estimate_versus_actual(manifest: dict[str, Any]) -> str:
+    """One line: each estimated quantity, what the run really used and the estimate's error."""
+    def size(n: float) -> str:
+        return f"{n / 1e9:,.2f} GB" if n >= 1e9 else f"{n / 1e6:,.0f} MB"
+
+    estimate, actual = manifest["estimate"], manifest["actual"]
+    parts = []
+    for label, key, measured, unit in (("documents", "documents", "documents", "{:,}".format),
+                                       ("text", "text_bytes", "text_bytes", size),
+                                       ("worker memory", "worker_memory_bytes", "worker_peak_rss_bytes", size),
+                                       ("disk", "disk_bytes", "disk_peak_bytes", size)):
+        ratio = manifest.get("estimate_ratio", {}).get(key)
+        versus = f"{unit(actual[measured])} ({ratio - 1:+.0%})" if ratio else "not measured"
+        parts.append(f"{label} {unit(estimate[key])} vs {versus}")
+    return (f"estimate vs actual: {', '.join(parts)}; flow process peak {size(actual['flow_peak_rss_bytes'])} "
+            f"(dedup index estimate {size(estimate['dedup_memory_bytes'])})")
 
 
 @app.command()

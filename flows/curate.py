@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import resource
+import sys
 import time
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -25,23 +28,47 @@ from flows.gpt import perplexity_scorer  # also registers the "gpt" classifier b
 from flows.printing import accounting, guard_rows
 from flows.progress import RunProgress
 
+T = TypeVar("T")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far: what a worker really needed (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+@dataclass
+class WorkerPeak:
+    """The largest peak resident memory any task's process reported, for the manifest's estimate-vs-actual."""
+
+    rss_bytes: int = 0
+
+    def take(self, reported: tuple[T, int]) -> T:
+        """A task's result, noting the peak its process reported with it."""
+        result, peak = reported
+        self.rss_bytes = max(self.rss_bytes, peak)
+        return result
+
 
 @task(name="ingest")
-def ingest_task(recipe: Recipe, unit: pipeline.IngestUnit, store_url: str, staging: str) -> pipeline.IngestResult:
-    return pipeline.ingest_unit(recipe, unit, store_url, staging)
+def ingest_task(recipe: Recipe, unit: pipeline.IngestUnit, store_url: str, staging: str
+                ) -> tuple[pipeline.IngestResult, int]:
+    return pipeline.ingest_unit(recipe, unit, store_url, staging), peak_rss_bytes()
 
 
 @task(name="process-shard")
 def shard_task(recipe: Recipe, shard: str, drops: list[tuple[int, str]], store_url: str, staging: str, start: int,
-               stop: int, decisions: dict[int, Any], source_shard: str) -> pipeline.ShardResult:
-    return pipeline.process_shard(recipe, shard, drops, store_url, staging, start, stop, decisions, source_shard)
+               stop: int, decisions: dict[int, Any], source_shard: str) -> tuple[pipeline.ShardResult, int]:
+    result = pipeline.process_shard(recipe, shard, drops, store_url, staging, start, stop, decisions, source_shard)
+    return result, peak_rss_bytes()
 
 
 @flow(name="curate", log_prints=True)
 def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | None = None,
                 show_progress: bool = False, manifest_extra: dict[str, Any] | None = None,
                 override_guards: str | None = None, synthesis: bool = False,
-                seen: dict[str, list[int]] | None = None, carry: str | None = None) -> dict[str, Any]:
+                seen: dict[str, list[int]] | None = None, carry: str | None = None,
+                forecast: dict[str, int] | None = None) -> dict[str, Any]:
     """Run `recipe` over its inputs and publish the result as version `name` of the store
     (`manifest_extra`: entries a calling flow adds to, or puts in place of, the manifest's own). A version
     that fails a hard model-collapse guard is not published unless `override_guards` gives a reason.
@@ -56,15 +83,19 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
     written = recipe
     recipe, calibration = calibrate(recipe, store.url)  # the bounds the run uses (part of its key)
     plan = pipeline.plan_ingest(recipe, seen)  # bad inputs and name clashes fail here, before any work
+    # What `curate run` printed (`forecast`), or estimated here: kept to compare with what the run used.
+    estimated = pipeline.Estimate(**forecast) if forecast else pipeline.estimate(recipe, plan)
     staging = store.begin(name, pipeline.run_key(recipe, plan, parents or [],
                                                  extra=f"synthesis={synthesis} carry={carry}"))
     timings: dict[str, dict[str, float]] = {}
+    peak = WorkerPeak()
     try:
         with RunProgress(show_progress) as progress:
             if staging.resumed:
                 progress.note(f"resuming an interrupted run of {name!r}: finished tasks in {staging.path} are reused")
-            ingested, drops = _ingest(recipe, plan, store.url, staging.path, carry, progress, timings)
-            processed, reports = _process_shards(recipe, ingested, drops, store.url, staging.path, progress, timings)
+            ingested, drops = _ingest(recipe, plan, store.url, staging.path, carry, progress, timings, peak)
+            processed, reports = _process_shards(recipe, ingested, drops, store.url, staging.path, progress, timings,
+                                                 peak)
 
         clock = time.perf_counter()
         planted = pipeline.planted_defects(recipe, store.url, staging.path)
@@ -87,11 +118,15 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
         timings["guards"] = _timing(clock, manifest["steps"][-1]["kept"] if manifest["steps"] else 0)
         clock = time.perf_counter()
         manifest["timings"] = timings
+        # Before publishing removes the intermediates: the staging folder holds the most it will hold.
+        actual = pipeline.run_actuals(ingested, peak.rss_bytes, store.fs.du(staging.path))
 
         def extras(staged, final: dict[str, Any]) -> list[str]:  # statistics and report, timed with publishing
             written = pipeline.version_extras(store.url, parents or [])(staged, final)
             final["timings"]["stats+publish"] = _timing(clock, final["rows"])
             final["run_seconds"] = round(time.perf_counter() - started, 3)
+            # After statistics, the flow process's last large step; not part of the content fingerprint.
+            final.update(estimated.versus({**actual, "flow_peak_rss_bytes": peak_rss_bytes()}))
             return written
 
         path = store.publish(staging, manifest, extras=extras)
@@ -105,7 +140,7 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
 
 
 def _ingest(recipe: Recipe, plan: pipeline.Plan, store_url: str, staging: str, carry: str | None,
-            progress: RunProgress, timings: dict[str, dict[str, float]]
+            progress: RunProgress, timings: dict[str, dict[str, float]], peak: WorkerPeak
             ) -> tuple[list[pipeline.IngestResult], dict[str, list[tuple[int, str]]]]:
     """Ingest every input unit (a task each) and find the duplicate ids; returns the results in unit order and
     the rows to drop per raw shard."""
@@ -114,7 +149,7 @@ def _ingest(recipe: Recipe, plan: pipeline.Plan, store_url: str, staging: str, c
     futures = [ingest_task.submit(recipe, unit, store_url, staging) for unit in plan.units]
     ingested = []
     for future in as_completed(futures):
-        result = future.result()
+        result = peak.take(future.result())
         ingested.append(result)
         progress.advance(stage, result.bytes_read, result.records)
     ingested.sort(key=lambda r: r.unit)
@@ -126,8 +161,8 @@ def _ingest(recipe: Recipe, plan: pipeline.Plan, store_url: str, staging: str, c
 
 
 def _process_shards(recipe: Recipe, ingested: list[pipeline.IngestResult], drops: dict[str, list[tuple[int, str]]],
-                    store_url: str, staging: str, progress: RunProgress, timings: dict[str, dict[str, float]]
-                    ) -> tuple[list[pipeline.ShardResult], dict[str, dict[str, Any]]]:
+                    store_url: str, staging: str, progress: RunProgress, timings: dict[str, dict[str, float]],
+                    peak: WorkerPeak) -> tuple[list[pipeline.ShardResult], dict[str, dict[str, Any]]]:
     """Run the steps over every shard (a task each), in rounds: a round starts at a global step, decided from
     every shard's summary of the round before. Returns the shard results in shard order and the global steps'
     reports."""
@@ -151,7 +186,7 @@ def _process_shards(recipe: Recipe, ingested: list[pipeline.IngestResult], drops
         previous = []
         docs = 0
         for future in as_completed(futures):
-            result = future.result()
+            result = peak.take(future.result())
             processed.append(result)
             if result.output:
                 inputs[result.shard] = result.output
@@ -238,7 +273,8 @@ def run_curation(recipe: Recipe, store_url: str, name: str, parents: list[str] |
                  workers: int | None = None, show_progress: bool = False,
                  manifest_extra: dict[str, Any] | None = None, override_guards: str | None = None,
                  cluster: str | None = None, seen: dict[str, list[int]] | None = None,
-                 carry: str | None = None) -> dict[str, Any]:
+                 carry: str | None = None, forecast: pipeline.Estimate | None = None) -> dict[str, Any]:
+    """`forecast`: the estimate the caller already made and printed (else the flow makes one)."""
     return curate_flow.with_options(task_runner=task_runner(workers, cluster))(
         recipe, store_url, name, parents=parents, show_progress=show_progress, manifest_extra=manifest_extra,
-        override_guards=override_guards, seen=seen, carry=carry)
+        override_guards=override_guards, seen=seen, carry=carry, forecast=asdict(forecast) if forecast else None)

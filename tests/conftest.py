@@ -19,6 +19,18 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves the environment as it found it: a command invoked in-process (typer's CliRunner) sets the
+    log file, Prefect's logging configuration or API URL in `os.environ`, and a later test's subprocess would
+    inherit them (its log written elsewhere, its Prefect pointed at a server that has stopped)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect API for the whole session (starting one costs ~10 s)."""

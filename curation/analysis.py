@@ -3,11 +3,11 @@
 Words are the tokens of spaCy's rule-based English tokeniser (`spacy.blank("en")`), which datatrove
 uses for the Gopher, C4 and FineWeb rules, so that a bound from the papers means the same here as
 there. spaCy tokenises each whitespace-separated chunk on its own, so its rules are applied once per
-distinct chunk and cached (`CHUNKS`): a document then costs a split and one dictionary look-up per
-chunk. Per chunk the cache also keeps the counts the rules read (tokens, non-symbol words, their
-characters, tokens with a letter) packed in one integer, so counting a document builds no token list;
-rules that need the tokens themselves (n-gram repetition, decontamination) get them from `tokenize` or
-the per-document `TOKENS`.
+distinct chunk and cached (`CHUNKS`). A filter reads a whole batch at once (`batch_tokens`): Arrow
+splits the text column into chunks and finds the distinct ones, each distinct chunk is looked up once,
+and numpy lays out every document's tokens as integer ids with their lengths and counts (tokens,
+non-symbol words, their characters, tokens with a letter), with no Python object per token. Rules that
+need one document's token strings (decontamination) get them from `tokenize` or the per-document `TOKENS`.
 
 Measured against spaCy 3.8 and datatrove 0.10.1: the same tokens for every chunk of bench/filters.py's
 two corpora (stdlib docstrings, Bible chapters and web pages; docstrings and READMEs of installed
@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import chain
 
 import numpy as np
@@ -319,22 +319,15 @@ def split_chunk(chunk: str) -> tuple[str, ...]:
 # datatrove's PUNCTUATION (datatrove.utils.text): a token made only of these is a symbol, not a word.
 PUNCTUATION = "!/—”:％１〈&(、━\\【#%「」，】；+^]~“《„';’{|∶´[=-`*．（–？！：$～«〉,><》)?）。…@_.\"}►»" + "".join(
     map(chr, (*range(0, 9), *range(11, 13), *range(13, 32), *range(127, 160))))
-_FIELD_BITS = 32  # four counts packed per chunk: each sum stays below 2**32 for texts under 4 G characters
-_FIELD_MASK = (1 << _FIELD_BITS) - 1
-_FIELD_SHIFTS = tuple(range(0, 4 * _FIELD_BITS, _FIELD_BITS))
 
 
-def _packed_counts(tokens: tuple[str, ...]) -> int:
-    """tokens, words, word characters and tokens with a letter, in fields of _FIELD_BITS bits."""
-    words = chars = alpha = 0
-    for token in tokens:
-        if token.isalpha():  # no letter is in PUNCTUATION
-            words, chars, alpha = words + 1, chars + len(token), alpha + 1
-            continue
-        if token.strip(PUNCTUATION):
-            words, chars = words + 1, chars + len(token)
-        alpha += any(map(str.isalpha, token))
-    return len(tokens) | words << _FIELD_BITS | chars << 2 * _FIELD_BITS | alpha << 3 * _FIELD_BITS
+def _is_word(token: str) -> bool:
+    """datatrove's non-symbol word: a token with a character outside PUNCTUATION (no letter is in it)."""
+    return token.isalpha() or bool(token.strip(PUNCTUATION))
+
+
+def _has_letter(token: str) -> bool:
+    return token.isalpha() or any(map(str.isalpha, token))
 
 
 class _TokensByChunk(dict):
@@ -347,22 +340,8 @@ class _TokensByChunk(dict):
     def __missing__(self, chunk: str) -> tuple[str, ...]:
         if len(self) >= self.max_chunks:
             self.clear()
-        tokens = self[chunk] = split_chunk(chunk)
+        tokens = self[chunk] = split_chunk(chunk) if chunk else ()
         return tokens
-
-
-class _CountsByChunk(dict):
-    """chunk -> its packed counts, from its tokens; emptied when full."""
-
-    def __init__(self, tokens: _TokensByChunk) -> None:
-        super().__init__()
-        self.tokens = tokens
-
-    def __missing__(self, chunk: str) -> int:
-        if len(self) >= self.tokens.max_chunks:
-            self.clear()
-        counts = self[chunk] = _packed_counts(self.tokens[chunk])
-        return counts
 
 
 @dataclass(frozen=True)
@@ -376,28 +355,120 @@ class TokenCounts:
     alpha: np.ndarray
 
 
+@dataclass(frozen=True)
+class BatchTokens:
+    """Every document's tokens of a text column, flat, as numbers: what the rules of a batch read at once.
+
+    Document d's tokens are positions starts[d]:starts[d + 1] of `ids` (equal ids, equal tokens: an id is
+    the token's key in `vocabulary`, which holds this batch's distinct tokens) and `lengths` (characters)."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+    starts: np.ndarray
+    vocabulary: dict[str, int]
+    counts: TokenCounts
+
+    def take(self, rows: np.ndarray) -> BatchTokens:
+        """The BatchTokens of these documents (rows), in this order."""
+        sizes = np.diff(self.starts)[rows]
+        where = _spans(self.starts[rows], sizes)
+        return BatchTokens(self.ids[where], self.lengths[where], np.concatenate(([0], np.cumsum(sizes))),
+                           self.vocabulary, TokenCounts(*(getattr(self.counts, f.name)[rows]
+                                                          for f in fields(TokenCounts))))
+
+
+def _spans(firsts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The positions firsts[k], firsts[k] + 1, ... (sizes[k] of them) for every k, one after the other."""
+    return np.repeat(firsts - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
+
+
+def sums_by_document(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """values summed over each document's span of positions (empty documents get 0)."""
+    cumulative = np.concatenate(([0], np.cumsum(values, dtype=np.int64)))
+    return np.diff(cumulative[starts])
+
+
+def _rows_within(texts: list[str], earlier: list[str]) -> np.ndarray | None:
+    """The rows of `earlier` holding `texts`, in order (as a filter's survivors are), or None if they are not
+    there: texts are compared whole, so a match is the same text."""
+    rows: list[int] = []
+    row = 0
+    for text in texts:
+        while row < len(earlier) and earlier[row] != text:
+            row += 1
+        if row == len(earlier):
+            return None
+        rows.append(row)
+        row += 1
+    return np.array(rows, dtype=np.int64)
+
+
 class ChunkCache:
-    """Tokens and counts per distinct chunk, shared by every step in a process. Bounded by distinct
-    chunks (our choice: 200,000, ~55 MB at ~270 bytes each; 2,000 demo documents hold ~51,000, 2,000
-    docstring pages of installed packages ~156,000), and emptied when full, so that memory does not grow
-    with the text seen."""
+    """Tokens per distinct chunk, shared by every step in a process. Bounded by distinct chunks (our
+    choice: 200,000, ~55 MB at ~270 bytes each; 2,000 demo documents hold ~51,000, 2,000 docstring pages
+    of installed packages ~156,000), and emptied when full, so that memory does not grow with the text seen;
+    besides, the last batch's texts and analysis (`batch`), replaced by the next batch's."""
 
     def __init__(self, max_chunks: int = 200_000):
         self._tokens_cache = _TokensByChunk(max_chunks)
-        self._counts_cache = _CountsByChunk(self._tokens_cache)
+        # The last batch analysed from scratch: its texts and BatchTokens. The filters of a stack run one
+        # after the other on a batch's survivors, whose analysis is then a `take` of this one.
+        self._batch_cache: dict[str, tuple[list[str], BatchTokens]] = {}
 
     def tokens(self, text: str) -> list[str]:
         return list(chain.from_iterable(map(self._tokens_cache.__getitem__, text.split())))
 
+    def batch(self, text: pa.Array) -> BatchTokens:
+        """BatchTokens of a text column: taken from the last batch's when every text is one of its texts,
+        in order (the survivors of the filter before), else analysed."""
+        texts = text.to_pylist()
+        last = self._batch_cache.get("last")
+        rows = _rows_within(texts, last[0]) if last is not None else None
+        if rows is not None:
+            return last[1].take(rows)
+        tokens = self._analyse(text)
+        self._batch_cache["last"] = (texts, tokens)
+        return tokens
+
+    def _analyse(self, text: pa.Array) -> BatchTokens:
+        """Arrow splits the column into chunks as str.split() does (the same white space: checked for every
+        code point, tests/test_tokenisation.py; it also yields "" at either end of a text, which holds no
+        token), and finds the distinct ones; each distinct chunk's tokens come from the cache once, and
+        numpy lays them out per occurrence."""
+        chunks = pc.utf8_split_whitespace(text)
+        encoded = chunks.flatten().dictionary_encode()
+        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        by_chunk = list(map(self._tokens_cache.__getitem__, encoded.dictionary.to_pylist()))
+        flat = list(chain.from_iterable(by_chunk))
+        vocabulary: dict[str, int] = {}
+        flat_ids = np.fromiter(map(vocabulary.setdefault, flat, range(len(flat))), np.int64, len(flat))
+        per_chunk = np.fromiter(map(len, by_chunk), np.int64, len(by_chunk))
+        per_occurrence = per_chunk[codes]
+        # Position of every token of every occurrence in `flat`: its chunk's tokens there.
+        where = _spans((np.cumsum(per_chunk) - per_chunk)[codes], per_occurrence)
+        token_positions = np.concatenate(([0], np.cumsum(per_occurrence)))
+        chunk_starts = np.concatenate(([0], np.cumsum(pc.list_value_length(chunks).fill_null(0).to_numpy(
+            zero_copy_only=False), dtype=np.int64)))
+        starts = token_positions[chunk_starts]
+        ids, lengths = flat_ids[where], np.fromiter(map(len, flat), np.int64, len(flat))[where]
+        # Per distinct token, whether it is a word and whether it has a letter; then summed per document.
+        distinct = list(vocabulary)
+        is_word = np.zeros(len(flat), dtype=np.int64)
+        has_letter = np.zeros(len(flat), dtype=np.int64)
+        keys = np.fromiter(vocabulary.values(), np.int64, len(distinct))
+        is_word[keys] = np.fromiter(map(_is_word, distinct), bool, len(distinct))
+        has_letter[keys] = np.fromiter(map(_has_letter, distinct), bool, len(distinct))
+        words = is_word[ids]
+        counts = TokenCounts(np.diff(starts), sums_by_document(words, starts),
+                             sums_by_document(words * lengths, starts), sums_by_document(has_letter[ids], starts))
+        return BatchTokens(ids, lengths, starts, vocabulary, counts)
+
     def counts(self, texts: Iterable[str]) -> TokenCounts:
-        packed = [sum(map(self._counts_cache.__getitem__, text.split())) for text in texts]
-        fields = np.array([[value >> shift & _FIELD_MASK for shift in _FIELD_SHIFTS] for value in packed],
-                          dtype=np.int64).reshape(-1, 4)
-        return TokenCounts(*fields.T)
+        return self.batch(pa.array(list(texts), pa.large_string())).counts
 
     def clear(self) -> None:
         self._tokens_cache.clear()
-        self._counts_cache.clear()
+        self._batch_cache.clear()
 
 
 CHUNKS = ChunkCache()
@@ -408,9 +479,14 @@ def tokenize(text: str) -> list[str]:
     return CHUNKS.tokens(text)
 
 
+def batch_tokens(text: pa.Array | pa.ChunkedArray) -> BatchTokens:
+    """BatchTokens of every document of a text column."""
+    return CHUNKS.batch(as_array(text))
+
+
 def token_counts(text: pa.Array | pa.ChunkedArray) -> TokenCounts:
     """TokenCounts of every document of a text column."""
-    return CHUNKS.counts(as_array(text).to_pylist())
+    return batch_tokens(text).counts
 
 
 # Line breaks as str.splitlines sees them.
@@ -440,6 +516,26 @@ def line_counts(text: pa.Array) -> np.ndarray:
     ends_with_break = pc.match_substring_regex(text, f"(?:{ARROW_LINE_BREAK})$").to_numpy(zero_copy_only=False)
     empty = char_lengths(text) == 0
     return np.where(empty, 0, breaks + 1 - ends_with_break.astype(np.int64))
+
+
+def list_lengths(lists: pa.Array) -> np.ndarray:
+    """Elements per row of a list column, as int64."""
+    return pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def duplicated(lists: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a list column of strings (a document's lines, paragraphs): (repeated elements, characters in
+    them), every occurrence after the first of an element in its row counting."""
+    values = lists.flatten()
+    sizes = list_lengths(lists)
+    offsets = np.concatenate(([0], np.cumsum(sizes)))
+    encoded = values.dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    _, firsts = np.unique(owner * max(len(encoded.dictionary), 1) + codes, return_index=True)
+    repeat = np.ones(len(codes), dtype=np.int64)
+    repeat[firsts] = 0
+    return sums_by_document(repeat, offsets), sums_by_document(repeat * char_lengths(values), offsets)
 
 
 def safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

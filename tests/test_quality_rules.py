@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+import re
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from curation import analysis as A
 from curation.steps import REGISTRY
 from curation.steps.c4 import count_sentences
 from curation.steps.gopher import ngram_repetition
@@ -99,16 +102,67 @@ def _reference_duplicated(words: list[str], n: int) -> int:
     return repeated
 
 
+def _reference_top(words: list[str], n: int) -> int:
+    """Gopher's most frequent n-gram, joined with spaces, times its count (the first seen among equals)."""
+    grams = [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0
+    gram, count = Counter(grams).most_common(1)[0]
+    return len(gram) * count
+
+
 def test_ngram_repetition_matches_the_reference_scan():
+    """Every document of one batch gets the reference's values: no n-gram is shared across documents."""
     rng = random.Random(7)
-    for _ in range(500):
-        words = [rng.choice("a bb c dd e".split()[: rng.randint(1, 5)]) for _ in range(rng.randint(0, 50))]
-        vocab: dict[str, int] = {}
-        ids = np.array([vocab.setdefault(w, len(vocab)) for w in words], dtype=np.int64)
-        lengths = np.array([len(w) for w in words], dtype=np.int64)
-        got = ngram_repetition(ids, lengths, {2}, {5, 6})
+    documents = [[rng.choice("a bb c dd e".split()[: rng.randint(1, 5)]) for _ in range(rng.randint(0, 50))]
+                 for _ in range(500)]
+    vocab: dict[str, int] = {}
+    words = [w for doc in documents for w in doc]
+    ids = np.array([vocab.setdefault(w, len(vocab)) for w in words], dtype=np.int64)
+    lengths = np.array([len(w) for w in words], dtype=np.int64)
+    starts = np.concatenate(([0], np.cumsum([len(doc) for doc in documents])))
+    got = ngram_repetition(ids, lengths, starts, {2, 3}, {5, 6})
+    for row, doc in enumerate(documents):
+        for n in (2, 3):
+            assert got[n][row] == _reference_top(doc, n)
         for n in (5, 6):
-            assert got.get(n, 0) == _reference_duplicated(words, n)
+            assert got[n][row] == _reference_duplicated(doc, n)
+
+
+def _reference_duplicates(items: list[str]) -> tuple[int, int]:
+    """(repeated elements, their characters), every occurrence after the first counting, written plainly."""
+    seen: set[str] = set()
+    repeated = [item for item in items if item in seen or seen.add(item)]
+    return len(repeated), sum(map(len, repeated))
+
+
+EDGE_TEXTS = ["", "\n\n", "  a\n\n\n a\n\u2028a\u3000\n", "x.\r\nx.\r\n\n\ny\u3002\n  \n\x1c\n",
+              "line one.\nline one.\n\nline one.", "\u00e9t\u00e9 \u2014 fin!\n\u00e9t\u00e9 \u2014 fin!",
+              "short\n" * 5 + "a much longer line that goes on past thirty characters.\n\n\n"]
+
+
+def test_line_signals_are_the_per_document_reference_column_wise():
+    """Gopher's paragraph/line repetition and FineWeb's line signals, measured over the column with Arrow,
+    equal the per-document reference (re.split, str.strip, str.split, str.endswith) on edge cases."""
+    table = pa.table({"id": [f"d{i}" for i in range(len(EDGE_TEXTS))],
+                      "text": pa.array(["pad", *EDGE_TEXTS], pa.large_string()).slice(1)})
+    gopher = REGISTRY["gopher_repetition"]().measure(table).signals
+    fineweb = REGISTRY["fineweb_quality"]().measure(table).signals
+    stops = tuple(".!?\u3002")
+    for row, text in enumerate(EDGE_TEXTS):
+        size = len(text) or 1
+        paragraphs, lines = re.split(r"\n{2,}", text.strip()), re.split(r"\n+", text)
+        assert gopher["dup_para_frac"][row].as_py() == _reference_duplicates(paragraphs)[0] / len(paragraphs)
+        assert gopher["dup_para_char_frac"][row].as_py() == _reference_duplicates(paragraphs)[1] / size
+        assert gopher["dup_line_frac"][row].as_py() == _reference_duplicates(lines)[0] / len(lines)
+        assert gopher["dup_line_char_frac"][row].as_py() == _reference_duplicates(lines)[1] / size
+        kept = [line for line in text.split("\n") if line.strip()]
+        assert fineweb["lines"][row].as_py() == len(kept)
+        if kept:
+            assert fineweb["line_punct_ratio"][row].as_py() == sum(ln.endswith(stops) for ln in kept) / len(kept)
+            assert fineweb["short_line_ratio"][row].as_py() == sum(len(ln) <= 30 for ln in kept) / len(kept)
+            assert fineweb["char_dup_ratio"][row].as_py() == (_reference_duplicates(kept)[1]
+                                                              / max(len(text) - text.count("\n"), 1))
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -130,6 +184,31 @@ def test_c4_removes_bad_lines_and_counts_them():
     annotated = REGISTRY["c4_quality"](mode="annotate").apply(out.kept.set_column(1, "text", pa.array([text],
                                                                                                      pa.large_string())))
     assert annotated.kept.column("text")[0].as_py() == text  # annotate mode never rewrites
+
+
+def test_a_stacks_later_filters_measure_survivors_as_from_scratch():
+    """gopher_quality and fineweb_quality on gopher_repetition's survivors (whose analysis they share)
+    measure what they measure on those documents alone."""
+    texts = [prose(seed, 6 + seed % 7) for seed in range(40)] + ["\n".join(["Buy now and save."] * 9)] * 3
+    table = pa.table({"id": [f"d{i}" for i in range(len(texts))], "text": pa.array(texts, pa.large_string())})
+    survivors = REGISTRY["gopher_repetition"]().apply(table).kept
+    assert 0 < survivors.num_rows < table.num_rows
+    shared = {name: REGISTRY[name]().measure(survivors).signals for name in ("gopher_quality", "fineweb_quality")}
+    for name, signals in shared.items():
+        A.CHUNKS.clear()
+        alone = REGISTRY[name]().measure(pa.table({"id": survivors.column("id"), "text": survivors.column("text")}))
+        assert {k: v.to_pylist() for k, v in signals.items()} == {k: v.to_pylist() for k, v in alone.signals.items()}
+
+
+def test_c4_line_rules_read_the_words_of_the_line_as_written():
+    """A word over 1,000 characters drops its line; the word count is taken before citations go."""
+    long_word = "Read " + "x" * 1001 + " now."
+    cited = "[1] [2] Yes."  # three words as written, one once the citations go: kept, as "  Yes."
+    text = "\n".join([CLEAN, long_word, cited, "Two words."])
+    step = REGISTRY["c4_quality"]()
+    out = step.apply(pa.table({"id": ["a"], "text": pa.array([text], pa.large_string())}))
+    assert out.kept.column("text")[0].as_py() == CLEAN + "\n  Yes."
+    assert out.counters == {"lines_removed:too_long_word": 1, "lines_removed:too_few_words": 1}
 
 
 def test_c4_bad_words_are_optional():

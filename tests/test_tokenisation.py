@@ -7,6 +7,7 @@ out, as datatrove's word splitter does); bench/filters.py measures the agreement
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from curation import analysis as A
@@ -75,4 +76,56 @@ def test_the_chunk_cache_is_bounded_by_distinct_chunks():
     text = "one two, three. (four) five"
     assert cache.tokens(text) == A.tokenize(text) == ["one", "two", ",", "three", ".", "(", "four", ")", "five"]
     assert list(cache.counts([text]).tokens) == [9]
-    assert len(cache._tokens_cache) <= 3 and len(cache._counts_cache) <= 3  # emptied when full, then refilled
+    assert len(cache._tokens_cache) <= 3  # emptied when full, then refilled
+
+
+def test_arrow_splits_chunks_where_python_does():
+    """The batch path splits on Arrow's white space: the same as str.split() at every code point."""
+    texts = [f"a{chr(c)}b" for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    split = pc.utf8_split_whitespace(pa.array(texts, pa.large_string())).to_pylist()
+    assert [t for t, chunks in zip(texts, split) if chunks != t.split()] == []
+
+
+@pytest.mark.parametrize("texts", [
+    ["Args: x (int): the size.", "", "  \n ", " lead and trail\u3000", "the id cannot don't. the the"],
+    ["wait.. then... 2018-01-01 nn.Module", "x\x1cy\u2028z e.g. C++ :)"],
+])
+def test_batch_tokens_are_the_documents_tokens(texts):
+    """Per document, the flat ids and lengths spell tokenize()'s tokens, and the counts are theirs."""
+    batch = A.batch_tokens(pa.array(texts, pa.large_string()).slice(0))
+    names = {key: token for token, key in batch.vocabulary.items()}
+    for row, text in enumerate(texts):
+        span = slice(batch.starts[row], batch.starts[row + 1])
+        tokens = A.tokenize(text)
+        assert [names[key] for key in batch.ids[span]] == tokens
+        assert list(batch.lengths[span]) == [len(token) for token in tokens]
+        words = [t for t in tokens if t.strip(A.PUNCTUATION)]
+        assert (batch.counts.tokens[row], batch.counts.words[row], batch.counts.word_chars[row],
+                batch.counts.alpha[row]) == (len(tokens), len(words), sum(map(len, words)),
+                                             sum(any(c.isalpha() for c in t) for t in tokens))
+
+
+def test_batch_tokens_of_a_sliced_column():
+    column = pa.array(["one two", "three, four.", "five"], pa.large_string()).slice(1, 2)
+    batch = A.batch_tokens(column)
+    assert list(batch.starts) == [0, 4, 5]
+    assert list(batch.counts.tokens) == [4, 1]
+
+
+def _words(batch: A.BatchTokens) -> list[list[str]]:
+    names = {key: token for token, key in batch.vocabulary.items()}
+    return [[names[key] for key in batch.ids[batch.starts[row]:batch.starts[row + 1]]]
+            for row in range(len(batch.starts) - 1)]
+
+
+def test_a_filters_survivors_share_the_batchs_analysis_and_never_a_stale_one():
+    """The next filter of a stack reads its batch's survivors: their analysis is the batch's, row for row; a
+    text that changed (same id, same length) is analysed again."""
+    texts = ["the cat sat.", "a dog ran off", "the cat sat.", "birds, (sing)"]
+    A.CHUNKS.clear()
+    A.batch_tokens(pa.array(texts, pa.large_string()))
+    survivors = A.batch_tokens(pa.array([texts[1], texts[3]], pa.large_string()))
+    assert _words(survivors) == [A.tokenize(texts[1]), A.tokenize(texts[3])]
+    assert list(survivors.counts.tokens) == [4, 5] and list(survivors.counts.words) == [4, 2]
+    changed = A.batch_tokens(pa.array([texts[1], "the dog sat."], pa.large_string()))
+    assert _words(changed) == [["a", "dog", "ran", "off"], ["the", "dog", "sat", "."]]

@@ -137,9 +137,10 @@ class C4Quality(FilterStep[C4QualityParams]):
         n_sentences = 0
         page_reason = None
         for line in lines:
-            line = line.strip()
-            words = line.split()
-            if p.max_word_length is not None and any(len(w) > p.max_word_length for w in words):
+            line = stripped = line.strip()
+            # A word longer than the bound needs a line longer than it.
+            if (p.max_word_length is not None and len(line) > p.max_word_length
+                    and any(len(w) > p.max_word_length for w in line.split())):
                 self._drop("too_long_word")
                 continue
             if p.remove_citations:
@@ -147,7 +148,9 @@ class C4Quality(FilterStep[C4QualityParams]):
             if p.filter_no_terminal_punct and (not line.endswith(END_PUNCTUATION) or line.endswith(ELLIPSIS)):
                 self._drop("no_terminal_punct")
                 continue
-            if p.min_words_per_line is not None and len(words) < p.min_words_per_line:
+            # The words of the line before citations go, split only as far as the minimum needs.
+            if (p.min_words_per_line is not None
+                    and len(stripped.split(None, p.min_words_per_line - 1)) < p.min_words_per_line):
                 self._drop("too_few_words")
                 continue
             lower = line.lower()

@@ -2,19 +2,20 @@
 Table A1), with the defaults and check order of datatrove's GopherQualityFilter and
 GopherRepetitionFilter, which FineWeb uses.
 
-Quality is measured column-wise over the whole batch (Arrow compute, no Python loop). Repetition
-needs the tokens: n-grams are hashed to integers with numpy, and the sequential scan for
-duplicated n-grams runs only on documents that have a repeated n-gram at all.
+Both read the batch's tokens as integer ids (`analysis.batch_tokens`). Quality is measured column-wise
+over the whole batch (Arrow compute and numpy, no Python loop per token). Repetition groups the n-grams of
+the whole batch with numpy sorts, and the sequential scan for duplicated n-grams visits only positions of
+n-grams that repeat.
 """
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_left
 from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation import analysis as A
 from curation.steps.base import Count, Fraction, NonNegative, PositiveCount
@@ -54,7 +55,8 @@ class GopherQuality(FilterStep[GopherQualityParams]):
 
     def signals(self, batch: pa.Table) -> Signals:
         text = A.as_array(batch.column("text"))
-        counts = A.token_counts(text)  # words: tokens with a character that is not punctuation
+        analysed = A.batch_tokens(text)
+        counts = analysed.counts  # words: tokens with a character that is not punctuation
         tokens = counts.tokens
         hashes = A.count_literal(text, "#")
         ellipses = A.count_literal(text, "...") + A.count_literal(text, "…")
@@ -64,15 +66,24 @@ class GopherQuality(FilterStep[GopherQualityParams]):
         bullets = A.count(text, r"(?m)^[ \t]*[•\-][^\n]*")
         ellipsis_lines = A.count(text, r"(?m)(?:\.\.\.|…)[ \t\r]*$")
         # Distinct stop words among the tokens, matched case-sensitively (as the reference does).
-        stop_words = frozenset(self.params.stop_words)
-        stops = np.array([len(stop_words.intersection(A.TOKENS.tokens(doc_id, doc)))
-                          for doc_id, doc in zip(batch.column("id").to_pylist(), text.to_pylist())], dtype=np.int64)
+        stops = _distinct_per_document(analysed, self.params.stop_words)
         return {
             "words": counts.words, "mean_word_length": A.safe_ratio(counts.word_chars, counts.words),
             "hash_ratio": A.safe_ratio(hashes, tokens), "ellipsis_ratio": A.safe_ratio(ellipses, tokens),
             "bullet_lines": A.safe_ratio(bullets, lines), "ellipsis_lines": A.safe_ratio(ellipsis_lines, lines),
             "alpha_words": A.safe_ratio(counts.alpha, tokens), "stop_words": stops,
         }
+
+
+def _distinct_per_document(tokens: A.BatchTokens, words: tuple[str, ...]) -> np.ndarray:
+    """How many of `words` occur among each document's tokens."""
+    wanted = np.array(sorted(tokens.vocabulary[word] for word in set(words) if word in tokens.vocabulary),
+                      dtype=np.int64)
+    hits = np.flatnonzero(np.isin(tokens.ids, wanted))
+    documents = np.searchsorted(tokens.starts, hits, side="right") - 1
+    which = np.searchsorted(wanted, tokens.ids[hits])  # 0 .. len(wanted) - 1
+    present = np.unique(documents * len(wanted) + which) // max(len(wanted), 1)
+    return np.bincount(present, minlength=len(tokens.starts) - 1).astype(np.int64)
 
 
 class GopherRepetitionParams(FilterParams):
@@ -87,96 +98,108 @@ class GopherRepetitionParams(FilterParams):
                                                                (9, 0.11), (10, 0.10))
 
 
-_PARAGRAPHS = re.compile(r"\n{2,}")
-_LINES = re.compile(r"\n+")
+# Paragraphs and lines as the reference splits them (re.split; RE2 splits the same on these patterns).
+_PARAGRAPHS = r"\n{2,}"
+_LINES = r"\n+"
 
 
-def duplicates(items: list[str]) -> tuple[int, int]:
-    """(repeated elements, characters in them): every occurrence after the first counts."""
-    seen: set[str] = set()
-    elements = chars = 0
-    for item in items:
-        if item in seen:
-            elements += 1
-            chars += len(item)
-        else:
-            seen.add(item)
-    return elements, chars
-
-
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
-def ngram_repetition(ids: np.ndarray, lengths: np.ndarray, top_ns: set[int], dup_ns: set[int]) -> dict[int, int]:
-    """Gopher's n-gram repetition signals in one pass over n = 1, 2, ... (exact, as the reference):
+def ngram_repetition(ids: np.ndarray, lengths: np.ndarray, starts: np.ndarray, top_ns: set[int],
+                     dup_ns: set[int]) -> dict[int, np.ndarray]:
+    """Gopher's n-gram repetition signals of every document of a batch, in one pass over n = 1, 2, ...
+    (exact, as the reference; document d's tokens are positions starts[d]:starts[d + 1] of `ids`, equal
+    ids for equal tokens, and of `lengths`, their characters), an int64 array per n:
 
     * for n in `top_ns`: characters of the most frequent n-gram (joined with spaces) times its count,
       ties going to the n-gram seen first (Counter.most_common's order);
     * for n in `dup_ns`: characters (without spaces) of n-grams repeating an earlier one, scanning
       left to right and jumping past each repeat.
 
-    An n-gram can only repeat if its (n-1)-gram prefix repeats, so each n looks only at the
-    positions whose previous n-gram was repeated: a set that shrinks fast on natural text.
+    Each n-gram gets a group number, (its document, then its (n-1)-gram's group, then its last token)
+    sorted, so that equal n-grams of one document share one and a document's groups are consecutive.
+    An n-gram can only repeat if its (n-1)-gram prefix repeats, so each n looks only at the positions
+    whose previous n-gram was repeated: a set that shrinks fast on natural text.
     """
-    total = len(ids)
-    cumulative = np.concatenate(([0], np.cumsum(lengths)))
-    pos = np.arange(total)
-    hashes = ids.astype(np.uint64) + np.uint64(1)
-    out: dict[int, int] = {}
+    documents = len(starts) - 1
+    sizes = np.diff(starts)
+    document = np.repeat(np.arange(documents), sizes)
+    ends = starts[1:][document]
+    cumulative = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64)))
+    span = int(ids.max()) + 1 if len(ids) else 1
+    if (max(documents, len(ids)) + 1) * span >= 2**63:
+        raise ValueError(f"a batch of {len(ids):,} tokens is too large for int64 n-gram keys: pass smaller batches")
+    out = {n: np.zeros(documents, dtype=np.int64) for n in top_ns | dup_ns}
+    for n in top_ns:  # unless an n-gram repeats: the first n-gram, once
+        first = starts[:-1][sizes >= n]
+        out[n][sizes >= n] = cumulative[first + n] - cumulative[first] + n - 1
+    positions, groups, position_ends = np.arange(len(ids)), document, ends
     for n in range(1, max(top_ns | dup_ns) + 1):
         if n > 1:
-            valid = pos + (n - 1) < total
-            pos, hashes = pos[valid], hashes[valid]
-            with np.errstate(over="ignore"):
-                hashes = hashes * _MIX + ids[pos + (n - 1)].astype(np.uint64) + np.uint64(1)
-        order = np.argsort(hashes, kind="stable")
-        sorted_hashes = hashes[order]
-        starts = np.flatnonzero(np.concatenate(([True], sorted_hashes[1:] != sorted_hashes[:-1])))
-        counts = np.diff(np.concatenate((starts, [len(sorted_hashes)])))
-        if n in top_ns and total - n + 1 > 0:
-            best = int(counts.max()) if counts.size else 1
-            if best >= 2:
-                start = int(pos[order[starts[counts == best]]].min())
-            else:
-                start, best = 0, 1  # all n-grams unique: the first one, once
-            out[n] = int(cumulative[start + n] - cumulative[start] + n - 1) * best
-        repeated_sorted = np.repeat(counts >= 2, counts)
-        keep = np.zeros(len(hashes), dtype=bool)
-        keep[order] = repeated_sorted
+            whole = positions + (n - 1) < position_ends
+            positions, groups, position_ends = positions[whole], groups[whole], position_ends[whole]
+        keys = groups * span + ids[positions + (n - 1)]
+        order = np.argsort(keys)
+        sorted_keys = keys[order]
+        new_group = np.ones(len(keys), dtype=bool)
+        new_group[1:] = sorted_keys[1:] != sorted_keys[:-1]
+        group_starts = np.flatnonzero(new_group)
+        counts = np.diff(np.append(group_starts, len(keys)))
+        groups = np.empty(len(keys), dtype=np.int64)
+        groups[order] = np.cumsum(new_group) - 1
+        repeated = counts[groups] >= 2
+        if n in top_ns or n in dup_ns:
+            first_seen = np.minimum.reduceat(positions[order], group_starts) if len(keys) else group_starts
+        if n in top_ns:
+            _most_frequent(out[n], counts, first_seen, document, cumulative, n)
+        positions, groups, position_ends = positions[repeated], groups[repeated], position_ends[repeated]
         if n in dup_ns:
-            first = np.zeros(len(hashes), dtype=bool)
-            first[order[starts]] = True
-            out[n] = _scan_repeats(pos[keep].tolist(), hashes[keep].tolist(), np.flatnonzero(~first[keep]).tolist(),
-                                   cumulative, n)
-        pos, hashes = pos[keep], hashes[keep]
-        if pos.size == 0:
-            for m in (top_ns | dup_ns):
-                if m > n and m not in out:
-                    out[m] = (int(cumulative[m] + m - 1) if m in top_ns and total - m + 1 > 0 else 0)
+            found = np.array(_scan_repeats(positions.tolist(), groups.tolist(),
+                                           np.flatnonzero(positions != first_seen[groups]).tolist(), n), dtype=np.int64)
+            out[n] = np.zeros(documents, dtype=np.int64)
+            np.add.at(out[n], document[found], cumulative[found + n] - cumulative[found])
+        if positions.size == 0:
             break
     return out
 
 
-def _scan_repeats(positions: list[int], hashes: list[int], candidates: list[int], cumulative: np.ndarray,
-                  n: int) -> int:
-    """The reference left-to-right scan, visiting only positions of repeated n-grams (the others
-    are unique and can never be found in the seen-set)."""
+def _most_frequent(out: np.ndarray, counts: np.ndarray, first_seen: np.ndarray, document: np.ndarray,
+                   cumulative: np.ndarray, n: int) -> None:
+    """Writes, for each document with a repeated n-gram, the characters of its most frequent one (the first
+    seen among equals) times its count; the groups of one document are consecutive."""
+    repeated = counts >= 2
+    counts, first_seen = counts[repeated], first_seen[repeated]
+    if counts.size == 0:
+        return
+    owner = document[first_seen]
+    new_document = np.ones(len(owner), dtype=bool)
+    new_document[1:] = owner[1:] != owner[:-1]
+    spans = np.flatnonzero(new_document)
+    best = np.maximum.reduceat(counts, spans)
+    is_best = counts == best[np.cumsum(new_document) - 1]
+    start = np.minimum.reduceat(np.where(is_best, first_seen, len(document)), spans)
+    out[owner[spans]] = (cumulative[start + n] - cumulative[start] + n - 1) * best
+
+
+def _scan_repeats(positions: list[int], groups: list[int], candidates: list[int], n: int) -> list[int]:
+    """The reference left-to-right scan, visiting only positions of repeated n-grams (the others are unique
+    and can never be found in the seen-set): the positions of the repeats. One scan serves a whole batch:
+    groups never span documents, and a jump past a repeat never leaves its document."""
     seen: set[int] = set()
-    repeated = idx = k = 0
+    found: list[int] = []
+    idx = k = 0
     for j in candidates:
         c = positions[j]
         if c < idx:
             continue  # jumped over by an earlier repeat: never visited
         k = bisect_left(positions, idx, k)
-        seen.update(hashes[k:j])
-        if hashes[j] in seen:
-            repeated += int(cumulative[c + n] - cumulative[c])
+        seen.update(groups[k:j])
+        if groups[j] in seen:
+            found.append(c)
             idx = c + n
         else:
-            seen.add(hashes[j])
+            seen.add(groups[j])
             idx = c + 1
         k = j + 1
-    return repeated
+    return found
 
 
 @register
@@ -200,29 +223,22 @@ class GopherRepetition(FilterStep[GopherRepetitionParams]):
         return type(p)(**{**p.model_dump(), "top_n_grams": top, "dup_n_grams": dup})
 
     def signals(self, batch: pa.Table) -> Signals:
+        p = self.params
         names = [check.signal for check in self.rules()]
         values = np.zeros((batch.num_rows, len(names)), dtype=np.float64)
-        for row, (doc_id, text) in enumerate(zip(batch.column("id").to_pylist(), batch.column("text").to_pylist())):
-            self._measure_one(doc_id, text, values[row])
-        return {name: values[:, k] for k, name in enumerate(names)}
-
-    def _measure_one(self, doc_id: str, text: str, out: np.ndarray) -> None:
-        """Fills `out` with every signal of one document, in `rules()` order."""
-        p = self.params
-        size = len(text) or 1
-        paragraphs = _PARAGRAPHS.split(text.strip())
-        dup_paras, dup_para_chars = duplicates(paragraphs)
-        lines = _LINES.split(text)
-        dup_lines, dup_line_chars = duplicates(lines)
-        out[0] = dup_paras / len(paragraphs)
-        out[1] = dup_para_chars / size
-        out[2] = dup_lines / len(lines)
-        out[3] = dup_line_chars / size
-        tokens = A.TOKENS.tokens(doc_id, text)
-        # Equal tokens get equal ids (the position of their first occurrence), computed at C speed.
-        vocab: dict[str, int] = {}
-        token_ids = np.array(list(map(vocab.setdefault, tokens, range(len(tokens)))), dtype=np.int64)
-        lengths = np.array(list(map(len, tokens)), dtype=np.int64)
-        stats = ngram_repetition(token_ids, lengths, {n for n, _ in p.top_n_grams}, {n for n, _ in p.dup_n_grams})
+        text = A.as_array(batch.column("text"))
+        size = np.maximum(A.char_lengths(text), 1)
+        paragraphs = pc.split_pattern_regex(pc.utf8_trim_whitespace(text), _PARAGRAPHS)
+        lines = pc.split_pattern_regex(text, _LINES)
+        dup_paras, dup_para_chars = A.duplicated(paragraphs)
+        dup_lines, dup_line_chars = A.duplicated(lines)
+        values[:, 0] = dup_paras / A.list_lengths(paragraphs)
+        values[:, 1] = dup_para_chars / size
+        values[:, 2] = dup_lines / A.list_lengths(lines)
+        values[:, 3] = dup_line_chars / size
+        tokens = A.batch_tokens(text)
+        stats = ngram_repetition(tokens.ids, tokens.lengths, tokens.starts, {n for n, _ in p.top_n_grams},
+                                 {n for n, _ in p.dup_n_grams})
         for k, (n, _) in enumerate(p.top_n_grams + p.dup_n_grams, start=4):
-            out[k] = stats.get(n, 0) / size
+            values[:, k] = stats[n] / size
+        return {name: values[:, k] for k, name in enumerate(names)}

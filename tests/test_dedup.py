@@ -340,3 +340,23 @@ def test_curate_show_and_the_html_report_say_who_was_kept_over_whom(tmp_path):
     assert "Kept over: minhash_dedup" in page and "stdlib_docs &gt; kjv &gt; web_crawl" in page
     assert twin["dedup"]["minhash_dedup"]["kept_over"] == decision.report["kept_over"]
     assert twin["dedup"]["minhash_dedup"]["decided_by"] == {"source": 4, "quality_score": 2}
+
+
+def test_a_large_clusters_examples_read_the_texts_they_show():
+    """A cluster with more than three removed copies, removed in an order other than their ids': the example shows
+    the first three ids and must read exactly those texts (it once read the first three removed instead)."""
+    from curation.steps.dedup import _examples
+
+    ids = ["keep", "e", "d", "c", "b", "a"]
+    docs = [D.DocKey(i, 10) for i in ids]
+    decision = D.DedupDecision(removals={i: D.Removal("keep", "keep", 1.0) for i in ids[1:]},
+                               cluster_sizes={"keep": len(ids)})
+    where = [("shard.parquet", row, "store") for row in range(len(ids))]
+
+    def reader(where, wanted):
+        return {index: f"text of {ids[index]}" for index in wanted}
+
+    (example,) = _examples(decision, docs, where, reader=reader)
+    assert [m["id"] for m in example["members"]] == ["keep", "a", "b", "c"]
+    assert [m["text"] for m in example["members"]] == [f"text of {i}" for i in ("keep", "a", "b", "c")]
+

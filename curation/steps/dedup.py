@@ -255,13 +255,14 @@ def _examples(decision: D.DedupDecision, docs: list[D.DocKey], where: list[tuple
         clusters.setdefault(removal.cluster, []).append(doc_id)
     largest = sorted(clusters.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:EXAMPLE_CLUSTERS]
     index_of = {d.id: i for i, d in enumerate(docs)}
-    wanted = sorted({index_of[k] for k, members in largest for k in [k, *members[:3]]})
+    shown = {kept: sorted(removed)[:3] for kept, removed in largest}  # the members each example shows
+    wanted = sorted({index_of[k] for kept, members in shown.items() for k in [kept, *members]})
     texts = reader(where, wanted)
     out = []
     for kept, removed in largest:
         members = [{"id": kept, "kept": True, "source": docs[index_of[kept]].source,
                     "text": texts[index_of[kept]][:EXAMPLE_CHARS]}]
-        for doc_id in sorted(removed)[:3]:
+        for doc_id in shown[kept]:
             members.append({"id": doc_id, "kept": False, "source": docs[index_of[doc_id]].source,
                             "jaccard": decision.removals[doc_id].jaccard,
                             "text": texts[index_of[doc_id]][:EXAMPLE_CHARS]})

@@ -118,18 +118,22 @@ def make_corpus(folder: Path, docs: int, seed: int, target_bytes: int, workers: 
 
 
 class Peak:
-    """Peak RSS of this process and all its descendants, and peak bytes under a folder."""
+    """Peak RSS of a process (default: this one) and all its descendants, and peak bytes under a folder."""
 
-    def __init__(self, folder: Path, interval: float = 0.5):
-        self.folder, self.interval = folder, interval
+    def __init__(self, folder: Path, interval: float = 0.5, pid: int | None = None):
+        self.folder, self.interval, self.pid = folder, interval, pid
         self.rss = self.disk = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _tree_rss(self) -> int:
-        me = psutil.Process()
+        try:
+            root = psutil.Process(self.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0
         total = 0
-        for p in [me, *me.children(recursive=True)]:
+        for p in tree:
             try:
                 total += p.memory_info().rss
             except psutil.Error:

@@ -25,17 +25,15 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from corpora import technical_corpus  # noqa: E402
+from end_to_end import Peak  # noqa: E402
 
 FILE_DOCS = 25_000
 RECIPE = """\
@@ -103,38 +101,6 @@ def make_corpus(folder: Path, docs: int, seed: int, doc_bytes: int = 1000) -> li
     return files
 
 
-class TreePeak:
-    """Peak RSS of a process and all its descendants, sampled in a thread."""
-
-    def __init__(self, pid: int, interval: float = 0.2):
-        self.pid, self.interval, self.rss = pid, interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                root = psutil.Process(self.pid)
-                total = 0
-                for p in [root, *root.children(recursive=True)]:
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                self.rss = max(self.rss, total)
-            except psutil.Error:
-                pass
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> TreePeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def run_layout(recipe: Path, folder: Path, options: list[str], env: dict[str, str]) -> dict[str, Any]:
     store = folder / "store"
     shutil.rmtree(store, ignore_errors=True)
@@ -142,7 +108,7 @@ def run_layout(recipe: Path, folder: Path, options: list[str], env: dict[str, st
     started = time.perf_counter()
     proc = subprocess.Popen([str(cli), "run", str(recipe), "--store", str(store), "--name", "scaling", *options],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    with TreePeak(proc.pid) as peak:
+    with Peak(store, interval=0.2, pid=proc.pid) as peak:
         out, err = proc.communicate()
     wall = time.perf_counter() - started
     if proc.returncode:

@@ -164,37 +164,43 @@ def evalset_names(store: VersionStore | str | os.PathLike[str], role: str | None
     return sorted(out)
 
 
+# Why a set of another role cannot measure a model of each kind (a role missing here is refused plainly).
+_WRONG_ROLE = {
+    ("evaluation", "reference"): "filters are calibrated on it: measuring models on it would flatter the curation it "
+                                 "tuned; evaluate on held-out text registered with `--role evaluation`",
+    ("evaluation", "instruction"): "it measures fine-tuned models on their responses (`curate finetune`, `curate "
+                                   "ablate --finetune`); pre-training evaluates on text registered with `--role "
+                                   "evaluation`",
+    ("instruction", "evaluation"): "fine-tuned models are measured on held-out instruction records, registered with "
+                                   "`--role instruction`",
+    ("instruction", "reference"): "fine-tuned models are measured on held-out instruction records, registered with "
+                                  "`--role instruction`",
+}
+
+
+def _sets_of_role(store: VersionStore | str | os.PathLike[str], names: Sequence[str] | None, role: str) -> list[str]:
+    """`names` (default: every set of `role`), each checked to be a set of `role`."""
+    target = _store(store)
+    if not names:
+        return evalset_names(target, role)
+    for name in names:
+        found = read_info(target, name).role
+        if found != role:
+            raise EvalSetError(f"{name!r} is a{'n' if found[0] in 'aeiou' else ''} {found} set: "
+                               f"{_WRONG_ROLE[(role, found)]}")
+    return list(names)
+
+
 def evaluation_sets(store: VersionStore | str | os.PathLike[str], names: Sequence[str] | None = None) -> list[str]:
     """The sets a pre-trained model is measured on: `names` (default: every evaluation set), each one an
     evaluation set."""
-    target = _store(store)
-    if not names:
-        return evalset_names(target, "evaluation")
-    for name in names:
-        role = read_info(target, name).role
-        if role == "reference":
-            raise EvalSetError(f"{name!r} is a reference set (filters are calibrated on it): measuring models on it "
-                               "would flatter the curation it tuned; evaluate on held-out text registered with "
-                               "`--role evaluation`")
-        if role == "instruction":
-            raise EvalSetError(f"{name!r} is an instruction set: it measures fine-tuned models on their responses "
-                               "(`curate finetune`, `curate ablate --finetune`); pre-training evaluates on text "
-                               "registered with `--role evaluation`")
-    return list(names)
+    return _sets_of_role(store, names, "evaluation")
 
 
 def instruction_sets(store: VersionStore | str | os.PathLike[str], names: Sequence[str] | None = None) -> list[str]:
     """The sets a fine-tuned model is measured on: `names` (default: every instruction set), each one an
     instruction set."""
-    target = _store(store)
-    if not names:
-        return evalset_names(target, "instruction")
-    for name in names:
-        role = read_info(target, name).role
-        if role != "instruction":
-            raise EvalSetError(f"{name!r} is a{'n' if role == 'evaluation' else ''} {role} set: fine-tuned models are "
-                               "measured on held-out instruction records, registered with `--role instruction`")
-    return list(names)
+    return _sets_of_role(store, names, "instruction")
 
 
 # ---------------------------------------------------------------------------------------------

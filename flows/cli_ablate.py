@@ -24,7 +24,7 @@ from rich.table import Table
 # must wait for `prefect_env`, and they would slow every start (flows/cli_common.py); training.config is
 # torch-free and is where the options' defaults live.
 from flows.cli_common import DEFAULT_STORE, StoreOption, console, fail, prefect_env, require_version, valid_name
-from flows.cli_train import PRESET_HELP, VOCAB_HELP, finetune_configs
+from flows.cli_train import PRESET_HELP, VOCAB_HELP, CompileOption, DeviceOption, finetune_configs
 from training.config import (
     DEFAULT_VOCAB_SIZE,
     FINETUNE_LEARNING_RATE,
@@ -160,8 +160,8 @@ def ablate_command(
     name: Annotated[str | None, typer.Option(help="Name of the result under <store>/ablations/.")] = None,
     parallel: Annotated[int | None, typer.Option(help="Runs at once (default: a run per core, or per GPU).")] = None,
     workers: Annotated[int | None, typer.Option(help="Curation worker processes for --steps.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = AblationSpec.device,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = AblationSpec.compile,
+    device: DeviceOption = AblationSpec.device,
+    compile: CompileOption = AblationSpec.compile,
     finetune: Annotated[bool, typer.Option("--finetune", help="Fine-tune --base on each (instruction) version; "
                                                                "measure on the instruction sets.")] = False,
     base: Annotated[Path | None, typer.Option(help="With --finetune: a checkpoint.pt of `curate train` or a GPT-2 "

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from training.runs import RunRecord
 
 PRESET_HELP = "Model preset: tiny (~1 M), small (~10 M), gpt2 (124 M)."
+# Options `curate train`, `finetune` and `ablate` share.
+EvalEveryOption = Annotated[int, typer.Option(help="Evaluate every N steps.")]
+CompileOption = Annotated[bool, typer.Option(help="torch.compile the model.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")]
 VOCAB_HELP = "Vocabulary of the trained tokenizer."
 
 
@@ -49,9 +53,9 @@ def train_command(
     block_size: Annotated[int | None, typer.Option(help="Context length (default: the preset's).")] = None,
     grad_accum: Annotated[int, typer.Option(help="Micro-steps per optimiser step.")] = TrainConfig.grad_accum,
     learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = TrainConfig.learning_rate,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps.")] = TrainConfig.eval_every,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = TrainConfig.compile,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = TrainConfig.device,
+    eval_every: EvalEveryOption = TrainConfig.eval_every,
+    compile: CompileOption = TrainConfig.compile,
+    device: DeviceOption = TrainConfig.device,
 ) -> None:
     """Train a GPT on a version and evaluate it on the frozen evaluation sets."""
     from curation.store import VersionStore
@@ -111,9 +115,9 @@ def finetune_command(
     batch_size: Annotated[int, typer.Option(help="Records per optimiser step.")] = TrainConfig.batch_size,
     learning_rate: Annotated[float | None, typer.Option(
         help=f"Peak learning rate (default: {FINETUNE_LEARNING_RATE:g}, {LORA_LEARNING_RATE:g} with --lora).")] = None,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps.")] = TrainConfig.eval_every,
-    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = TrainConfig.compile,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = TrainConfig.device,
+    eval_every: EvalEveryOption = TrainConfig.eval_every,
+    compile: CompileOption = TrainConfig.compile,
+    device: DeviceOption = TrainConfig.device,
 ) -> None:
     """Fine-tune a pre-trained model on an instruction version; loss on held-out instructions' responses."""
     from curation.store import VersionStore

@@ -123,3 +123,26 @@ def publish_instructions(store, name: str, rows: list[tuple[str, str, dict]]) ->
         "generator": ["scripted"] * n, "record": [json.dumps(r) for _, _, r in rows],
         **{field: [f[field] for f in flat] for field in ("instruction", "input", "output")},
         "schema": [s for s, _, _ in rows], "task_type": [t for _, t, _ in rows]}))
+
+
+# A chat record with a system turn and two exchanges, as the fine-tuning and records-ingestion tests use it.
+TWO_TURNS = {"messages": [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "Where is the mill?"},
+                          {"role": "assistant", "content": "By the river."},
+                          {"role": "user", "content": "And the fields?"},
+                          {"role": "assistant", "content": "Under a grey sky."}]}
+
+
+@pytest.fixture(scope="session")
+def instruction_tok(tmp_path_factory):
+    """A tiny tokenizer of the words, template markers and role markers the instruction tests use."""
+    import random
+
+    from training.tokenizer import train_tokenizer
+
+    rng = random.Random(0)
+    words = ("the river ran past old stone walls and green fields under a grey sky where people met each "
+             "morning at the mill ### Instruction: Input: Response: <|user|> <|assistant|> <|system|>").split()
+    texts = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(200)]
+    return train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "t", vocab_size=300)
+

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_jsonl
+from conftest import TWO_TURNS, write_jsonl
 from test_ingest import read_all
 
 from curation.ingest import IngestError, InputSpec, preflight
@@ -19,25 +18,15 @@ from curation.store import VersionStore
 from curation.synth.schemas import ALPACA, CHAT
 from training.model import IGNORE_INDEX
 from training.sft import examples_from_version
-from training.tokenizer import EOT, train_tokenizer
+from training.tokenizer import EOT
 
 SUMMARY = {"instruction": "Name the river.", "input": "The river ran past the mill.", "output": "The river."}
 GREETING = {"instruction": "Say where people met.", "output": "At the old mill, each morning."}
-CONVERSATION = {"messages": [{"role": "system", "content": "Be brief."},
-                             {"role": "user", "content": "Where is the mill?"},
-                             {"role": "assistant", "content": "By the river."},
-                             {"role": "user", "content": "And the fields?"},
-                             {"role": "assistant", "content": "Under a grey sky."}]}
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    """A tiny tokenizer, built as tests/test_sft.py builds one."""
-    rng = random.Random(0)
-    words = ("the river ran past old stone walls and green fields under a grey sky where people met each "
-             "morning at the mill ### Instruction: Input: Response: <|user|> <|assistant|> <|system|>").split()
-    texts = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(200)]
-    return train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "t", vocab_size=300)
+def tok(instruction_tok):
+    return instruction_tok
 
 
 def test_alpaca_lines_become_records_with_the_instruction_columns(tmp_path):
@@ -61,14 +50,14 @@ def test_alpaca_lines_become_records_with_the_instruction_columns(tmp_path):
 def test_a_chat_record_renders_as_chat_renders(tmp_path):
     unicode_turns = {"messages": [{"role": "user", "content": "Où est le moulin ?"},
                                   {"role": "assistant", "content": "Près de la rivière."}]}
-    path = write_jsonl(tmp_path / "talk.jsonl", [CONVERSATION, unicode_turns])
+    path = write_jsonl(tmp_path / "talk.jsonl", [TWO_TURNS, unicode_turns])
     table, rejects, _ = read_all(InputSpec(path=str(path), records="chat"), path)
     assert rejects == []
     rows = table.to_pylist()
-    assert [r["text"] for r in rows] == [CHAT.render(CONVERSATION), CHAT.render(unicode_turns)]
+    assert [r["text"] for r in rows] == [CHAT.render(TWO_TURNS), CHAT.render(unicode_turns)]
     assert rows[0]["instruction"] == "Where is the mill?\nAnd the fields?"
     assert rows[0]["output"] == "By the river.\nUnder a grey sky."
-    assert json.loads(rows[0]["record"]) == CONVERSATION and rows[0]["schema"] == "chat"
+    assert json.loads(rows[0]["record"]) == TWO_TURNS and rows[0]["schema"] == "chat"
     assert "Près de la rivière." in rows[1]["record"]  # JSON kept readable (ensure_ascii=False)
 
 
@@ -130,10 +119,10 @@ def test_parquet_rows_rejected_upstream_stay_rejects(tmp_path):
 
 def test_parquet_chat_records(tmp_path):
     path = tmp_path / "chat.parquet"
-    pq.write_table(pa.table({"id": ["c1"], "messages": [CONVERSATION["messages"]]}), path)
+    pq.write_table(pa.table({"id": ["c1"], "messages": [TWO_TURNS["messages"]]}), path)
     table, rejects, _ = read_all(InputSpec(path=str(path), records="chat"), path)
     assert rejects == [] and table.column("id").to_pylist() == ["c1"]
-    assert table.column("text").to_pylist() == [CHAT.render(CONVERSATION)]
+    assert table.column("text").to_pylist() == [CHAT.render(TWO_TURNS)]
 
 
 def test_csv_alpaca_rows_are_records(tmp_path):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 
 import pyarrow as pa
 import pytest
 import torch
-from conftest import publish_instructions
+from conftest import TWO_TURNS, publish_instructions
 
 from curation.store import VersionStore
 from curation.synth.schemas import ALPACA, CHAT, SchemaError, load_schema
@@ -25,25 +24,16 @@ from training.sft import (
     load_template,
     response_loss,
 )
-from training.tokenizer import EOT, train_tokenizer
+from training.tokenizer import EOT
 
 M = IGNORE_INDEX
 WITH_INPUT = {"instruction": "Name the river.", "input": "The river ran past the mill.", "output": "The river."}
 NO_INPUT = {"instruction": "Say where people met.", "input": "", "output": "At the old mill, each morning."}
-TWO_TURNS = {"messages": [{"role": "system", "content": "Be brief."},
-                          {"role": "user", "content": "Where is the mill?"},
-                          {"role": "assistant", "content": "By the river."},
-                          {"role": "user", "content": "And the fields?"},
-                          {"role": "assistant", "content": "Under a grey sky."}]}
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    rng = random.Random(0)
-    words = ("the river ran past old stone walls and green fields under a grey sky where people met each "
-             "morning at the mill ### Instruction: Input: Response: <|user|> <|assistant|> <|system|>").split()
-    texts = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(200)]
-    return train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "t", vocab_size=300)
+def tok(instruction_tok):
+    return instruction_tok
 
 
 def tiny_gpt(vocab_size: int) -> GPT:

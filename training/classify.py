@@ -236,21 +236,12 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 def _fit_all(model: GPTClassifier, encoded: list[list[int]], labels: torch.Tensor, pad_id: int, epochs: int,
              lr: float, batch_size: int, seed: int, log: Callable[[str], None]) -> list[float]:
     """Fine-tune body and head together; the mean training loss of each epoch."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
     model.train()
-    losses = []
-    for epoch in range(epochs):
-        total = 0.0
-        for rows in _batches(len(encoded), batch_size, generator):
-            idx, lengths = pad([encoded[i] for i in rows.tolist()], pad_id)
-            loss = F.cross_entropy(model(idx, lengths), labels[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(rows)
-        losses.append(total / len(encoded))
-        log(f"epoch {epoch + 1}/{epochs}: train loss {losses[-1]:.4f}")
+
+    def logits(rows: torch.Tensor) -> torch.Tensor:
+        return model(*pad([encoded[i] for i in rows.tolist()], pad_id))
+
+    losses = _epochs(logits, model.parameters(), labels, epochs, lr, batch_size, seed, log, "")
     model.eval()
     return losses
 
@@ -263,19 +254,26 @@ def _fit_head(model: GPTClassifier, encoded: list[list[int]], labels: torch.Tens
     with torch.no_grad():
         features = torch.cat([model.pooled(*pad([encoded[i] for i in rows], pad_id))
                               for rows in _chunks(len(encoded), SCORE_BATCH)])
-    optimizer = torch.optim.AdamW(model.head.parameters(), lr=lr)
+    return _epochs(lambda rows: model.head(features[rows]), model.head.parameters(), labels, epochs, lr, batch_size,
+                   seed, log, " (head only)")
+
+
+def _epochs(logits: Callable[[torch.Tensor], torch.Tensor], parameters, labels: torch.Tensor, epochs: int, lr: float,
+            batch_size: int, seed: int, log: Callable[[str], None], what: str) -> list[float]:
+    """AdamW over seeded shuffled batches of example indices; the mean training loss of each epoch."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     losses = []
     for epoch in range(epochs):
         total = 0.0
-        for rows in _batches(len(encoded), batch_size, generator):
-            loss = F.cross_entropy(model.head(features[rows]), labels[rows])
+        for rows in _batches(len(labels), batch_size, generator):
+            loss = F.cross_entropy(logits(rows), labels[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(rows)
-        losses.append(total / len(encoded))
-        log(f"epoch {epoch + 1}/{epochs} (head only): train loss {losses[-1]:.4f}")
+        losses.append(total / len(labels))
+        log(f"epoch {epoch + 1}/{epochs}{what}: train loss {losses[-1]:.4f}")
     return losses
 
 

@@ -226,7 +226,7 @@ def main() -> None:
     minutes = wall / 60
     print(f"\n{args.docs:,} documents -> {manifest['rows']:,} kept in {minutes:.1f} min "
           f"({args.docs / wall:,.0f} docs/s overall) on {args.workers} workers")
-    print(f"peak RSS (flow + workers + Prefect API): {peak.rss / 1e9:.2f} GB; estimate: dedup index "
+    print(f"peak RSS (flow + workers + Prefect API): {peak.rss / 1e9:.2f} GB; estimate: dedup decisions "
           f"{forecast.dedup_memory_bytes / 1e9:.2f} GB + {args.workers} x {forecast.worker_memory_bytes / 1e9:.2f} GB")
     print(f"peak store disk: {peak.disk / 1e9:.2f} GB; estimate {forecast.disk_bytes / 1e9:.2f} GB; "
           f"estimated documents {forecast.documents:,}")

@@ -8,7 +8,7 @@ is installed), its paragraphs drawn with a seeded generator into documents of ~1
 as JSONL files of 5,000 documents; runs `curate run` on each (length and Gopher filters, exact and MinHash dedup,
 2 workers) and prints, per quantity, the estimate `curate run` printed, the manifest's actual and the error:
 documents, text bytes, a worker's peak resident memory (max over workers), the staging folder's peak disk.
-The flow process's peak and the dedup index estimate are printed too, not checked (the flow also holds
+The flow process's peak and the dedup decisions' estimate are printed too, not checked (the flow also holds
 Prefect's client and the statistics).
 """
 
@@ -118,7 +118,7 @@ def main() -> None:
                 print(f"  {row['quantity']:<14} estimate {row['estimate']:>15,}  actual {row['actual'] or 0:>15,}  "
                       f"error {_percent(row['error'])}")
             print(f"  flow process peak {manifest['actual']['flow_peak_rss_bytes']:,} bytes "
-                  f"(dedup index estimate {manifest['estimate']['dedup_memory_bytes']:,})", flush=True)
+                  f"(dedup decisions estimate {manifest['estimate']['dedup_memory_bytes']:,})", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))

@@ -11,7 +11,12 @@ Prefect, the estimate) on a recipe of length, Gopher repetition, C4 and FineWeb 
 dedup (Gopher's quality rules are left out: on technical prose they drop most documents, and the
 dedup steps would have nothing to do), into a fresh store; `--repeat` runs per layout, alternating, the median
 reported. Printed per layout: wall time, docs/s, the peak resident memory of the command's whole process tree
-(sampled every 0.2 s), the version's fingerprint, kept documents, and each stage's seconds from the manifest.
+(sampled every 0.2 s), the largest peak any worker task reported, how much the flow's own process grew per
+document while a dedup step decided, the version's fingerprint, kept documents, each stage's seconds from the
+manifest, and the shard rounds' seconds (with the decisions that start them) against the first layout's.
+
+    .venv/bin/python bench/scaling.py --layouts "1 worker" --local 1 2 4 8 --repeat 1
+                                                     # N partitions taking turns on the cores: memory per worker
 """
 
 from __future__ import annotations
@@ -38,8 +43,7 @@ from end_to_end import Peak  # noqa: E402
 FILE_DOCS = 25_000
 RECIPE = """\
 name: scaling
-shard_size_mb: {shard_mb}
-inputs:
+{shard_line}inputs:
 {inputs}
 steps:
   - {{step: length_filter}}
@@ -114,8 +118,18 @@ def run_layout(recipe: Path, folder: Path, options: list[str], env: dict[str, st
     if proc.returncode:
         sys.exit(f"curate run {' '.join(options)} failed:\n{out[-2000:]}\n{err[-2000:]}")
     manifest = json.loads(next((store / "versions").glob("scaling*/manifest.json")).read_text())
+    rounds = [t for t in manifest["timings"].values() if "decide_tasks" in t]
     return {"wall_s": wall, "peak_rss": peak.rss, "fingerprint": manifest["fingerprint"], "kept": manifest["rows"],
-            "timings": {k: v["seconds"] for k, v in manifest["timings"].items()}}
+            "timings": {k: v["seconds"] for k, v in manifest["timings"].items()},
+            "worker_peak_rss": manifest["actual"]["worker_peak_rss_bytes"],
+            "decide_tasks": sum(t["decide_tasks"] for t in rounds),
+            "flow_decide_growth": max((t.get("decide_flow_memory_growth_bytes", 0) for t in rounds), default=0),
+            "decided_docs": max((t["docs"] for t in rounds), default=0)}
+
+
+def _steps_seconds(result: dict[str, Any]) -> float:
+    """The stages that run on the workers: every shard round, with the decisions that start them."""
+    return sum(v for k, v in result["timings"].items() if k.startswith("steps"))
 
 
 def main() -> None:
@@ -124,7 +138,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="runs per layout (alternating); the median is reported")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
-    parser.add_argument("--shard-mb", type=int, default=64, help="the recipe's shard_size_mb (64: the default)")
+    parser.add_argument("--local", nargs="+", type=int, default=[], metavar="N",
+                        help="also run --cluster local:N for each N (N > cores: partitions that take turns), to see "
+                             "per-worker memory as the partitions grow")
+    parser.add_argument("--shard-mb", type=float, help="the recipe's shard_size_mb (default: unset, so the run cuts "
+                                                       "a few shards per worker, at most 64 MB)")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/curate-bench-scaling"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--check", action="store_true", help="exit 1 unless 2 workers >= 1.6x one worker and every "
@@ -134,31 +152,45 @@ def main() -> None:
     files = make_corpus(args.dir / "corpus", args.docs, args.seed)
     recipe = args.dir / "scaling.yaml"
     inputs = "\n".join(f"  - {{path: {p}, source: technical}}" for p in files)
-    recipe.write_text(RECIPE.format(shard_mb=args.shard_mb, inputs=inputs))
+    shard_line = f"shard_size_mb: {args.shard_mb}\n" if args.shard_mb else ""
+    recipe.write_text(RECIPE.format(shard_line=shard_line, inputs=inputs))
     env = {**os.environ, "PREFECT_HOME": str(args.dir / "prefect"), "PREFECT_LOGGING_LEVEL": "WARNING"}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.layouts}
+    layouts = {name: LAYOUTS[name] for name in args.layouts}
+    layouts.update({f"local:{n}": ["--cluster", f"local:{n}"] for n in args.local})
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in layouts}
     for round_ in range(args.repeat):
-        for name in args.layouts:
-            result = run_layout(recipe, args.dir / name.replace(" ", "-").replace(":", "-"), LAYOUTS[name], env)
+        for name, options in layouts.items():
+            result = run_layout(recipe, args.dir / name.replace(" ", "-").replace(":", "-"), options, env)
             runs[name].append(result)
             print(f"round {round_ + 1}: {name}: {result['wall_s']:.1f} s, peak RSS {result['peak_rss'] / 1e9:.2f} GB",
                   flush=True)
 
-    print(f"\n{args.docs:,} documents of ~1 KB, shards of {args.shard_mb} MB; medians of {args.repeat} runs per layout")
-    print(f"{'layout':<11}{'wall s':>8}{'docs/s':>9}{'speed-up':>10}{'peak RSS':>10}  {'kept':>7}  fingerprint")
-    base = statistics.median(r["wall_s"] for r in runs[args.layouts[0]])
+    shards = f"{args.shard_mb:g} MB" if args.shard_mb else "the run's choice"
+    print(f"\n{args.docs:,} documents of ~1 KB, shards of {shards}; medians of {args.repeat} runs per layout")
+    print(f"{'layout':<11}{'wall s':>8}{'docs/s':>9}{'speed-up':>10}{'peak RSS':>10}{'worker':>9}{'flow B/doc':>11}"
+          f"  {'kept':>7}  fingerprint")
+    first = next(iter(layouts))
+    base = statistics.median(r["wall_s"] for r in runs[first])
+    base_steps = statistics.median(_steps_seconds(r) for r in runs[first])
     figures = {"docs": args.docs, "layouts": {}}
     for name, results in runs.items():
         wall = statistics.median(r["wall_s"] for r in results)
         rss = statistics.median(r["peak_rss"] for r in results)
         fingerprints = {r["fingerprint"] for r in results}
-        print(f"{name:<11}{wall:>8.1f}{args.docs / wall:>9,.0f}{base / wall:>9.2f}x{rss / 1e9:>8.2f} GB  "
-              f"{results[0]['kept']:>7,}  {', '.join(f[:12] for f in sorted(fingerprints))}")
+        worker = statistics.median(r["worker_peak_rss"] or 0 for r in results)
+        flow_per_doc = statistics.median(r["flow_decide_growth"] / max(r["decided_docs"], 1) for r in results)
+        print(f"{name:<11}{wall:>8.1f}{args.docs / wall:>9,.0f}{base / wall:>9.2f}x{rss / 1e9:>8.2f} GB"
+              f"{worker / 1e9:>6.2f} GB{flow_per_doc:>11,.0f}  {results[0]['kept']:>7,}  "
+              f"{', '.join(f[:12] for f in sorted(fingerprints))}")
         stages = {k: statistics.median(r["timings"].get(k, 0.0) for r in results) for k in results[0]["timings"]}
-        print("           " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()))
+        steps = statistics.median(_steps_seconds(r) for r in results)
+        print("           " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
+              + f"; steps and decisions {steps:.1f} s ({base_steps / steps:.2f}x), "
+              f"{statistics.median(r['decide_tasks'] for r in results):.0f} decision tasks")
         figures["layouts"][name] = {"wall_s": wall, "docs_per_s": args.docs / wall, "speedup": base / wall,
-                                    "peak_rss_bytes": rss, "fingerprints": sorted(fingerprints), "stages": stages,
-                                    "runs": results}
+                                    "steps_s": steps, "steps_speedup": base_steps / steps, "peak_rss_bytes": rss,
+                                    "worker_peak_rss_bytes": worker, "flow_decide_bytes_per_doc": flow_per_doc,
+                                    "fingerprints": sorted(fingerprints), "stages": stages, "runs": results}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=1))

@@ -3,7 +3,7 @@
 Near duplicates follow the standard recipe (Broder 1997; Lee et al. 2022; FineWeb/datatrove):
 word 5-gram shingles of normalised text, 128 MinHash permutations, LSH bands chosen for the
 Jaccard threshold, then every candidate pair is *verified* with the exact Jaccard of the two
-shingle sets before anything is removed, and verified pairs are clustered with union-find.
+shingle sets before anything is removed, and verified pairs are clustered (connected components).
 
 Signatures use datasketch's own permutations and its "affine32" scheme (MurmurHash3 finaliser, then
 a*h + b mod 2^32), computed for a whole batch of documents at once with numpy; a test checks them
@@ -15,14 +15,13 @@ document in numpy arrays, and candidates come from sorting each band (b x 8 byte
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import xxhash
-from datasketch import MinHash
 
 from curation.record import ORIGINS
 
@@ -124,6 +123,8 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 @lru_cache(maxsize=8)
 def permutations(num_perm: int = NUM_PERM, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's permutation parameters (a, b) for the affine32 scheme."""
+    from datasketch import MinHash  # here: importing datasketch (and the SciPy it loads) costs ~0.45 s per process
+
     a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
     return a.astype(np.uint32), b.astype(np.uint32)
 
@@ -208,60 +209,63 @@ def band_hashes(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return out
 
 
-def candidate_pairs(bands: np.ndarray, max_group: int = 64) -> np.ndarray:
-    """Pairs (i < j) of documents sharing a band, unique, as an (n, 2) int64 array. Groups larger
-    than `max_group` (e.g. thousands of copies of one page) are linked as a star and a chain instead
-    of every pair; after verification union-find still joins them."""
+def band_pairs(values: np.ndarray, max_group: int = 64) -> np.ndarray:
+    """Pairs (i < j) of documents whose hash in one band is equal (i, j: positions in `values`), as an
+    (n, 2) int64 array. Groups larger than `max_group` (e.g. thousands of copies of one page) are linked
+    as a star and a chain instead of every pair; after verification the clustering still joins them."""
     pairs: list[np.ndarray] = []
-    for band in range(bands.shape[1]):
-        values = bands[:, band]
-        order = np.argsort(values, kind="stable")
-        ordered = values[order]
-        starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-        ends = np.concatenate((starts[1:], [len(ordered)]))
-        sizes = ends - starts
-        for start, end, size in zip(starts[sizes > 1], ends[sizes > 1], sizes[sizes > 1]):
-            members = np.sort(order[start:end])
-            if size <= max_group:
-                i, j = np.triu_indices(size, k=1)
-                pairs.append(np.stack((members[i], members[j]), axis=1))
-            else:
-                star = np.stack((np.full(size - 1, members[0]), members[1:]), axis=1)
-                chain = np.stack((members[:-1], members[1:]), axis=1)
-                pairs.extend((star, chain))
-    if not pairs:
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    ends = np.concatenate((starts[1:], [len(ordered)]))
+    sizes = ends - starts
+    for start, end, size in zip(starts[sizes > 1], ends[sizes > 1], sizes[sizes > 1]):
+        members = np.sort(order[start:end])
+        if size <= max_group:
+            i, j = np.triu_indices(size, k=1)
+            pairs.append(np.stack((members[i], members[j]), axis=1))
+        else:
+            star = np.stack((np.full(size - 1, members[0]), members[1:]), axis=1)
+            chain = np.stack((members[:-1], members[1:]), axis=1)
+            pairs.extend((star, chain))
+    return unique_pairs(pairs)
+
+
+def unique_pairs(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The distinct pairs of several (n, 2) arrays, sorted."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
         return np.empty((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
+    return np.unique(np.concatenate(parts).astype(np.int64), axis=0)
+
+
+def candidate_pairs(bands: np.ndarray, max_group: int = 64) -> np.ndarray:
+    """Pairs (i < j) of documents sharing at least one band (documents x bands), unique (see band_pairs)."""
+    return unique_pairs([band_pairs(bands[:, band], max_group) for band in range(bands.shape[1])])
 
 
 # ---- clusters and the keep policy ---------------------------------------------------------------
 
 
-class UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
+def components(edges: np.ndarray | Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """Connected components of the graph the edges (n, 2) draw, each a sorted array of its nodes; nodes
+    without an edge are not listed. Memory and time follow the edges, not the documents."""
+    from scipy.sparse import coo_matrix  # here, as datasketch above: most processes never cluster
+    from scipy.sparse.csgraph import connected_components
 
-    def find(self, x: int) -> int:
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    def groups(self) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {}
-        for x in range(len(self.parent)):
-            out.setdefault(self.find(x), []).append(x)
-        return out
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    if not len(edges):
+        return []
+    nodes, inverse = np.unique(edges, return_inverse=True)
+    inverse = inverse.reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(edges), np.int8), (inverse[:, 0], inverse[:, 1])), shape=(len(nodes),) * 2)
+    _, labels = connected_components(graph, directed=False)
+    order = np.argsort(labels, kind="stable")
+    cuts = np.flatnonzero(np.diff(labels[order])) + 1
+    return [nodes[part] for part in np.split(order, cuts)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: the flow holds one per document in an edge
 class DocKey:
     id: str
     length: int
@@ -314,7 +318,7 @@ class KeepPolicy:
                     KEEP_CRITERIA[-1])
 
 
-@dataclass
+@dataclass(slots=True)
 class Removal:
     dup_of: str
     cluster: str
@@ -329,45 +333,54 @@ class DedupDecision:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_clusters(docs: list[DocKey], edges: Iterable[tuple[int, int]],
-                     similarity: Callable[[int, int], float] | None = None,
-                     threshold: float = 0.0, policy: KeepPolicy = KeepPolicy()) -> DedupDecision:
+# Similarities of a batch of document pairs, in the batch's order (a decision may compute them on workers).
+Similarities = Callable[[list[tuple[int, int]]], list[float]]
+
+
+def resolve_clusters(docs: Mapping[int, DocKey], edges: np.ndarray | Sequence[tuple[int, int]],
+                     similarities: Similarities | None = None, threshold: float = 0.0,
+                     policy: KeepPolicy = KeepPolicy()) -> DedupDecision:
     """Clusters of duplicates, and which document of each survives.
 
-    Verified edges join documents into connected components (union-find). Within a component the
-    keep policy picks the best document, which absorbs every member whose own similarity to it
-    reaches the threshold; the members left over (similar to a removed document, not to the kept
-    one) form the next cluster, and so on. So every removal names a kept document it really
-    duplicates: single-link chains (A~B, B~C, A!~C) never remove C for a similarity it does not have.
-    Without a `similarity` function (unverified candidates) components are removed whole.
+    Verified edges join documents into connected components. Within a component the keep policy picks
+    the best document, which absorbs every member whose own similarity to it reaches the threshold;
+    the members left over (similar to a removed document, not to the kept one) form the next cluster,
+    and so on. So every removal names a kept document it really duplicates: single-link chains (A~B,
+    B~C, A!~C) never remove C for a similarity it does not have. Without `similarities` (unverified
+    candidates) components are removed whole.
+
+    `docs` needs only the documents that appear in an edge. The similarities each round needs (kept
+    document against the rest of its component) are asked for in one batch per round, so a caller can
+    compute them where the texts are; the answer does not depend on how the batches are cut.
 
     The report counts, per source, whose documents were kept over whose (`kept_over`: kept source ->
     removed source -> removals) and which criterion of the policy decided each removal (`decided_by`)."""
-    uf = UnionFind(len(docs))
-    for i, j in edges:
-        uf.union(i, j)
     decision = DedupDecision()
     sizes: dict[int, int] = {}
     kept_over: dict[str, dict[str, int]] = {}
     decided_by: dict[str, int] = {}
-    for component in uf.groups().values():
-        remaining = sorted(component, key=lambda m: policy.order(docs[m]))
-        while len(remaining) > 1:
-            kept, rest = remaining[0], remaining[1:]
-            if similarity is None:
-                members, scores, remaining = rest, [float("nan")] * len(rest), []
+    pending = [sorted(c.tolist(), key=lambda m: policy.order(docs[m])) for c in components(edges)]
+    while pending:
+        needed = [(remaining[0], m) for remaining in pending for m in remaining[1:]]
+        scores = iter(similarities(needed) if similarities is not None else [float("nan")] * len(needed))
+        still = []
+        for remaining in pending:
+            kept = remaining[0]
+            scored = [(m, next(scores)) for m in remaining[1:]]
+            if similarities is None:
+                members, left = scored, []
             else:
-                scored = [(m, similarity(kept, m)) for m in rest]
-                members = [m for m, sim in scored if sim >= threshold]
-                scores = [sim for m, sim in scored if sim >= threshold]
-                remaining = [m for m, sim in scored if sim < threshold]
+                members = [(m, sim) for m, sim in scored if sim >= threshold]
+                left = [m for m, sim in scored if sim < threshold]
+            if len(left) > 1:
+                still.append(left)  # the best document duplicates none of these: they form their own clusters
             if not members:
-                continue  # the best document duplicates none of the rest: they form their own clusters
+                continue
             cluster = docs[kept].id
             size = len(members) + 1
             sizes[size] = sizes.get(size, 0) + 1
             decision.cluster_sizes[cluster] = size
-            for m, sim in zip(members, scores):
+            for m, sim in members:
                 decision.cluster_sizes[docs[m].id] = size
                 if not docs[m].published:
                     decision.removals[docs[m].id] = Removal(cluster, cluster, sim, docs[kept].published)
@@ -375,7 +388,35 @@ def resolve_clusters(docs: list[DocKey], edges: Iterable[tuple[int, int]],
                     by_kept[docs[m].source] = by_kept.get(docs[m].source, 0) + 1
                     criterion = policy.deciding_criterion(docs[kept], docs[m])
                     decided_by[criterion] = decided_by.get(criterion, 0) + 1
-    decision.report["cluster_sizes"] = {str(k): v for k, v in sorted(sizes.items())}
-    decision.report["kept_over"] = {k: dict(sorted(v.items())) for k, v in sorted(kept_over.items())}
-    decision.report["decided_by"] = {c: decided_by[c] for c in KEEP_CRITERIA if c in decided_by}
+        pending = still
+    decision.report.update(_counts_report(sizes, kept_over, decided_by))
     return decision
+
+
+def _counts_report(sizes: dict[int, int], kept_over: dict[str, dict[str, int]], decided_by: dict[str, int]
+                   ) -> dict[str, Any]:
+    return {"cluster_sizes": {str(k): v for k, v in sorted(sizes.items())},
+            "kept_over": {k: dict(sorted(v.items())) for k, v in sorted(kept_over.items())},
+            "decided_by": {c: decided_by[c] for c in KEEP_CRITERIA if c in decided_by}}
+
+
+def merge_decisions(parts: Iterable[DedupDecision]) -> DedupDecision:
+    """One decision from decisions over disjoint sets of clusters (e.g. exact dedup's hash ranges): their
+    removals and cluster sizes together, their counts added."""
+    merged = DedupDecision()
+    sizes: dict[int, int] = {}
+    kept_over: dict[str, dict[str, int]] = {}
+    decided_by: dict[str, int] = {}
+    for part in parts:
+        merged.removals.update(part.removals)
+        merged.cluster_sizes.update(part.cluster_sizes)
+        for size, count in part.report.get("cluster_sizes", {}).items():
+            sizes[int(size)] = sizes.get(int(size), 0) + count
+        for kept, removed in part.report.get("kept_over", {}).items():
+            into = kept_over.setdefault(kept, {})
+            for source, count in removed.items():
+                into[source] = into.get(source, 0) + count
+        for criterion, count in part.report.get("decided_by", {}).items():
+            decided_by[criterion] = decided_by.get(criterion, 0) + count
+    merged.report.update(_counts_report(sizes, kept_over, decided_by))
+    return merged

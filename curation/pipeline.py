@@ -49,6 +49,7 @@ from curation.report import removed_examples, version_report
 from curation.reportkit import write_report
 from curation.stats import compute_stats
 from curation.steps import Collected, reason_key
+from curation.steps.base import SERIAL, Workers
 from curation.steps.scope import apply_in_scope, collect_in_scope
 from curation.store import VersionStore, write_text
 
@@ -91,7 +92,7 @@ class ShardResult:
     rows_out: int
     duplicate_id_rejects: int = 0
     output: str | None = None  # intermediate shard for the next round, None when data was written
-    collected: Any = None  # summary for the global step that the next round starts with
+    collected: Any = None  # summary (or the path of its file) for the global step that the next round starts with
     collected_rows: np.ndarray | None = None  # rows of `output` the summary describes (a scoped step); None: all
     resumed: bool = False  # read back from an interrupted run's finished work
 
@@ -155,6 +156,39 @@ def plan_ingest(recipe: Recipe, seen: dict[str, list[int]] | None = None) -> Pla
         if group:
             units.append(IngestUnit(len(units), index, tuple(group), group_bytes))
     return Plan(units, quarantined)
+
+
+# When a recipe leaves `shard_size_mb` unset, shards are cut smaller so every worker gets a few (the last wave of
+# tasks is then short), never below MIN_AUTO_SHARD_MB, where a task's start-up outweighs its work. Our choice,
+# from bench/scaling.py: three 25 MB files made three 64 MB shards, two waves for two workers.
+SHARDS_PER_WORKER = 4
+MIN_AUTO_SHARD_MB = 4.0
+# Tasks that run at once on a cluster whose size the flow does not know (`tcp://...`): our choice; more pieces
+# than workers only queue, fewer leave workers idle.
+REMOTE_CLUSTER_PARALLELISM = 16
+
+
+def parallelism(workers: int | None, cluster: str | None = None) -> int:
+    """How many tasks can run at once: the worker count (default: every core), `local:N`'s N, or
+    REMOTE_CLUSTER_PARALLELISM for a scheduler's address."""
+    if cluster:
+        count = cluster.removeprefix("local:")
+        return int(count) if cluster.startswith("local:") and count.isdigit() else REMOTE_CLUSTER_PARALLELISM
+    return workers or os.cpu_count() or 1
+
+
+def sized_for(recipe: Recipe, parallel: int) -> Recipe:
+    """The recipe with the shard size its run uses: the recipe's own when it sets one (or one task runs at a
+    time), else the default cut down to SHARDS_PER_WORKER shards per worker of the input's size. The version does
+    not depend on it (tested across shardings); a run's resume key does."""
+    if "shard_size_mb" in recipe.model_fields_set or parallel <= 1:
+        return recipe
+    total = sum(os.path.getsize(f) for spec in recipe.inputs for f in resolve_files(spec, recipe.base)
+                if os.path.isfile(f))
+    size = max(MIN_AUTO_SHARD_MB, total / 1e6 / (parallel * SHARDS_PER_WORKER))
+    if not total or size >= recipe.shard_size_mb:
+        return recipe
+    return recipe.model_copy(update={"shard_size_mb": round(size, 3)})
 
 
 def run_key(recipe: Recipe, plan: Plan, parents: list[str], extra: str = "") -> str:
@@ -395,6 +429,7 @@ def _process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], sto
         output = f"{staging}/work/round-{stop:02d}-{stem}.parquet"
         _write_parquet(fs, batch, output)
         collected, rows = collect_in_scope(steps[stop][1], batch, recipe.steps[stop].scope)
+        collected = steps[stop][1].store_summary(collected, f"{staging}/work/summary-{stop:02d}-{stem}.parquet", fs)
         return mark_finished(fs, staging, key, ShardResult(source_shard, counts, batch.num_rows, len(drops), output,
                                                            collected, collected_rows=rows))
     data = conform(batch.drop_columns([c for c in PROVENANCE_COLUMNS if c in batch.column_names]))
@@ -402,12 +437,13 @@ def _process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], sto
     return mark_finished(fs, staging, key, ShardResult(source_shard, counts, data.num_rows, len(drops)))
 
 
-def decide(recipe: Recipe, index: int, results: list[ShardResult], store_url: str) -> tuple[Any, dict | None]:
+def decide(recipe: Recipe, index: int, results: list[ShardResult], store_url: str, workers: Workers = SERIAL
+           ) -> tuple[Any, dict | None]:
     """The decision of the global step at `index` from every shard's summary (in shard order), and
-    the step's report of it for the manifest."""
+    the step's report of it for the manifest (`workers`: where its heavy parts run)."""
     _, step = recipe.build_steps(store_url)[index]
     ordered = sorted(results, key=lambda r: r.shard)
-    decision = step.decide([Collected(r.collected, r.output, store_url, r.collected_rows) for r in ordered])
+    decision = step.decide([Collected(r.collected, r.output, store_url, r.collected_rows) for r in ordered], workers)
     return decision, step.report(decision)
 
 
@@ -549,9 +585,12 @@ def version_extras(store_url: str, parents: list[str]):
 
 # ---- resource estimate ----------------------------------------------------------------------------
 
-# The flow's own process while a dedup step decides (ids, keys, where each text lives, candidate pairs): ~4 KB per
-# document, measured with bench/end_to_end.py (1 M generated 3 KB documents, 2 workers, 8.4 GB for the whole tree).
-DEDUP_DRIVER_BYTES_PER_DOC = 4000
+# The flow's own process while a dedup step decides, its pieces on the workers (the pairs, the verified edges, the
+# keys of the documents in them, the decision): measured with bench/end_to_end.py (1 M generated 3 KB documents with
+# 4 % exact and 4 % near copies, 2 workers) at 54 B per document for MinHash and 27 B for exact dedup (100,000
+# documents); it follows the duplicates, so a corpus with more copies needs more. With one worker the pieces run in
+# that process, the flow's.
+DEDUP_DRIVER_BYTES_PER_DOC = 60
 # A worker's peak resident memory: WORKER_BASE_BYTES (the imports: Arrow, the steps, Prefect's task machinery, and
 # what earlier tasks left in the process's heaps) + WORKER_BYTES_PER_SHARD_BYTE per byte of the largest shard's
 # Arrow table (the table, the steps' filtered copies and annotations, its word tokens shared by the steps,
@@ -562,9 +601,11 @@ WORKER_BASE_BYTES = 460e6
 WORKER_BYTES_PER_SHARD_BYTE = 20.0
 # Staging at its peak (just before publishing): the raw shards and data + rejects (together one copy), each about
 # the sampled records' own Parquet size, one output per round before a global step (what the per-document steps
-# before the first global step keep of the sample, as Parquet), and the markers that carry each global step's
-# per-document summary (MinHash: one 64-bit value per band, exact dedup: a 16-byte key).
-MARKER_BYTES_PER_DOC = 16
+# before the first global step keep of the sample, as Parquet), and each dedup step's summary files (MinHash: one
+# 64-bit value per band, exact dedup: a 16-byte hash; both with SUMMARY_KEY_BYTES of id, length, score, source and
+# origin: measured 22.7 and 171 B per document for exact and MinHash on 10,000 of bench/end_to_end.py's documents).
+EXACT_HASH_BYTES = 16
+SUMMARY_KEY_BYTES = 7
 KEPT_SAMPLE_ROWS = 500  # per sampled file: the rows the steps before the first global step are tried on
 COMPRESSED_RATIO_GUESS = 3.0  # a Hugging Face input: text bytes per stored byte, when the sample cannot tell
 FILES_SAMPLED = 8  # per input: one file per eighth of its bytes
@@ -577,7 +618,7 @@ class Estimate:
 
     documents: int
     text_bytes: int
-    dedup_memory_bytes: int  # held by the flow's own process while each dedup step decides
+    dedup_memory_bytes: int  # what the flow's own process holds while a dedup step decides
     worker_memory_bytes: int  # per worker process
     disk_bytes: int  # staging intermediates at their peak (raw shards, round outputs, data, rejects)
 
@@ -586,8 +627,8 @@ class Estimate:
             return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.0f} MB"
 
         return (f"estimate: ~{self.documents:,} documents ({size(self.text_bytes)} of text); memory ~"
-                f"{size(self.dedup_memory_bytes)} for the dedup index + {workers} x {size(self.worker_memory_bytes)} "
-                f"workers; disk ~{size(self.disk_bytes)} of intermediates")
+                f"{size(self.dedup_memory_bytes)} for the dedup decisions + {workers} x "
+                f"{size(self.worker_memory_bytes)} workers; disk ~{size(self.disk_bytes)} of intermediates")
 
     def versus(self, actual: dict[str, int | None]) -> dict[str, Any]:
         """The manifest's `estimate`, `actual` and `estimate_ratio` (estimate / actual, per quantity measured)."""
@@ -764,16 +805,16 @@ def estimate(recipe: Recipe, plan: Plan) -> Estimate:
             largest_shard = shard
     steps = recipe.build_steps()
     per_doc = 0
-    markers_per_doc = 0
+    summary_bytes_per_doc = 0
     for _, step in steps:
         band_shape = getattr(step, "band_shape", None)
         if step.is_global() and step.category == "dedup":
-            per_doc = max(per_doc, DEDUP_DRIVER_BYTES_PER_DOC + (band_shape()[0] * 8 if band_shape else 16) + 24)
-            markers_per_doc += band_shape()[0] * 8 if band_shape else MARKER_BYTES_PER_DOC
+            per_doc = DEDUP_DRIVER_BYTES_PER_DOC
+            summary_bytes_per_doc += (band_shape()[0] * 8 if band_shape else EXACT_HASH_BYTES) + SUMMARY_KEY_BYTES
     intermediates = len(rounds(recipe)) - 1  # an output per round that ends at a global step
     return Estimate(documents=int(totals.documents), text_bytes=int(totals.text_bytes),
                     dedup_memory_bytes=int(per_doc * totals.documents),
                     worker_memory_bytes=int(WORKER_BASE_BYTES
                                             + WORKER_BYTES_PER_SHARD_BYTE * largest_shard.table_bytes),
                     disk_bytes=int(totals.parquet_bytes * 2 + totals.kept_parquet_bytes * intermediates
-                                   + markers_per_doc * totals.documents))
+                                   + summary_bytes_per_doc * totals.documents))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import webbrowser
 from pathlib import Path
@@ -150,16 +149,16 @@ def _forecast(recipe: Recipe, plan: Plan, workers: int | None, cluster: str | No
     """Prints what the run will need (documents, memory, disk), from samples spread over each input's files, and
     returns it (the manifest records it next to what the run used)."""
     from curation.ingest import IngestError
-    from curation.pipeline import estimate
+    from curation.pipeline import estimate, parallelism, sized_for
     from curation.recipe import RecipeError
     from curation.store import StoreError
 
+    parallel = parallelism(workers, cluster)
     try:
-        forecast = estimate(recipe, plan)
+        forecast = estimate(sized_for(recipe, parallel), plan)
     except (RecipeError, IngestError, StoreError) as exc:
         fail(str(exc))
-    local = cluster.removeprefix("local:") if cluster and cluster.startswith("local:") else ""
-    console.print(forecast.describe(int(local) if local.isdigit() else workers or os.cpu_count() or 1))
+    console.print(forecast.describe(parallel))
     return forecast
 
 
@@ -386,7 +385,7 @@ def _estimate_versus_actual(manifest: dict[str, Any]) -> str:
         versus = f"{unit(actual[measured])} ({ratio - 1:+.0%})" if ratio else "not measured"
         parts.append(f"{label} {unit(estimate[key])} vs {versus}")
     return (f"estimate vs actual: {', '.join(parts)}; flow process peak {size(actual['flow_peak_rss_bytes'])} "
-            f"(dedup index estimate {size(estimate['dedup_memory_bytes'])})")
+            f"(dedup decisions estimate {size(estimate['dedup_memory_bytes'])})")
 
 
 @app.command()

@@ -11,11 +11,13 @@ import re
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
@@ -23,6 +25,7 @@ from curation import pipeline
 from curation.calibration import calibrate
 from curation.guards import gate, staged_guards
 from curation.recipe import Recipe
+from curation.steps.base import Workers
 from curation.store import VersionStore
 from flows.gpt import perplexity_scorer  # also registers the "gpt" classifier backend, in every worker
 from flows.printing import accounting, guard_rows
@@ -63,17 +66,75 @@ def shard_task(recipe: Recipe, shard: str, drops: list[tuple[int, str]], store_u
     return result, peak_rss_bytes()
 
 
+@task(name="decide-part", cache_policy=NO_CACHE)
+def decision_part_task(fn: Callable[..., T], args: tuple) -> tuple[T, int]:
+    return fn(*args), peak_rss_bytes()
+
+
+@dataclass
+class TaskMap:
+    """How a decision's pieces run: as tasks on the run's workers, or here when there is only one (a task's
+    start-up would cost more than the piece). Counts the tasks it started."""
+
+    peak: WorkerPeak
+    tasks: int = 0
+
+    def __call__(self, fn: Callable[..., T], arguments: list[tuple]) -> list[T]:
+        if len(arguments) <= 1:
+            return [fn(*args) for args in arguments]
+        futures = [decision_part_task.submit(fn, args) for args in arguments]
+        self.tasks += len(futures)
+        return [self.peak.take(future.result()) for future in futures]
+
+
+class DecisionMemory:
+    """How much this process's resident memory grew while a decision ran here: Linux's peak (VmHWM) is reset
+    through /proc/self/clear_refs before, read after. The process's peak over the run is kept apart."""
+
+    def __init__(self) -> None:
+        self.run_peak = 0
+
+    @staticmethod
+    def _status(field: str) -> int | None:
+        try:
+            with open("/proc/self/status") as status:
+                line = next((x for x in status if x.startswith(field + ":")), None)
+        except OSError:
+            return None
+        return int(line.split()[1]) * 1024 if line else None
+
+    def measure(self, work: Callable[..., T], *args: Any) -> tuple[T, int | None]:
+        before, peak = self._status("VmRSS"), self._status("VmHWM")
+        self.run_peak = max(self.run_peak, peak or 0)
+        try:
+            with open("/proc/self/clear_refs", "w") as clear:
+                clear.write("5")
+        except OSError:
+            before = None
+        result = work(*args)
+        after = self._status("VmHWM")
+        if after is not None:
+            self.run_peak = max(self.run_peak, after)
+        return result, (max(after - before, 0) if before is not None and after is not None else None)
+
+    def peak(self) -> int:
+        return max(self.run_peak, peak_rss_bytes())
+
+
 @flow(name="curate", log_prints=True)
 def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | None = None,
                 show_progress: bool = False, manifest_extra: dict[str, Any] | None = None,
                 override_guards: str | None = None, synthesis: bool = False,
                 seen: dict[str, list[int]] | None = None, carry: str | None = None,
-                forecast: dict[str, int] | None = None) -> dict[str, Any]:
+                forecast: dict[str, int] | None = None, partitions: int = 1,
+                decision_min_docs: int = Workers.min_docs) -> dict[str, Any]:
     """Run `recipe` over its inputs and publish the result as version `name` of the store
     (`manifest_extra`: entries a calling flow adds to, or puts in place of, the manifest's own). A version
     that fails a hard model-collapse guard is not published unless `override_guards` gives a reason.
     `seen`: input files an earlier run ingested (path -> [size, mtime_ns]), skipped unless changed;
-    `carry`: a version whose records the new one holds too (an incremental run; its ids stay taken).
+    `carry`: a version whose records the new one holds too (an incremental run; its ids stay taken);
+    `partitions`: how many pieces a global decision's heavy parts may be cut into (about the worker count), each
+    of at least `decision_min_docs` documents.
 
     Every finished task persists its result in the staging directory, which is named by the run's
     key: after a crash (even kill -9) the same command finds them and redoes only the rest."""
@@ -82,6 +143,7 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
     recipe.preflight(store.url)  # what the steps need from the store and from files, before any work
     written = recipe
     recipe, calibration = calibrate(recipe, store.url)  # the bounds the run uses (part of its key)
+    recipe = pipeline.sized_for(recipe, partitions)  # a few shards per worker, unless the recipe says otherwise
     plan = pipeline.plan_ingest(recipe, seen)  # bad inputs and name clashes fail here, before any work
     # What `curate run` printed (`forecast`), or estimated here: kept to compare with what the run used.
     estimated = pipeline.Estimate(**forecast) if forecast else pipeline.estimate(recipe, plan)
@@ -89,13 +151,16 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
                                                  extra=f"synthesis={synthesis} carry={carry}"))
     timings: dict[str, dict[str, float]] = {}
     peak = WorkerPeak()
+    memory = DecisionMemory()
     try:
         with RunProgress(show_progress) as progress:
             if staging.resumed:
                 progress.note(f"resuming an interrupted run of {name!r}: finished tasks in {staging.path} are reused")
             ingested, drops = _ingest(recipe, plan, store.url, staging.path, carry, progress, timings, peak)
+            task_map = TaskMap(peak)
+            workers = Workers(map=task_map, partitions=partitions, min_docs=decision_min_docs)
             processed, reports = _process_shards(recipe, ingested, drops, store.url, staging.path, progress, timings,
-                                                 peak)
+                                                 peak, workers, task_map, memory)
 
         clock = time.perf_counter()
         planted = pipeline.planted_defects(recipe, store.url, staging.path)
@@ -126,7 +191,7 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
             final["timings"]["stats+publish"] = _timing(clock, final["rows"])
             final["run_seconds"] = round(time.perf_counter() - started, 3)
             # After statistics, the flow process's last large step; not part of the content fingerprint.
-            final.update(estimated.versus({**actual, "flow_peak_rss_bytes": peak_rss_bytes()}))
+            final.update(estimated.versus({**actual, "flow_peak_rss_bytes": memory.peak()}))
             return written
 
         path = store.publish(staging, manifest, extras=extras)
@@ -162,10 +227,12 @@ def _ingest(recipe: Recipe, plan: pipeline.Plan, store_url: str, staging: str, c
 
 def _process_shards(recipe: Recipe, ingested: list[pipeline.IngestResult], drops: dict[str, list[tuple[int, str]]],
                     store_url: str, staging: str, progress: RunProgress, timings: dict[str, dict[str, float]],
-                    peak: WorkerPeak) -> tuple[list[pipeline.ShardResult], dict[str, dict[str, Any]]]:
+                    peak: WorkerPeak, workers: Workers, task_map: TaskMap, memory: DecisionMemory
+                    ) -> tuple[list[pipeline.ShardResult], dict[str, dict[str, Any]]]:
     """Run the steps over every shard (a task each), in rounds: a round starts at a global step, decided from
-    every shard's summary of the round before. Returns the shard results in shard order and the global steps'
-    reports."""
+    every shard's summary of the round before (its heavy parts on the workers). Returns the shard results in
+    shard order and the global steps' reports; each round's timing records how much the flow's own memory grew
+    while it decided."""
     shards = [s for r in ingested for s in r.shards]
     processed: list[pipeline.ShardResult] = []
     decisions: dict[int, Any] = {}
@@ -174,11 +241,17 @@ def _process_shards(recipe: Recipe, ingested: list[pipeline.IngestResult], drops
     previous: list[pipeline.ShardResult] = []
     for number, (start, stop) in enumerate(pipeline.rounds(recipe)):
         clock = time.perf_counter()
+        decision_costs: dict[str, int] = {}
         if previous:  # the round starts at a global step: decide from every shard's summary
-            decisions[start], report = pipeline.decide(recipe, start, previous, store_url)
+            tasks = task_map.tasks
+            (decisions[start], report), growth = memory.measure(pipeline.decide, recipe, start, previous, store_url,
+                                                                workers)
+            decision_costs["decide_tasks"] = task_map.tasks - tasks
+            if growth is not None:
+                decision_costs["decide_flow_memory_growth_bytes"] = growth
             if report is not None:
                 reports[recipe.build_steps()[start][0]] = report
-        decided = time.perf_counter() - clock  # in this process, on one core
+        decided = time.perf_counter() - clock
         label = "steps" if number == 0 else f"steps {number + 1}"
         stage = progress.stage(label, total=sum(r.records for r in ingested) or 1)
         futures = [shard_task.submit(recipe, inputs[s], drops.get(s, []) if number == 0 else [], store_url,
@@ -196,7 +269,7 @@ def _process_shards(recipe: Recipe, ingested: list[pipeline.IngestResult], drops
             progress.advance(stage, n + result.duplicate_id_rejects, n + result.duplicate_id_rejects)
         timings[label] = _timing(clock, docs)
         timings[label].update(steps=[n for n, _ in recipe.build_steps()[start:stop]],
-                              decide_seconds=round(decided, 3))
+                              decide_seconds=round(decided, 3), **decision_costs)
     processed.sort(key=lambda r: r.shard)
     return processed, reports
 
@@ -273,8 +346,11 @@ def run_curation(recipe: Recipe, store_url: str, name: str, parents: list[str] |
                  workers: int | None = None, show_progress: bool = False,
                  manifest_extra: dict[str, Any] | None = None, override_guards: str | None = None,
                  cluster: str | None = None, seen: dict[str, list[int]] | None = None,
-                 carry: str | None = None, forecast: pipeline.Estimate | None = None) -> dict[str, Any]:
-    """`forecast`: the estimate the caller already made and printed (else the flow makes one)."""
+                 carry: str | None = None, forecast: pipeline.Estimate | None = None,
+                 decision_min_docs: int = Workers.min_docs) -> dict[str, Any]:
+    """`forecast`: the estimate the caller already made and printed (else the flow makes one);
+    `decision_min_docs`: the fewest documents per piece of a global decision sent to a worker."""
     return curate_flow.with_options(task_runner=task_runner(workers, cluster))(
         recipe, store_url, name, parents=parents, show_progress=show_progress, manifest_extra=manifest_extra,
-        override_guards=override_guards, seen=seen, carry=carry, forecast=asdict(forecast) if forecast else None)
+        override_guards=override_guards, seen=seen, carry=carry, forecast=asdict(forecast) if forecast else None,
+        partitions=pipeline.parallelism(workers, cluster), decision_min_docs=decision_min_docs)

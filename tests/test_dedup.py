@@ -221,14 +221,14 @@ def test_one_and_two_processes_publish_the_same_dedup(tmp_path):
 
 def test_single_link_chains_never_remove_a_document_for_a_similarity_it_lacks():
     # A~B 0.85 and B~C 0.85 join one component, but A~C is only 0.7: keeping A removes B, not C.
-    docs = [D.DocKey("A", 300), D.DocKey("B", 200), D.DocKey("C", 100)]
+    docs = dict(enumerate([D.DocKey("A", 300), D.DocKey("B", 200), D.DocKey("C", 100)]))
     sims = {(0, 1): 0.85, (1, 2): 0.85, (0, 2): 0.7}
-    decision = D.resolve_clusters(docs, [(0, 1), (1, 2)], lambda i, j: sims[(min(i, j), max(i, j))], 0.8)
+    decision = D.resolve_clusters(docs, [(0, 1), (1, 2)], lambda pairs: [sims[min(p), max(p)] for p in pairs], 0.8)
     assert {k: (v.dup_of, v.jaccard) for k, v in decision.removals.items()} == {"B": ("A", 0.85)}
     assert decision.cluster_sizes == {"A": 2, "B": 2}
     # Published documents always win and are never removed.
-    docs = [D.DocKey("new", 900), D.DocKey("old", 10, published="v1")]
-    decision = D.resolve_clusters(docs, [(0, 1)], lambda i, j: 0.9, 0.8)
+    docs = {5: D.DocKey("new", 900), 9: D.DocKey("old", 10, published="v1")}
+    decision = D.resolve_clusters(docs, [(5, 9)], lambda pairs: [0.9] * len(pairs), 0.8)
     assert decision.removals["new"].dup_of == "old" and decision.removals["new"].in_version == "v1"
 
 
@@ -348,15 +348,14 @@ def test_a_large_clusters_examples_read_the_texts_they_show():
     from curation.steps.dedup import _examples
 
     ids = ["keep", "e", "d", "c", "b", "a"]
-    docs = [D.DocKey(i, 10) for i in ids]
+    keys = {k: D.DocKey(i, 10) for k, i in enumerate(ids)}
     decision = D.DedupDecision(removals={i: D.Removal("keep", "keep", 1.0) for i in ids[1:]},
                                cluster_sizes={"keep": len(ids)})
-    where = [("shard.parquet", row, "store") for row in range(len(ids))]
 
-    def reader(where, wanted):
-        return {index: f"text of {ids[index]}" for index in wanted}
+    def read(wanted):
+        return {index: f"text of {ids[index]}" for index in wanted.tolist()}
 
-    (example,) = _examples(decision, docs, where, reader=reader)
+    (example,) = _examples(decision, keys, read)
     assert [m["id"] for m in example["members"]] == ["keep", "a", "b", "c"]
     assert [m["text"] for m in example["members"]] == [f"text of {i}" for i in ("keep", "a", "b", "c")]
 

@@ -12,6 +12,7 @@ Filters are steps too: see `curation.steps.filter`.
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
@@ -69,6 +70,28 @@ class Collected:
         return k if self.rows is None else int(self.rows[k])
 
 
+def serial_map(fn: Callable[..., Any], arguments: list[tuple]) -> list[Any]:
+    return [fn(*args) for args in arguments]
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Where the heavy parts of a global step's decision run. `map(fn, arguments)` returns fn(*args) for each
+    entry, in order (the flow runs them as tasks on the run's workers); a decision cuts its work into at most
+    `partitions` pieces, and into fewer when a piece would hold under `min_docs` documents, below which
+    shipping a piece to a worker costs more than doing it (docs/scaling.md)."""
+
+    map: Callable[[Callable[..., Any], list[tuple]], list[Any]] = serial_map
+    partitions: int = 1
+    min_docs: int = 20_000
+
+    def parts(self, documents: int) -> int:
+        return max(1, min(self.partitions, documents // max(self.min_docs, 1)))
+
+
+SERIAL = Workers()
+
+
 class Step(Generic[P]):
     """Base class: subclasses set `name`, name their parameters' class as the type argument, and implement
     `apply`."""
@@ -108,8 +131,14 @@ class Step(Generic[P]):
         values, numpy and Arrow arrays; see curation.markers)."""
         raise NotImplementedError
 
-    def decide(self, collected: list[Collected]) -> Any:
-        """Combine every shard's summary into the decision `apply` will use (runs once per run)."""
+    def store_summary(self, summary: Any, path: str, fs: Any) -> Any:
+        """What a shard's result carries for `decide`: the summary itself (default), or, for a step whose
+        summaries grow with the documents, the path of a file it writes them to (`path`, on `fs`)."""
+        return summary
+
+    def decide(self, collected: list[Collected], workers: Workers = SERIAL) -> Any:
+        """Combine every shard's summary into the decision `apply` will use (runs once per run; `workers` runs
+        the parts of it that scale with the documents)."""
         raise NotImplementedError
 
     def report(self, decision: Any) -> dict[str, Any] | None:

@@ -1,8 +1,10 @@
 """Deduplication steps: exact (normalised text) and near (MinHash LSH, verified), both global.
 
-Each shard sends a compact summary (hashes, lengths, quality scores, sources, origins); one decision
-over the whole run clusters the duplicates and applies the keep policy, so a run on one process and a
-run on many keep exactly the same documents.
+Each shard writes a compact summary file (hashes, lengths, quality scores, sources, origins); one decision
+over the whole run clusters the duplicates and applies the keep policy. The decision's heavy parts (candidates
+by band or hash range, verification, reading keys) run on the run's workers (curation.dedup_parts), so the
+flow's process holds only what the duplicates need, and a run on one process and a run on many keep exactly
+the same documents.
 
 The keep policy (curation.dedup.KeepPolicy), criterion by criterion:
 1. a document of an earlier version (`against:`) always wins: it is published and cannot be removed;
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, TypeVar
 
 import fsspec
@@ -40,16 +43,19 @@ import xxhash
 from pydantic import Field, model_validator
 
 from curation import dedup as D
+from curation import dedup_parts as P
 from curation.record import ORIGINS
-from curation.steps.base import Collected, StepParams, require_versions
+from curation.steps.base import SERIAL, Collected, StepParams, Workers, require_versions
 from curation.steps.filter import FilterParams, FilterStep, Measurement, reason
 from curation.steps.registry import register
 from curation.store import VersionStore
 
 EXAMPLE_CLUSTERS = 5
 EXAMPLE_CHARS = 240
-# What every summary (and so every persisted index of an earlier version) holds per document besides its hashes.
-INDEX_COLUMNS = ("id", "length", "quality", "source", "origin")
+# Documents of an earlier version summarised at a time while its index is built (our choice: bounds the memory).
+INDEX_BATCH_ROWS = 20_000
+# Verified pairs per piece of work below which a piece is not worth shipping to a worker (our choice).
+MIN_PAIRS_PER_PART = 1_000
 
 
 class KeepPolicyParams(StepParams):
@@ -141,20 +147,31 @@ class _DedupStep(FilterStep[DP]):
     def report(self, decision: D.DedupDecision) -> dict[str, Any]:
         return decision.report
 
-    def finish(self, decision: D.DedupDecision, docs: list[D.DocKey], where: list[tuple]) -> D.DedupDecision:
+    def finish(self, decision: D.DedupDecision, sources: list[P.Source], keys: dict[int, D.DocKey],
+               workers: Workers, parts: int) -> D.DedupDecision:
         """What both kinds report: documents, removals (and how many matched earlier versions), the keep policy,
-        examples."""
+        examples (their texts read on the workers)."""
         decision.report.update({
-            "documents": sum(1 for d in docs if not d.published), "against": list(self.params.against),
+            "documents": sum(s.documents for s in sources if not s.published), "against": list(self.params.against),
             "keep_policy": {**self.params.keep_policy.as_report(), "criteria": list(D.KEEP_CRITERIA)},
             "removed": len(decision.removals),
             "removed_matching_earlier_versions": sum(1 for r in decision.removals.values() if r.in_version),
         })
         if decision.removals:
-            decision.report["examples"] = _examples(decision, docs, where)
+            def read(wanted: np.ndarray) -> dict[int, str]:
+                texts: dict[int, str] = {}
+                for found in workers.map(P.read_texts, [(sources, piece) for piece in P.split(wanted, parts)]):
+                    texts.update(found)
+                return texts
+
+            decision.report["examples"] = _examples(decision, keys, read)
         return decision
 
-    # ---- earlier versions ---------------------------------------------------------------------
+    # ---- summaries, here and of earlier versions ----------------------------------------------------
+    def store_summary(self, summary: dict[str, np.ndarray], path: str, fs: fsspec.AbstractFileSystem) -> str:
+        P.write_summary([summary], path, fs)
+        return path
+
     def params_key(self) -> str:
         return hashlib.sha256(json.dumps(self.index_params(), sort_keys=True).encode()).hexdigest()[:16]
 
@@ -164,109 +181,117 @@ class _DedupStep(FilterStep[DP]):
     def summarise(self, batch: pa.Table) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def version_index(self, store_url: str, version: str) -> dict[str, np.ndarray]:
-        """The summary of an earlier version's documents, from the store's index (built on first use, and
-        rebuilt when it was built before the summary held every column of INDEX_COLUMNS)."""
+    def collect(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        return self.summarise(batch)
+
+    def version_index(self, store_url: str, version: str) -> str:
+        """The summary file of an earlier version's documents, the store's index (built on first use, and
+        rebuilt when it was built before the summary held every column of KEY_COLUMNS)."""
         store = VersionStore(store_url)
         path = f"{store.root}/index/{self.kind}/{version}/{self.params_key()}.parquet"
-        if not store.fs.exists(path) or not set(INDEX_COLUMNS) <= set(pq.read_schema(path, filesystem=store.fs).names):
-            table = store.read_table(version, columns=[c for c in ("id", "text", "quality_score", "source", "origin")
-                                                       if c in store.schema(version).names])
-            summary = self.summarise(table)
-            columns = {k: v for k, v in summary.items() if v.ndim == 1}
-            for k, v in summary.items():
-                if v.ndim == 2:
-                    columns.update({f"{k}_{i}": v[:, i] for i in range(v.shape[1])})
-            store.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            tmp = f"{path}.tmp"
-            pq.write_table(pa.table(columns), tmp, filesystem=store.fs, compression="zstd")
-            store.fs.mv(tmp, path)
-        table = pq.read_table(path, filesystem=store.fs)
-        out: dict[str, np.ndarray] = {}
-        for name in table.column_names:
-            base, _, index = name.rpartition("_")
-            if base and index.isdigit():
-                continue
-            out[name] = table.column(name).to_numpy(zero_copy_only=False)
-        wide = sorted({n.rpartition("_")[0] for n in table.column_names if n.rpartition("_")[2].isdigit()
-                       and n.rpartition("_")[0]})
-        for base in wide:
-            count = sum(1 for n in table.column_names if n.startswith(f"{base}_") and n[len(base) + 1:].isdigit())
-            out[base] = np.stack([table.column(f"{base}_{i}").to_numpy(zero_copy_only=False) for i in range(count)],
-                                 axis=1)
-        return out
+        if not store.fs.exists(path) or not set(P.KEY_COLUMNS) <= set(pq.read_schema(path, filesystem=store.fs).names):
+            columns = [c for c in ("id", "text", "quality_score", "source", "origin")
+                       if c in store.schema(version).names]
+            P.write_summary(self._summaries(store, version, columns), path, store.fs)
+        return path
 
-    def gather(self, collected: list[Collected]) -> tuple[list[D.DocKey], dict[str, np.ndarray], list[tuple]]:
-        """Every document of the run (shard order) then of the earlier versions, their summaries
-        stacked, and where each one's text can be read back: (path, row, store_url) or (version,)."""
-        docs: list[D.DocKey] = []
-        parts: dict[str, list[np.ndarray]] = {}
-        where: list[tuple] = []
+    def _summaries(self, store: VersionStore, version: str, columns: list[str]) -> Iterator[dict[str, np.ndarray]]:
+        """A version's summary, INDEX_BATCH_ROWS documents at a time (one empty summary for an empty version)."""
+        empty = True
+        for batch in store.iter_batches(version, columns, batch_rows=INDEX_BATCH_ROWS):
+            empty = False
+            yield self.summarise(pa.Table.from_batches([batch]))
+        if empty:
+            yield self.summarise(pa.schema([store.schema(version).field(c) for c in columns]).empty_table())
+
+    def sources(self, collected: list[Collected], workers: Workers) -> list[P.Source]:
+        """Every shard's summary file (shard order), then the earlier versions' indexes (built on the workers).
+        A summary still in memory (a step called directly, or a resume marker written before summaries went to
+        files) is written next to its shard first."""
+        sources = []
         for c in collected:
-            summary = c.value
-            docs.extend(_doc_keys(summary))
-            where.extend((c.path, c.row(k), c.store_url) for k in range(len(summary["id"])))
-            for key, value in summary.items():
-                parts.setdefault(key, []).append(value)
-        store_url = collected[0].store_url if collected else None
-        for version in self.params.against:
-            summary = self.version_index(store_url, version)
-            docs.extend(_doc_keys(summary, published=version))
-            where.extend((version, str(doc_id), store_url) for doc_id in summary["id"])
-            for key, value in summary.items():
-                parts.setdefault(key, []).append(value)
-        stacked = {k: np.concatenate(v) for k, v in parts.items() if k != "id"}
-        return docs, stacked, where
+            path = c.value
+            if not isinstance(path, str):
+                fs, _ = fsspec.core.url_to_fs(c.store_url)
+                path = self.store_summary(c.value, f"{c.path}.{self.kind}-summary.parquet", fs)
+            sources.append(P.Source(path, c.path, c.store_url, P.summary_rows(path, c.store_url), rows=c.rows))
+        if self.params.against:
+            store_url = collected[0].store_url if collected else None
+            indexes = workers.map(_version_index, [(self, store_url, v) for v in self.params.against])
+            sources += [P.Source(path, version, store_url, P.summary_rows(path, store_url), published=version)
+                        for path, version in zip(indexes, self.params.against)]
+        return sources
+
+    def keys(self, sources: list[P.Source], edges: np.ndarray, workers: Workers, parts: int) -> dict[int, D.DocKey]:
+        """What the keep policy ranks, for the documents in an edge, read on the workers."""
+        keys: dict[int, D.DocKey] = {}
+        for found in workers.map(P.doc_keys, [(sources, piece) for piece in P.split(np.unique(edges), parts)]):
+            keys.update(found)
+        return keys
 
 
-def _doc_keys(summary: dict[str, np.ndarray], published: str | None = None) -> list[D.DocKey]:
-    """What the keep policy ranks, document by document of one summary."""
-    return [D.DocKey(str(doc_id), int(length), float(quality), published, str(source), str(origin))
-            for doc_id, length, quality, source, origin in zip(summary["id"], summary["length"], summary["quality"],
-                                                               summary["source"], summary["origin"])]
+def _version_index(step: _DedupStep, store_url: str, version: str) -> str:
+    return step.version_index(store_url, version)
 
 
-def read_texts(where: list[tuple], wanted: list[int]) -> dict[int, str]:
-    """Texts of the wanted documents, reading each shard file (or earlier version) once."""
-    by_source: dict[tuple, list[int]] = {}
-    for index in wanted:
-        entry = where[index]
-        key = (entry[0], entry[2])
-        by_source.setdefault(key, []).append(index)
-    texts: dict[int, str] = {}
-    for (source, store_url), indices in by_source.items():
-        if source.endswith(".parquet"):
-            fs, _ = fsspec.core.url_to_fs(store_url)
-            column = pq.read_table(source, columns=["text"], filesystem=fs).column("text")
-            for index in indices:
-                texts[index] = column[where[index][1]].as_py()
-        else:  # an earlier version: look documents up by id
-            table = VersionStore(store_url).read_table(source, columns=["id", "text"])
-            lookup = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
-            for index in indices:
-                texts[index] = lookup[where[index][1]]
-    return texts
+def _exact_range(sources: list[P.Source], part: int, parts: int, policy: D.KeepPolicy
+                 ) -> tuple[D.DedupDecision, dict[int, D.DocKey]]:
+    """Exact duplicates among the hashes of one range, clustered and resolved where they were found (a group of
+    equal hashes never spans two ranges), and the keys of the documents its largest clusters would show."""
+    edges = P.equal_hashes(sources, part, parts)
+    keys = P.doc_keys(sources, np.unique(edges))
+    # A component is one hash: every member is identical to the kept one.
+    decision = D.resolve_clusters(keys, edges, lambda pairs: [1.0] * len(pairs), 1.0, policy)
+    shown = {doc for kept, members, _ in _shown(decision) for doc in (kept, *members)}
+    return decision, {number: key for number, key in keys.items() if key.id in shown}
 
 
-def _examples(decision: D.DedupDecision, docs: list[D.DocKey], where: list[tuple], reader=read_texts) -> list[dict]:
-    """The largest clusters, kept document first, with the start of each text (for reports)."""
+class _Similarities:
+    """Exact Jaccard of document pairs, measured on the workers where the texts are read, each pair once."""
+
+    def __init__(self, sources: list[P.Source], workers: Workers, parts: int, shingle_words: int):
+        self.sources, self.workers, self.parts, self.shingle_words = sources, workers, parts, shingle_words
+        self.known: dict[tuple[int, int], float] = {}
+
+    def __call__(self, pairs: list[tuple[int, int]]) -> list[float]:
+        wanted = [(min(i, j), max(i, j)) for i, j in pairs]
+        unknown = np.array(sorted(set(wanted) - self.known.keys()), dtype=np.int64).reshape(-1, 2)
+        parts = min(self.parts, max(1, len(unknown) // MIN_PAIRS_PER_PART))
+        pieces = P.split(unknown, parts)
+        for piece, measured in zip(pieces, self.workers.map(P.pair_similarities,
+                                                            [(self.sources, piece, self.shingle_words)
+                                                             for piece in pieces])):
+            self.known.update(zip(map(tuple, piece.tolist()), measured.tolist()))
+        return [self.known[key] for key in wanted]
+
+
+def _shown(decision: D.DedupDecision) -> list[tuple[str, list[str], int]]:
+    """The largest clusters (kept id, the removed ids an example shows, the cluster's size), largest first."""
     clusters: dict[str, list[str]] = {}
     for doc_id, removal in decision.removals.items():
         clusters.setdefault(removal.cluster, []).append(doc_id)
     largest = sorted(clusters.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:EXAMPLE_CLUSTERS]
-    index_of = {d.id: i for i, d in enumerate(docs)}
-    shown = {kept: sorted(removed)[:3] for kept, removed in largest}  # the members each example shows
-    wanted = sorted({index_of[k] for kept, members in shown.items() for k in [kept, *members]})
-    texts = reader(where, wanted)
+    return [(kept, sorted(removed)[:3], decision.cluster_sizes.get(kept, len(removed) + 1))
+            for kept, removed in largest]
+
+
+def _examples(decision: D.DedupDecision, keys: dict[int, D.DocKey],
+              read: Callable[[np.ndarray], dict[int, str]]) -> list[dict]:
+    """The largest clusters, kept document first, with the start of each text (for reports); `keys` holds at
+    least the documents they show."""
+    shown = _shown(decision)
+    index_of = {d.id: i for i, d in keys.items()}
+    wanted = np.array(sorted({index_of[k] for kept, members, _ in shown for k in [kept, *members]}), np.int64)
+    texts = read(wanted)
     out = []
-    for kept, removed in largest:
-        members = [{"id": kept, "kept": True, "source": docs[index_of[kept]].source,
-                    "text": texts[index_of[kept]][:EXAMPLE_CHARS]}]
-        for doc_id in shown[kept]:
-            members.append({"id": doc_id, "kept": False, "source": docs[index_of[doc_id]].source,
-                            "jaccard": decision.removals[doc_id].jaccard,
-                            "text": texts[index_of[doc_id]][:EXAMPLE_CHARS]})
-        out.append({"cluster": kept, "size": decision.cluster_sizes.get(kept, len(removed) + 1), "members": members})
+    for kept, members, size in shown:
+        listed = [{"id": kept, "kept": True, "source": keys[index_of[kept]].source,
+                   "text": texts[index_of[kept]][:EXAMPLE_CHARS]}]
+        for doc_id in members:
+            listed.append({"id": doc_id, "kept": False, "source": keys[index_of[doc_id]].source,
+                           "jaccard": decision.removals[doc_id].jaccard,
+                           "text": texts[index_of[doc_id]][:EXAMPLE_CHARS]})
+        out.append({"cluster": kept, "size": size, "members": listed})
     return out
 
 
@@ -295,18 +320,13 @@ class ExactDedup(_DedupStep[ExactDedupParams]):
                 "hash_hi": np.array([d >> 64 for d in digests], dtype=np.uint64),
                 "hash_lo": np.array([d & 0xFFFFFFFFFFFFFFFF for d in digests], dtype=np.uint64)}
 
-    def collect(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        return self.summarise(batch)
-
-    def decide(self, collected: list[Collected]) -> D.DedupDecision:
-        docs, stacked, where = self.gather(collected)
-        hi, lo = stacked.get("hash_hi", np.empty(0, np.uint64)), stacked.get("hash_lo", np.empty(0, np.uint64))
-        order = np.lexsort((lo, hi))
-        same = (hi[order][1:] == hi[order][:-1]) & (lo[order][1:] == lo[order][:-1])
-        edges = [(int(order[k]), int(order[k + 1])) for k in np.flatnonzero(same)]
-        # A component is one hash: every member is identical to the kept one.
-        decision = D.resolve_clusters(docs, edges, lambda i, j: 1.0, 1.0, self.params.keep_policy)
-        return self.finish(decision, docs, where)
+    def decide(self, collected: list[Collected], workers: Workers = SERIAL) -> D.DedupDecision:
+        sources = self.sources(collected, workers)
+        parts = workers.parts(sum(s.documents for s in sources))
+        pieces = workers.map(_exact_range, [(sources, part, parts, self.params.keep_policy) for part in range(parts)])
+        decision = D.merge_decisions(decided for decided, _ in pieces)
+        shown = {number: key for _, keys in pieces for number, key in keys.items()}
+        return self.finish(decision, sources, shown, workers, parts)
 
     def _reason(self, removal: D.Removal) -> str:
         where = f" in {removal.in_version}" if removal.in_version else ""
@@ -365,43 +385,31 @@ class MinHashDedup(_DedupStep[MinHashDedupParams]):
         return {"id": np.array(batch.column("id").to_pylist(), dtype=object), "length": _lengths(texts),
                 "quality": _quality(batch), **provenance(batch), "band": band}
 
-    def collect(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        return self.summarise(batch)
-
-    def decide(self, collected: list[Collected]) -> D.DedupDecision:
+    def decide(self, collected: list[Collected], workers: Workers = SERIAL) -> D.DedupDecision:
         p = self.params
-        docs, stacked, where = self.gather(collected)
+        sources = self.sources(collected, workers)
+        new_documents = sum(s.documents for s in sources if not s.published)  # numbered before the published ones
+        parts = workers.parts(sum(s.documents for s in sources))
         bands, rows = self.band_shape()
-        band_matrix = stacked.get("band", np.empty((0, bands), np.uint64))
-        pairs = D.candidate_pairs(band_matrix)
-        published = np.array([d.published is not None for d in docs], dtype=bool)
-        if len(pairs):
-            pairs = pairs[~(published[pairs[:, 0]] & published[pairs[:, 1]])]  # both kept already
-        similarity: dict[tuple[int, int], float] = {}
+        pieces = P.split(np.arange(bands), parts)
+        pairs = D.unique_pairs(workers.map(P.band_candidates, [(sources, piece.tolist()) for piece in pieces]))
+        pairs = pairs[pairs[:, 0] < new_documents]  # two published documents: both kept already
         if p.verify and len(pairs):
-            involved = sorted(set(pairs.ravel().tolist()))
-            texts = read_texts(where, involved)
-            hashes, offsets = D.shingles([texts[i] for i in involved], p.shingle_words)
-            sets = {doc: D.shingle_set(hashes, offsets, k) for k, doc in enumerate(involved)}
-
-            def measured(i: int, j: int) -> float:
-                key = (min(i, j), max(i, j))
-                if key not in similarity:
-                    similarity[key] = D.jaccard(sets[i], sets[j])
-                return similarity[key]
-
-            edges = [(i, j) for i, j in pairs.tolist() if measured(i, j) >= p.threshold]
-            decision = D.resolve_clusters(docs, edges, measured, p.threshold, p.keep_policy)
+            similarities = _Similarities(sources, workers, parts, p.shingle_words)
+            edges = pairs[np.asarray(similarities(pairs.tolist())) >= p.threshold]
+            keys = self.keys(sources, edges, workers, parts)
+            decision = D.resolve_clusters(keys, edges, similarities, p.threshold, p.keep_policy)
         else:
-            edges = [tuple(pair) for pair in pairs.tolist()]
-            decision = D.resolve_clusters(docs, edges, policy=p.keep_policy)
+            edges = pairs
+            keys = self.keys(sources, edges, workers, parts)
+            decision = D.resolve_clusters(keys, edges, policy=p.keep_policy)
         decision.report.update({
             "threshold": p.threshold, "num_perm": p.num_perm, "shingle_words": p.shingle_words,
             "bands": bands, "rows": rows, "s_curve": D.s_curve(bands, rows),
             "index_bytes_per_doc": bands * 8, "candidate_pairs": int(len(pairs)),
             "verified_pairs": len(edges), "rejected_by_verification": int(len(pairs)) - len(edges) if p.verify else 0,
         })
-        return self.finish(decision, docs, where)
+        return self.finish(decision, sources, keys, workers, parts)
 
     def _reason(self, removal: D.Removal) -> str:
         where = f" in {removal.in_version}" if removal.in_version else ""

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from curation.steps.base import Collected, require_versions
+from curation.steps.base import SERIAL, Collected, Workers, require_versions
 from curation.steps.filter import Check, FilterParams, FilterStep, Measurement, reason
 from curation.steps.registry import register
 from curation.store import VersionStore
@@ -168,7 +168,7 @@ class RougeNovelty(FilterStep[RougeNoveltyParams]):
     def collect(self, batch: pa.Table) -> dict[str, list[str]]:
         return {"id": batch.column("id").to_pylist(), "task": tasks_of(batch, self.params.field)}
 
-    def decide(self, collected: list[Collected]) -> dict[str, tuple[float, str | None]]:
+    def decide(self, collected: list[Collected], workers: Workers = SERIAL) -> dict[str, tuple[float, str | None]]:
         p = self.params
         pool = NoveltyPool(threshold=p.threshold)
         if p.against and collected:

@@ -58,7 +58,7 @@ from pydantic import Field
 from xxhash import xxh3_64_intdigest
 
 from curation.markers import marker_type
-from curation.steps.base import Collected, Step, StepOutput, set_column
+from curation.steps.base import SERIAL, Collected, Step, StepOutput, Workers, set_column
 from curation.steps.dedup import KeepPolicyParams, provenance
 from curation.steps.registry import register
 
@@ -182,7 +182,7 @@ class LineDedup(Step[LineDedupParams]):
                          np.int32)
         return LineDedupSummary(hashes, offsets, batch.column("id").combine_chunks().cast(pa.string()), ranks)
 
-    def decide(self, collected: list[Collected]) -> LineDedupDecision:
+    def decide(self, collected: list[Collected], workers: Workers = SERIAL) -> LineDedupDecision:
         """Hashes in at least `min_docs` documents; with keep_first, the document keeping each one."""
         p = self.params
         summaries: list[LineDedupSummary] = [c.value for c in collected]

@@ -20,7 +20,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from curation.classifier import ClassifierError, backend_loader, cached_model, read_info
-from curation.steps.base import Collected
+from curation.steps.base import SERIAL, Collected, Workers
 from curation.steps.filter import Check, FilterParams, FilterStep, Measurement
 from curation.steps.registry import register
 
@@ -60,7 +60,7 @@ class QualityClassifier(FilterStep[QualityClassifierParams]):
     def collect(self, batch: pa.Table) -> np.ndarray:
         return self._scores(batch).to_numpy(zero_copy_only=False)
 
-    def decide(self, collected: list[Collected]) -> float:
+    def decide(self, collected: list[Collected], workers: Workers = SERIAL) -> float:
         """The corpus-wide cut-off: documents scoring at or above it are the top k %."""
         scores = np.concatenate([c.value for c in collected]) if collected else np.empty(0, np.float32)
         if scores.size == 0 or self.params.keep_top_percent is None:

@@ -195,13 +195,16 @@ def pair_similarities(sources: list[Source], pairs: np.ndarray, shingle_words: i
 
 
 def doc_keys(sources: list[Source], indices: np.ndarray) -> dict[int, D.DocKey]:
-    """What the keep policy ranks, for the wanted documents (global number -> key)."""
+    """What the keep policy ranks, for the wanted documents (global number -> key). The few distinct sources and
+    origins are shared objects, so the keys cost the flow their ids, not a string per document per field (pickle
+    keeps the sharing)."""
     keys: dict[int, D.DocKey] = {}
+    shared: dict[str, str] = {}
     for number, (rows, wanted) in by_source(sources, indices).items():
         source = sources[number]
         table = read_columns(source, list(KEY_COLUMNS)).take(pa.array(rows))
         for k, (doc_id, length, quality, src, origin) in enumerate(zip(*(table.column(c).to_pylist()
                                                                           for c in KEY_COLUMNS))):
-            keys[int(wanted[k])] = D.DocKey(str(doc_id), int(length), float(quality), source.published, str(src),
-                                            str(origin))
+            src, origin = shared.setdefault(str(src), str(src)), shared.setdefault(str(origin), str(origin))
+            keys[int(wanted[k])] = D.DocKey(str(doc_id), int(length), float(quality), source.published, src, origin)
     return keys

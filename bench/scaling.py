@@ -142,7 +142,7 @@ def main() -> None:
                         help="also run --cluster local:N for each N (N > cores: partitions that take turns), to see "
                              "per-worker memory as the partitions grow")
     parser.add_argument("--shard-mb", type=float, help="the recipe's shard_size_mb (default: unset, so the run cuts "
-                                                       "a few shards per worker, at most 64 MB)")
+                                                       "the input into about eight shards, at most 64 MB)")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/curate-bench-scaling"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--check", action="store_true", help="exit 1 unless 2 workers >= 1.6x one worker and every "

@@ -113,13 +113,14 @@ def split(values: np.ndarray, parts: int) -> list[np.ndarray]:
 # ---- candidates ---------------------------------------------------------------------------------
 
 
-def band_candidates(sources: list[Source], bands: list[int], max_group: int = 64) -> np.ndarray:
-    """Candidate pairs (global numbers) of the given bands: each band's column of every summary (8 B per
-    document) at a time."""
+def band_candidates(sources: list[Source], bands: list[int], new_documents: int, max_group: int = 64) -> np.ndarray:
+    """Candidate pairs (global numbers) of the given bands, each band's column of every summary (8 B per document)
+    at a time, except pairs of two published documents (numbered from `new_documents` on)."""
     parts = []
     for band in bands:
         values = [read_columns(s, [f"band_{band}"]).column(0).to_numpy() for s in sources]
-        parts.append(D.band_pairs(np.concatenate(values) if values else np.empty(0, np.uint64), max_group))
+        pairs = D.band_pairs(np.concatenate(values) if values else np.empty(0, np.uint64), max_group)
+        parts.append(pairs[pairs[:, 0] < new_documents])
     return D.unique_pairs(parts)
 
 

@@ -158,10 +158,12 @@ def plan_ingest(recipe: Recipe, seen: dict[str, list[int]] | None = None) -> Pla
     return Plan(units, quarantined)
 
 
-# When a recipe leaves `shard_size_mb` unset, shards are cut smaller so every worker gets a few (the last wave of
-# tasks is then short), never below MIN_AUTO_SHARD_MB, where a task's start-up outweighs its work. Our choice,
-# from bench/scaling.py: three 25 MB files made three 64 MB shards, two waves for two workers.
-SHARDS_PER_WORKER = 4
+# When a recipe leaves `shard_size_mb` unset, an input under SHARDS_PER_RUN x 64 MB is cut into about SHARDS_PER_RUN
+# shards, so a few workers each get several (the last wave of tasks is then short), never below MIN_AUTO_SHARD_MB,
+# where a task's start-up outweighs its work. The size depends on the input only, not on the worker count, so an
+# interrupted run resumes under any number of workers. Our choice, from bench/scaling.py: three 25 MB files made
+# three 64 MB shards, two waves for two workers.
+SHARDS_PER_RUN = 8
 MIN_AUTO_SHARD_MB = 4.0
 # Tasks that run at once on a cluster whose size the flow does not know (`tcp://...`): our choice; more pieces
 # than workers only queue, fewer leave workers idle.
@@ -177,15 +179,15 @@ def parallelism(workers: int | None, cluster: str | None = None) -> int:
     return workers or os.cpu_count() or 1
 
 
-def sized_for(recipe: Recipe, parallel: int) -> Recipe:
-    """The recipe with the shard size its run uses: the recipe's own when it sets one (or one task runs at a
-    time), else the default cut down to SHARDS_PER_WORKER shards per worker of the input's size. The version does
-    not depend on it (tested across shardings); a run's resume key does."""
-    if "shard_size_mb" in recipe.model_fields_set or parallel <= 1:
+def sized_for(recipe: Recipe) -> Recipe:
+    """The recipe with the shard size its run uses: the recipe's own when it sets one, else the default cut down
+    to about SHARDS_PER_RUN shards of the input's size on disk. The version does not depend on it (tested across
+    shardings); a run's resume key does."""
+    if "shard_size_mb" in recipe.model_fields_set:
         return recipe
     total = sum(os.path.getsize(f) for spec in recipe.inputs for f in resolve_files(spec, recipe.base)
                 if os.path.isfile(f))
-    size = max(MIN_AUTO_SHARD_MB, total / 1e6 / (parallel * SHARDS_PER_WORKER))
+    size = max(MIN_AUTO_SHARD_MB, total / 1e6 / SHARDS_PER_RUN)
     if not total or size >= recipe.shard_size_mb:
         return recipe
     return recipe.model_copy(update={"shard_size_mb": round(size, 3)})

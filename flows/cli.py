@@ -155,7 +155,7 @@ def _forecast(recipe: Recipe, plan: Plan, workers: int | None, cluster: str | No
 
     parallel = parallelism(workers, cluster)
     try:
-        forecast = estimate(sized_for(recipe, parallel), plan)
+        forecast = estimate(sized_for(recipe), plan)
     except (RecipeError, IngestError, StoreError) as exc:
         fail(str(exc))
     console.print(forecast.describe(parallel))

@@ -143,7 +143,7 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
     recipe.preflight(store.url)  # what the steps need from the store and from files, before any work
     written = recipe
     recipe, calibration = calibrate(recipe, store.url)  # the bounds the run uses (part of its key)
-    recipe = pipeline.sized_for(recipe, partitions)  # a few shards per worker, unless the recipe says otherwise
+    recipe = pipeline.sized_for(recipe)  # several shards for a small input, unless the recipe says otherwise
     plan = pipeline.plan_ingest(recipe, seen)  # bad inputs and name clashes fail here, before any work
     # What `curate run` printed (`forecast`), or estimated here: kept to compare with what the run used.
     estimated = pipeline.Estimate(**forecast) if forecast else pipeline.estimate(recipe, plan)

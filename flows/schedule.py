@@ -17,7 +17,7 @@ from prefect.deployments.runner import EntrypointType
 
 from curation import series as S
 from curation.diff import diff_versions, summarize_diff
-from curation.pipeline import plan_ingest
+from curation.pipeline import parallelism, plan_ingest
 from curation.recipe import load_recipe
 from curation.store import VersionStore
 from flows.curate import artifact_key, curate_flow, task_runner
@@ -48,7 +48,7 @@ def increment_flow(recipe_path: str, store_url: str, series: str, workers: int |
         step.recipe, store.url, step.name, parents=[step.parent] if step.parent else [], show_progress=show_progress,
         manifest_extra={"series": {"name": series, "sequence": step.sequence, "new_files": len(new_files),
                                    "recipe_path": str(recipe_path)}},
-        seen=step.seen, carry=step.parent)
+        seen=step.seen, carry=step.parent, partitions=parallelism(workers, cluster))
     S.record(store, series)
     manifest["published"] = manifest["name"]
     if step.parent:

@@ -25,6 +25,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from curation.ingest import InputSpec
+from curation.pipeline import parallelism
 from curation.recipe import Recipe
 from curation.store import VersionExistsError, VersionStore
 from curation.synth import generate as G
@@ -205,7 +206,7 @@ def _curate_attempts(recipe: Recipe, store: VersionStore, name: str, summary: di
     curation_workers = 1 if summary["attempts"] < SMALL_RUN else workers
     return curate_flow.with_options(task_runner=curation_runner(curation_workers))(
         curation, store.url, name, parents=parents, show_progress=show_progress, manifest_extra=extra,
-        override_guards=override_guards, synthesis=True)
+        override_guards=override_guards, synthesis=True, partitions=parallelism(curation_workers))
 
 
 def _templates(spec: SynthSpec, schema: RecordSchema) -> list[str]:

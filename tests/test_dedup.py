@@ -282,6 +282,8 @@ def test_prefer_sources_overrides_the_input_order_and_an_empty_list_ranks_none(t
     assert unranked.report["decided_by"] == {"quality_score": 6}
     with pytest.raises(ValueError, match="prefer_sources lists 'kjv' more than once"):
         REGISTRY["minhash_dedup"](prefer_sources=["kjv", "web_crawl", "kjv"])
+    with pytest.raises(ValueError, match="against lists 'v1' more than once"):  # two tasks would build one index
+        REGISTRY["exact_dedup"](against=["v1", "v2", "v1"])
 
 
 def test_human_text_wins_over_its_synthetic_copy_by_default(tmp_path):

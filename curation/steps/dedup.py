@@ -84,6 +84,13 @@ class KeepPolicyParams(StepParams):
 class DedupParams(FilterParams, KeepPolicyParams):
     against: list[str] = Field(default_factory=list)  # earlier versions to deduplicate against
 
+    @model_validator(mode="after")
+    def _check_against(self) -> DedupParams:
+        twice = sorted({v for v in self.against if self.against.count(v) > 1})
+        if twice:
+            raise ValueError(f"against lists {', '.join(map(repr, twice))} more than once; name each version once")
+        return self
+
 
 def _quality(batch: pa.Table) -> np.ndarray:
     if "quality_score" in batch.column_names:
@@ -392,8 +399,9 @@ class MinHashDedup(_DedupStep[MinHashDedupParams]):
         parts = workers.parts(sum(s.documents for s in sources))
         bands, rows = self.band_shape()
         pieces = P.split(np.arange(bands), parts)
-        pairs = D.unique_pairs(workers.map(P.band_candidates, [(sources, piece.tolist()) for piece in pieces]))
-        pairs = pairs[pairs[:, 0] < new_documents]  # two published documents: both kept already
+        # Pairs of two published documents (both kept already) are dropped where they are found.
+        pairs = D.unique_pairs(workers.map(P.band_candidates,
+                                           [(sources, piece.tolist(), new_documents) for piece in pieces]))
         if p.verify and len(pairs):
             similarities = _Similarities(sources, workers, parts, p.shingle_words)
             edges = pairs[np.asarray(similarities(pairs.tolist())) >= p.threshold]

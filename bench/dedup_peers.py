@@ -48,7 +48,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from end_to_end import Peak  # noqa: E402
+from end_to_end import Peak, exit_with_check  # noqa: E402
 from scaling import make_corpus, run_layout  # noqa: E402
 
 from curation import dedup as D  # noqa: E402
@@ -346,10 +346,7 @@ def main() -> None:
             problems.append(f"ours ran {figures['speedup']:.2f}x text-dedup's docs/s (target >= {TARGET_SPEEDUP}x)")
         if ours["precision"] < TARGET_PRECISION:
             problems.append(f"our precision {ours['precision']:.4f} (target >= {TARGET_PRECISION})")
-        for problem in problems:
-            print(f"CHECK FAILED: {problem}")
-        print("check:", "FAIL" if problems else "PASS")
-        sys.exit(1 if problems else 0)
+        exit_with_check(problems)
 
 
 if __name__ == "__main__":

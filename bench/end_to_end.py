@@ -117,6 +117,14 @@ def make_corpus(folder: Path, docs: int, seed: int, target_bytes: int, workers: 
     return files
 
 
+def exit_with_check(problems: list[str]) -> None:
+    """What a benchmark's `--check` prints and how it exits: each missed target, then PASS or FAIL."""
+    for problem in problems:
+        print(f"CHECK FAILED: {problem}")
+    print("check:", "FAIL" if problems else "PASS")
+    sys.exit(1 if problems else 0)
+
+
 class Peak:
     """Peak RSS of a process (default: this one) and all its descendants, and peak bytes under a folder."""
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from corpora import technical_corpus  # noqa: E402
-from end_to_end import Peak  # noqa: E402
+from end_to_end import Peak, exit_with_check  # noqa: E402
 
 FILE_DOCS = 25_000
 RECIPE = """\
@@ -202,10 +202,7 @@ def main() -> None:
         two = figures["layouts"].get("2 workers")
         if two is not None and "1 worker" in figures["layouts"] and two["speedup"] < 1.6:
             problems.append(f"2 workers ran {two['speedup']:.2f}x one worker (target >= 1.6x)")
-        for problem in problems:
-            print(f"CHECK FAILED: {problem}")
-        print("check:", "FAIL" if problems else "PASS")
-        sys.exit(1 if problems else 0)
+        exit_with_check(problems)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from end_to_end import exit_with_check  # noqa: E402
 
 from curation.demo import build_demo_corpus  # noqa: E402
 from curation.demo.instructions import (  # noqa: E402
@@ -193,10 +196,7 @@ def main() -> None:
         args.json.write_text(json.dumps(figures, indent=2))
     if args.check:
         problems = check(figures)
-        for problem in problems:
-            print(f"CHECK FAILED: {problem}")
-        print("check:", "FAIL" if problems else "PASS")
-        sys.exit(1 if problems else 0)
+        exit_with_check(problems)
 
 
 def base_loss(store: str, base: Path) -> float:

@@ -87,12 +87,15 @@ def _fingerprint(store: Path) -> str:
     return json.loads((store / "versions" / "v" / "manifest.json").read_text())["fingerprint"]
 
 
-@pytest.mark.e2e
-def test_a_process_pool_run_starts_one_prefect_server_and_publishes_what_one_worker_does(tmp_path):
-    servers, workers = _run_watching(tmp_path, tmp_path / "pool", "--workers", "2")
+def _assert_one_server_for_every_worker(servers: dict, workers: dict) -> None:
     assert len(servers) == 1, f"Prefect servers started during the run: {servers}"
     port = next(iter(servers.values()))
     assert workers and set(workers.values()) == {f"http://127.0.0.1:{port}/api"}, workers
+
+
+@pytest.mark.e2e
+def test_a_process_pool_run_starts_one_prefect_server_and_publishes_what_one_worker_does(tmp_path):
+    _assert_one_server_for_every_worker(*_run_watching(tmp_path, tmp_path / "pool", "--workers", "2"))
 
     single, _ = _run_watching(tmp_path, tmp_path / "single", "--workers", "1")
     assert len(single) == 1
@@ -101,10 +104,7 @@ def test_a_process_pool_run_starts_one_prefect_server_and_publishes_what_one_wor
 
 @pytest.mark.e2e
 def test_a_local_dask_cluster_run_starts_one_prefect_server(tmp_path):
-    servers, workers = _run_watching(tmp_path, tmp_path / "dask", "--cluster", "local:2")
-    assert len(servers) == 1, f"Prefect servers started during the run: {servers}"
-    port = next(iter(servers.values()))
-    assert workers and set(workers.values()) == {f"http://127.0.0.1:{port}/api"}, workers
+    _assert_one_server_for_every_worker(*_run_watching(tmp_path, tmp_path / "dask", "--cluster", "local:2"))
 
 
 def test_a_users_own_prefect_api_is_used_and_no_server_started(tmp_path):

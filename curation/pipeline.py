@@ -15,6 +15,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections import Counter
@@ -177,6 +178,14 @@ def parallelism(workers: int | None, cluster: str | None = None) -> int:
         count = cluster.removeprefix("local:")
         return int(count) if cluster.startswith("local:") and count.isdigit() else REMOTE_CLUSTER_PARALLELISM
     return workers or os.cpu_count() or 1
+
+
+def pool_size(workers: int, recipe: Recipe, plan: Plan, forecast: Estimate) -> int:
+    """The worker processes worth starting: no more than the tasks that can ever run at once (the ingest tasks,
+    the shards the forecast expects at the recipe's shard size, the pieces of a dedup decision). A process pool's
+    start costs ~2 s on 2 cores (bench/overhead.py); one worker runs the tasks in the command's own process."""
+    shards = math.ceil(forecast.text_bytes / (recipe.shard_size_mb * 1e6))
+    return max(1, min(workers, max(len(plan.units), shards, forecast.documents // Workers.min_docs)))
 
 
 def sized_for(recipe: Recipe) -> Recipe:

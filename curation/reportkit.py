@@ -160,6 +160,12 @@ def mpl_text(text: Any, limit: int = 40) -> str:
     return text.replace("$", r"\$")
 
 
+def import_plotting() -> None:
+    """Import matplotlib ahead of the first plot (~0.5 s on 2 cores), e.g. while a command waits for its server."""
+    import matplotlib.backends.backend_agg  # noqa: F401 - what a PNG is drawn with
+    import matplotlib.figure  # noqa: F401
+
+
 def new_figure(width: float = 9.0, height: float = 4.0, **kwargs):
     """A matplotlib Figure without pyplot: no global figure registry, nothing left open."""
     # matplotlib takes about a second to import, and `curation.store` imports this module (through the

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import sys
+import threading
 import webbrowser
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -94,16 +97,18 @@ app.command(name="why")(why_command)
 def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], workers: int | None,
          verbose: bool, override_guards: str | None = None, cluster: str | None = None) -> dict[str, Any]:
     """`curate run`'s body, also called by `curate demo`: check and plan, curate, show what was published."""
-    recipe, name, plan = _plan(recipe_path, store, name, parents)  # a mistake ends the command before Prefect starts
-    prefect_env(verbose, wait=False)  # Prefect's temporary server starts while the run is forecast
+    prefect_env(verbose, wait=False)  # Prefect's temporary server starts while the run is planned and forecast
+    recipe, name, plan = _plan(recipe_path, store, name, parents)  # a mistake ends the command before any work
     from curation.guards import GuardError
     from curation.ingest import IngestError
     from curation.pipeline import ShardError
     from curation.recipe import RecipeError
+    from curation.reportkit import import_plotting
     from curation.store import StoreError
     from flows.curate import run_curation
 
-    forecast = _forecast(recipe, plan, workers, cluster)
+    forecast, workers = _forecast(recipe, plan, workers, cluster)
+    import_plotting()  # what publishing needs, imported while the server is still starting
     prefect_api_ready()
     try:
         manifest = run_curation(recipe, store, name, parents=parents, workers=workers, show_progress=True,
@@ -145,21 +150,25 @@ def _plan(recipe_path: Path, store: str, name: str | None, parents: list[str]) -
     return recipe, name, plan
 
 
-def _forecast(recipe: Recipe, plan: Plan, workers: int | None, cluster: str | None) -> Estimate:
+def _forecast(recipe: Recipe, plan: Plan, workers: int | None,
+              cluster: str | None) -> tuple[Estimate, int | None]:
     """Prints what the run will need (documents, memory, disk), from samples spread over each input's files, and
-    returns it (the manifest records it next to what the run used)."""
+    returns it (the manifest records it next to what the run used) with the worker processes to start: without a
+    cluster, no more than the tasks that can run at once (`pipeline.pool_size`)."""
     from curation.ingest import IngestError
-    from curation.pipeline import estimate, parallelism, sized_for
+    from curation.pipeline import estimate, parallelism, pool_size, sized_for
     from curation.recipe import RecipeError
     from curation.store import StoreError
 
-    parallel = parallelism(workers, cluster)
     try:
-        forecast = estimate(sized_for(recipe), plan)
+        sized = sized_for(recipe)
+        forecast = estimate(sized, plan)
     except (RecipeError, IngestError, StoreError) as exc:
         fail(str(exc))
-    console.print(forecast.describe(parallel))
-    return forecast
+    if not cluster:
+        workers = pool_size(parallelism(workers), sized, plan, forecast)
+    console.print(forecast.describe(parallelism(workers, cluster)))
+    return forecast, workers
 
 
 def _print_published(manifest: dict[str, Any]) -> None:
@@ -514,5 +523,27 @@ def report(
         webbrowser.open(Path(path).resolve().as_uri() if target.local else path)
 
 
+def main() -> None:
+    """The `curate` command. Once it is done and every exit handler has run (Prefect's, the temporary server's
+    stop, logging's), the process ends at once: tearing down the ~3,500 modules a run imports took ~1 s of every
+    command on 2 cores (bench/overhead.py), and nothing is left for that teardown to write."""
+    try:
+        app()
+        code: int = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    for thread in threading.enumerate():  # what the interpreter would wait for before its exit handlers
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # noqa: SLF001 - the handlers the interpreter's own exit would run, in its order
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -17,10 +17,8 @@ import importlib.util
 import logging
 import os
 import tempfile
-import threading
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -31,6 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from flows import watchdog
+from flows.temporary_api import TemporaryServer
 
 if TYPE_CHECKING:
     from curation.store import VersionStore
@@ -197,45 +196,34 @@ def prefect_env(verbose: bool, wait: bool = True) -> None:
         prefect_api_ready()
 
 
-_api_starting: Future[str] | None = None  # the temporary server's API URL, once it answers
+_server: TemporaryServer | None = None  # the temporary API server this command started, until it answers
 
 
 def _start_temporary_api() -> None:
     """Start Prefect's temporary server in the background, where Prefect itself would start one: no API
-    configured (environment or profile) and the temporary server allowed."""
-    global _api_starting
+    configured (environment or profile) and the temporary server allowed. The process starts first; the settings
+    (~0.6 s to import) are read while it does, and it is stopped again if they name an API after all."""
+    global _server
+    if _server is not None or os.environ.get("PREFECT_API_URL"):
+        return
+    server = TemporaryServer()
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
-    if _api_starting is not None or settings.api.url or not settings.server.ephemeral.enabled:
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        server.stop()
         return
-    # Imported here, not in the thread: two threads importing Prefect's modules at once can deadlock on them.
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()  # the instance Prefect's own clients would start; stopped at exit
-    starting: Future[str] = Future()
-
-    def start() -> None:
-        try:
-            server.start()  # polls the server's health endpoint every 0.1 s
-            starting.set_result(server.api_url)
-        except BaseException as exc:  # noqa: BLE001 - handed to prefect_api_ready, in the command's thread
-            starting.set_exception(exc)
-
-    # A daemon: a command that fails before its first flow exits at once; the server goes with it (at exit or,
-    # if it had not registered that yet, by the watchdog, as its environment carries the command's token).
-    threading.Thread(target=start, name="prefect-temporary-api", daemon=True).start()
-    _api_starting = starting
+    _server = server
 
 
 def prefect_api_ready() -> None:
     """Wait for the temporary server `prefect_env` started, if it did, and point Prefect at it, in this process
     (its settings) and in every process started from now on (the environment they inherit)."""
-    global _api_starting
-    if _api_starting is None:
+    global _server
+    if _server is None:
         return
-    url = _api_starting.result()
-    _api_starting = None
+    url = _server.url()
+    _server = None
     os.environ["PREFECT_API_URL"] = url
     from prefect.context import refresh_global_settings_context
 

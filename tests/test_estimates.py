@@ -74,3 +74,20 @@ def test_manifest_holds_estimate_and_actual_and_the_fingerprint_ignores_them(tmp
     shown = CliRunner().invoke(app, ["show", "v1", "--store", store], env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert "estimate vs actual: documents" in shown.output
+
+
+def test_a_process_pool_is_no_larger_than_the_tasks_that_can_run_at_once(tmp_path):
+    write_jsonl(tmp_path / "small.jsonl", [{"id": f"s{i}", "text": doc(i)} for i in range(10)])
+    for part in range(3):
+        write_jsonl(tmp_path / f"part-{part}.jsonl", [{"id": f"p{part}-{i}", "text": doc(i)} for i in range(10)])
+
+    def pool(inputs: list[str], workers: int, **recipe) -> int:
+        sized = pipeline.sized_for(parse_recipe({"inputs": [{"path": p} for p in inputs], **recipe}, tmp_path))
+        plan = plan_ingest(sized)
+        return pipeline.pool_size(workers, sized, plan, estimate(sized, plan))
+
+    assert pool(["small.jsonl"], 8) == 1  # one ingest task, one shard: the tasks run in the command's process
+    assert pool([f"part-{part}.jsonl" for part in range(3)], 8) == 3  # three ingest tasks
+    assert pool([f"part-{part}.jsonl" for part in range(3)], 2) == 2  # never more than asked for
+    # Shards of 200 bytes: the forecast's text bytes (~3 KB) make several shards of one file.
+    assert pool(["small.jsonl"], 4, shard_size_mb=0.0002) == 4

@@ -105,9 +105,12 @@ def _run(recipe_path: Path, store: str, name: str | None, parents: list[str], wo
     from curation.recipe import RecipeError
     from curation.reportkit import import_plotting
     from curation.store import StoreError
+    from flows import process_pool
     from flows.curate import run_curation
 
     forecast, workers = _forecast(recipe, plan, workers, cluster)
+    if not cluster and workers and workers > 1:
+        process_pool.start(workers)  # the worker processes start while the server does
     import_plotting()  # what publishing needs, imported while the server is still starting
     prefect_api_ready()
     try:
@@ -536,10 +539,10 @@ def main() -> None:
         else:
             print(exc.code, file=sys.stderr)
             code = 1
-    for thread in threading.enumerate():  # what the interpreter would wait for before its exit handlers
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # noqa: SLF001 - the handlers the interpreter's own exit would run, in its order
+    # What the interpreter's own exit runs, in its order: the threads' exit hooks (executors' shutdown) and the
+    # wait for non-daemon threads, then the exit handlers.
+    threading._shutdown()  # noqa: SLF001
+    atexit._run_exitfuncs()  # noqa: SLF001
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

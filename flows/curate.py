@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 import re
-import resource
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -27,17 +25,12 @@ from curation.guards import gate, staged_guards
 from curation.recipe import Recipe
 from curation.steps.base import Workers
 from curation.store import VersionStore
+from flows import process_pool
 from flows.gpt import perplexity_scorer  # also registers the "gpt" classifier backend, in every worker
 from flows.printing import accounting, guard_rows
 from flows.progress import RunProgress
 
 T = TypeVar("T")
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far: what a worker really needed (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 @dataclass
@@ -53,22 +46,36 @@ class WorkerPeak:
         return result
 
 
-@task(name="ingest")
+class Whole(Generic[T]):
+    """A task argument Prefect hands over without walking into it: for each task it submits, it would visit every
+    element of a large one (the decisions: thousands of removals) looking for futures. Prefect's own `quote` and
+    `opaque` are tuples, which a Dask client rebuilds as plain tuples on the way to its workers."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+
+# The tasks' results are kept by the run itself (markers in the staging folder, for a resume): Prefect's cache
+# would only hash every argument (the decisions) for each task.
+@task(name="ingest", cache_policy=NO_CACHE)
 def ingest_task(recipe: Recipe, unit: pipeline.IngestUnit, store_url: str, staging: str
                 ) -> tuple[pipeline.IngestResult, int]:
-    return pipeline.ingest_unit(recipe, unit, store_url, staging), peak_rss_bytes()
+    return process_pool.run(pipeline.ingest_unit, recipe, unit, store_url, staging)
 
 
-@task(name="process-shard")
-def shard_task(recipe: Recipe, shard: str, drops: list[tuple[int, str]], store_url: str, staging: str, start: int,
-               stop: int, decisions: dict[int, Any], source_shard: str) -> tuple[pipeline.ShardResult, int]:
-    result = pipeline.process_shard(recipe, shard, drops, store_url, staging, start, stop, decisions, source_shard)
-    return result, peak_rss_bytes()
+@task(name="process-shard", cache_policy=NO_CACHE)
+def shard_task(recipe: Recipe, shard: str, drops: Whole[list[tuple[int, str]]], store_url: str, staging: str,
+               start: int, stop: int, decisions: Whole[dict[int, Any]], source_shard: str
+               ) -> tuple[pipeline.ShardResult, int]:
+    return process_pool.run(pipeline.process_shard, recipe, shard, drops.value, store_url, staging, start, stop,
+                            decisions.value, source_shard)
 
 
 @task(name="decide-part", cache_policy=NO_CACHE)
-def decision_part_task(fn: Callable[..., T], args: tuple) -> tuple[T, int]:
-    return fn(*args), peak_rss_bytes()
+def decision_part_task(fn: Callable[..., T], args: Whole[tuple]) -> tuple[T, int]:
+    return process_pool.run(fn, *args.value)
 
 
 @dataclass
@@ -82,7 +89,7 @@ class TaskMap:
     def __call__(self, fn: Callable[..., T], arguments: list[tuple]) -> list[T]:
         if len(arguments) <= 1:
             return [fn(*args) for args in arguments]
-        futures = [decision_part_task.submit(fn, args) for args in arguments]
+        futures = [decision_part_task.submit(fn, Whole(args)) for args in arguments]
         self.tasks += len(futures)
         return [self.peak.take(future.result()) for future in futures]
 
@@ -118,7 +125,7 @@ class DecisionMemory:
         return result, (max(after - before, 0) if before is not None and after is not None else None)
 
     def peak(self) -> int:
-        return max(self.run_peak, peak_rss_bytes())
+        return max(self.run_peak, process_pool.peak_rss_bytes())
 
 
 @flow(name="curate", log_prints=True)
@@ -254,8 +261,8 @@ def _process_shards(recipe: Recipe, ingested: list[pipeline.IngestResult], drops
         decided = time.perf_counter() - clock
         label = "steps" if number == 0 else f"steps {number + 1}"
         stage = progress.stage(label, total=sum(r.records for r in ingested) or 1)
-        futures = [shard_task.submit(recipe, inputs[s], drops.get(s, []) if number == 0 else [], store_url,
-                                     staging, start, stop, decisions, s) for s in shards]
+        futures = [shard_task.submit(recipe, inputs[s], Whole(drops.get(s, []) if number == 0 else []), store_url,
+                                     staging, start, stop, Whole(decisions), s) for s in shards]
         previous = []
         docs = 0
         for future in as_completed(futures):
@@ -342,6 +349,17 @@ def task_runner(workers: int | None, cluster: str | None = None):
     return ThreadPoolTaskRunner(max_workers=1) if workers == 1 else ProcessPoolTaskRunner(max_workers=workers)
 
 
+def curation_runner(workers: int | None, cluster: str | None = None):
+    """Where a curation flow's tasks run: as `task_runner`, except that on this machine with several workers the
+    tasks run in the flow's threads and hand their work to the command's worker processes (`flows/process_pool.py`),
+    with twice as many task threads as workers so that each worker has its next call queued."""
+    workers = workers or os.cpu_count() or 1
+    if cluster or workers == 1:
+        return task_runner(workers, cluster)
+    process_pool.start(workers)
+    return ThreadPoolTaskRunner(max_workers=2 * workers)
+
+
 def run_curation(recipe: Recipe, store_url: str, name: str, parents: list[str] | None = None,
                  workers: int | None = None, show_progress: bool = False,
                  manifest_extra: dict[str, Any] | None = None, override_guards: str | None = None,
@@ -350,7 +368,7 @@ def run_curation(recipe: Recipe, store_url: str, name: str, parents: list[str] |
                  decision_min_docs: int = Workers.min_docs) -> dict[str, Any]:
     """`forecast`: the estimate the caller already made and printed (else the flow makes one);
     `decision_min_docs`: the fewest documents per piece of a global decision sent to a worker."""
-    return curate_flow.with_options(task_runner=task_runner(workers, cluster))(
+    return curate_flow.with_options(task_runner=curation_runner(workers, cluster))(
         recipe, store_url, name, parents=parents, show_progress=show_progress, manifest_extra=manifest_extra,
         override_guards=override_guards, seen=seen, carry=carry, forecast=asdict(forecast) if forecast else None,
         partitions=pipeline.parallelism(workers, cluster), decision_min_docs=decision_min_docs)

@@ -20,7 +20,7 @@ from curation.diff import diff_versions, summarize_diff
 from curation.pipeline import parallelism, plan_ingest
 from curation.recipe import load_recipe
 from curation.store import VersionStore
-from flows.curate import artifact_key, curate_flow, task_runner
+from flows.curate import artifact_key, curate_flow, curation_runner
 
 
 @flow(name="curate-increment", log_prints=True)
@@ -44,7 +44,7 @@ def increment_flow(recipe_path: str, store_url: str, series: str, workers: int |
     print(f"series {series}: {len(new_files)} new input file(s) -> {step.name} (parent {step.parent or 'none'})")
     # The served flow is loaded from source by Prefect's runner, where the subflow's pydantic parameter model
     # cannot resolve `Recipe`; the recipe was validated by load_recipe above, so Prefect need not do it again.
-    manifest = curate_flow.with_options(task_runner=task_runner(workers, cluster), validate_parameters=False)(
+    manifest = curate_flow.with_options(task_runner=curation_runner(workers, cluster), validate_parameters=False)(
         step.recipe, store.url, step.name, parents=[step.parent] if step.parent else [], show_progress=show_progress,
         manifest_extra={"series": {"name": series, "sequence": step.sequence, "new_files": len(new_files),
                                    "recipe_path": str(recipe_path)}},

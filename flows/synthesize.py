@@ -41,8 +41,7 @@ from curation.synth.methods import (
 from curation.synth.rouge import NoveltyPool
 from curation.synth.schemas import RecordSchema, load_schema
 from curation.synth.spec import SynthSpec
-from flows.curate import artifact_key, curate_flow
-from flows.curate import task_runner as curation_runner
+from flows.curate import artifact_key, curate_flow, curation_runner, task_runner
 from flows.gpt import GPTCompletionBackend
 from flows.progress import RunProgress
 
@@ -236,7 +235,7 @@ def run_synthesis(recipe: Recipe, store_url: str, name: str, workers: int | None
     assert spec is not None
     # An HTTP backend runs one batch at a time, its own `concurrency` requests in flight (so that bound holds);
     # local models and code use the cores (a process each).
-    runner = ThreadPoolTaskRunner(max_workers=1) if spec.backend.kind == "openai" else curation_runner(workers)
+    runner = ThreadPoolTaskRunner(max_workers=1) if spec.backend.kind == "openai" else task_runner(workers)
     return synthesize_flow.with_options(task_runner=runner)(recipe, store_url, name, workers=workers,
                                                             show_progress=show_progress,
                                                             override_guards=override_guards)

@@ -175,9 +175,9 @@ def prefect_env(verbose: bool, wait: bool = True) -> None:
     """Embedded Prefect, quiet and offline-friendly, unless the user configured otherwise; whatever the command
     starts from here on (the temporary API server, workers) ends with it (`flows.watchdog`).
 
-    Unless the user names a Prefect API, the command starts one temporary server, which its flows and every worker
-    process (a process pool's, a Dask cluster's) report to: left to Prefect, each worker process would start a
-    server of its own (~220 MB and seconds each). `wait=False` returns while the server starts, so the command can
+    Unless the user names a Prefect API, the command starts one temporary server (`flows/temporary_api.py`), which
+    its flows and every Dask worker report to: left to Prefect, each worker process would start a server of its own
+    (~220 MB and seconds each). `wait=False` returns while the server starts, so the command can
     do other work meanwhile; `prefect_api_ready()` must then come before its first flow."""
     watchdog.start()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -1,7 +1,8 @@
 """The curation flow: ingest -> steps -> publish, one Prefect task per input group and per shard.
 
-Runs in Prefect's embedded mode by default (a temporary local API; no server to start) and
-spreads the shard tasks over every core with a process pool.
+Runs in Prefect's embedded mode by default (a temporary local API; no server to start); the tasks record the
+work with Prefect in the flow's threads and hand it to the command's worker processes (`flows/process_pool.py`),
+or run on a Dask cluster's workers.
 """
 
 from __future__ import annotations
@@ -101,25 +102,13 @@ class DecisionMemory:
     def __init__(self) -> None:
         self.run_peak = 0
 
-    @staticmethod
-    def _status(field: str) -> int | None:
-        try:
-            with open("/proc/self/status") as status:
-                line = next((x for x in status if x.startswith(field + ":")), None)
-        except OSError:
-            return None
-        return int(line.split()[1]) * 1024 if line else None
-
     def measure(self, work: Callable[..., T], *args: Any) -> tuple[T, int | None]:
-        before, peak = self._status("VmRSS"), self._status("VmHWM")
+        before, peak = process_pool.memory_status("VmRSS"), process_pool.memory_status("VmHWM")
         self.run_peak = max(self.run_peak, peak or 0)
-        try:
-            with open("/proc/self/clear_refs", "w") as clear:
-                clear.write("5")
-        except OSError:
+        if not process_pool.reset_peak():
             before = None
         result = work(*args)
-        after = self._status("VmHWM")
+        after = process_pool.memory_status("VmHWM")
         if after is not None:
             self.run_peak = max(self.run_peak, after)
         return result, (max(after - before, 0) if before is not None and after is not None else None)
@@ -355,6 +344,7 @@ def curation_runner(workers: int | None, cluster: str | None = None):
     with twice as many task threads as workers so that each worker has its next call queued."""
     workers = workers or os.cpu_count() or 1
     if cluster or workers == 1:
+        process_pool.stop()  # an earlier run's pool: this one's tasks run here, or on the cluster
         return task_runner(workers, cluster)
     process_pool.start(workers)
     return ThreadPoolTaskRunner(max_workers=2 * workers)

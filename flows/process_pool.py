@@ -18,18 +18,41 @@ import resource
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 _pool: ProcessPoolExecutor | None = None
 _size = 0
+_broken = False  # a worker died (killed for memory, say): the next start makes a new pool
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far: what a worker really needed (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident memory over its life (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+def memory_status(field: str) -> int | None:
+    """A memory figure of this process from Linux's /proc/self/status (VmRSS, VmHWM: the peak since the last
+    `reset_peak`), in bytes; None elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            line = next((x for x in status if x.startswith(field + ":")), None)
+    except OSError:
+        return None
+    return int(line.split()[1]) * 1024 if line else None
+
+
+def reset_peak() -> bool:
+    """Start this process's peak (VmHWM) over from its current size (Linux); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _prepare_worker() -> None:
@@ -42,7 +65,7 @@ def start(workers: int) -> None:
     """Have a pool of `workers` processes (an existing pool of another size is stopped first); every process is
     started now, so that they start while the command goes on."""
     global _pool, _size
-    if _pool is not None and _size == workers:
+    if _pool is not None and _size == workers and not _broken:
         return
     stop()
     # spawn, as Prefect's own pool: the command's process holds threads (Prefect's, the server's start-up)
@@ -52,26 +75,31 @@ def start(workers: int) -> None:
     _pool, _size = pool, workers
 
 
-def size() -> int:
-    """How many worker processes the pool has (0: none started)."""
-    return _size if _pool is not None else 0
-
-
 def _measured(fn: Callable[..., T], args: tuple) -> tuple[T, int]:
-    return fn(*args), peak_rss_bytes()
+    """`fn(*args)` and the peak resident memory of this process while it ran (a worker serves every flow of a
+    command, so its lifetime peak could be an earlier run's), or over its life where the peak cannot be reset."""
+    reset = reset_peak()
+    result = fn(*args)
+    peak = memory_status("VmHWM") if reset else None
+    return result, peak if peak is not None else peak_rss_bytes()
 
 
 def run(fn: Callable[..., T], *args: Any) -> tuple[T, int]:
     """`fn(*args)` in a worker of the pool (here when there is none), with the peak resident memory of the process
     that ran it."""
+    global _broken
     if _pool is None:
         return _measured(fn, args)
-    return _pool.submit(_measured, fn, args).result()
+    try:
+        return _pool.submit(_measured, fn, args).result()
+    except BrokenProcessPool:
+        _broken = True
+        raise
 
 
 def stop() -> None:
-    global _pool, _size
-    pool, _pool, _size = _pool, None, 0
+    global _pool, _size, _broken
+    pool, _pool, _size, _broken = _pool, None, 0, False
     if pool is not None:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -1,6 +1,6 @@
-"""One temporary Prefect server per command: the worker processes of a process pool or of a local Dask cluster
-report to the command's own API instead of each starting a server of its own (~220 MB and seconds apiece),
-and the published version is the same whatever runs the tasks."""
+"""One temporary Prefect server per command: the workers of a local Dask cluster report to the command's own API
+instead of each starting a server of its own (~220 MB and seconds apiece), the process pool's workers run no
+Prefect, and the published version is the same whatever runs the tasks."""
 
 from __future__ import annotations
 

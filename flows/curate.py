@@ -74,15 +74,16 @@ def shard_task(recipe: Recipe, shard: str, drops: Whole[list[tuple[int, str]]], 
                             decisions.value, source_shard)
 
 
-@task(name="decide-part", cache_policy=NO_CACHE)
-def decision_part_task(fn: Callable[..., T], args: Whole[tuple]) -> tuple[T, int]:
+@task(name="part", task_run_name="part-{fn.__name__}", cache_policy=NO_CACHE)
+def part_task(fn: Callable[..., T], args: Whole[tuple]) -> tuple[T, int]:
+    """One piece of a decision or of the statistics' pass."""
     return process_pool.run(fn, *args.value)
 
 
 @dataclass
 class TaskMap:
-    """How a decision's pieces run: as tasks on the run's workers, or here when there is only one (a task's
-    start-up would cost more than the piece). Counts the tasks it started."""
+    """How the pieces of a decision or of the statistics' pass run: as tasks on the run's workers, or here when
+    there is only one (a task's start-up would cost more than the piece). Counts the tasks it started."""
 
     peak: WorkerPeak
     tasks: int = 0
@@ -90,7 +91,7 @@ class TaskMap:
     def __call__(self, fn: Callable[..., T], arguments: list[tuple]) -> list[T]:
         if len(arguments) <= 1:
             return [fn(*args) for args in arguments]
-        futures = [decision_part_task.submit(fn, Whole(args)) for args in arguments]
+        futures = [part_task.submit(fn, Whole(args)) for args in arguments]
         self.tasks += len(futures)
         return [self.peak.take(future.result()) for future in futures]
 
@@ -183,7 +184,7 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
         actual = pipeline.run_actuals(ingested, peak.rss_bytes, store.fs.du(staging.path))
 
         def extras(staged, final: dict[str, Any]) -> list[str]:  # statistics and report, timed with publishing
-            written = pipeline.version_extras(store.url, parents or [])(staged, final)
+            written = pipeline.version_extras(store.url, parents or [], workers)(staged, final)
             final["timings"]["stats+publish"] = _timing(clock, final["rows"])
             final["run_seconds"] = round(time.perf_counter() - started, 3)
             # After statistics, the flow process's last large step; not part of the content fingerprint.

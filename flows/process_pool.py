@@ -57,7 +57,7 @@ def reset_peak() -> bool:
 
 def _prepare_worker() -> None:
     """What every task needs, imported once per worker as it starts rather than by its first task."""
-    import curation.pipeline  # noqa: F401 - the steps' registry, pyarrow, the ingest readers
+    import curation.pipeline  # noqa: F401 - the steps' registry, pyarrow, the ingest readers, the statistics (SciPy)
     import flows.gpt  # noqa: F401 - registers the "gpt" classifier backend
 
 

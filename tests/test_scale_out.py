@@ -3,6 +3,7 @@ whatever the number of pieces, the sharding, or the process count; shards sized 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -202,6 +203,9 @@ def test_two_workers_decide_in_tasks_and_publish_what_one_process_does(tmp_path,
     assert all(t["decide_tasks"] == 0 for t in one["timings"].values() if isinstance(t, dict) and "decide_tasks" in t)
     # The summaries went to files in the staging folder, not through the flow: the published version has none.
     assert not list((tmp_path / "b").rglob("summary-*.parquet"))
+    # The statistics' pass ran in pieces on the workers, merged in order: the same stats.json as one pass.
+    stats = [json.loads((Path(m["path"]) / "stats.json").read_text()) for m in (one, two)]
+    assert stats[0] == stats[1] and stats[0]["size"]["docs"] == two["rows"]
 
 
 def test_a_small_input_is_cut_into_several_shards_unless_the_recipe_sets_their_size(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from curation.stats import SemanticModel, compute_stats, fit_semantic, task_type
 from curation.stats import compute as stats_compute
-from curation.stats.compute import _Accumulator
+from curation.stats.compute import Accumulator
 from curation.stats.counts import WordCounts
 from curation.stats.sample import Reservoir
 from curation.stats.semantic import _hashed_counts, _truncated_svd
@@ -161,7 +161,7 @@ def test_reservoir_deterministic_for_seed_and_batching():
                       "source": ["s"] * 3000})
 
     def sample(seed: int, batch: int) -> list[str]:
-        acc = _Accumulator(seed, 100, None)
+        acc = Accumulator(seed, 100, None)
         for offset in range(0, table.num_rows, batch):
             acc.add(table.slice(offset, batch))
         return acc.reservoir.ids
@@ -326,3 +326,20 @@ def test_same_stats_whatever_the_batching(monkeypatch):
     pieces = [table.slice(i, 37).to_batches()[0] for i in range(0, table.num_rows, 37)]  # RecordBatches too
     sliced, _ = compute_stats(pieces, **small(sample_size=100))
     assert json.dumps(sliced, sort_keys=True) == json.dumps(whole, sort_keys=True)
+
+
+def test_parts_accumulated_apart_and_merged_in_order_give_the_stats_of_one_pass():
+    # What a run's workers do: each accumulates consecutive files, the flow merges them in order.
+    table = topic_table(list(TOPICS))
+    n = table.num_rows
+    table = table.append_column("quality_score", pa.array([i / n for i in range(n)]))
+    table = table.append_column("dup_cluster_size", pa.array([1 + (i % 3 == 0) for i in range(n)]))
+    one, _ = compute_stats([table], **small())
+    cuts = [0, 101, 260, n]
+    parts = [stats_compute.accumulate([table.slice(a, b - a)], sample_size=200, first_index=a)
+             for a, b in zip(cuts, cuts[1:])]
+    for later in parts[1:]:
+        parts[0].merge(later)
+    merged, _ = stats_compute.stats_from(parts[0], words_per_doc=100, k=3, dims=8)
+    assert merged == one
+    assert merged["size"]["docs"] == n and merged["sample"]["size"] == 200

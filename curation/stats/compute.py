@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ SCORE_COLUMNS = ("quality_score", "lang_score")
 
 _ARROW_SPLIT = r"[^\pL\pN_]+"  # separators between words: the complement of Python's \w
 
-# What `_Accumulator.measure` returns for one slice: the slice, its text, characters and words per
+# What `Accumulator.measure` returns for one slice: the slice, its text, characters and words per
 # document, and the value counts of its lowercase words.
 Measured = tuple[pa.Table, pa.Array, np.ndarray, np.ndarray, pa.StructArray | None]
 
@@ -49,10 +49,12 @@ def _int_lengths(values: pa.Array | None, n: int) -> np.ndarray:
     return pc.fill_null(pc.utf8_length(values), 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-class _Accumulator:
-    """Everything counted exactly over the stream, and the sample."""
+class Accumulator:
+    """Everything counted exactly over the stream (or over one part of it, its first document numbered
+    `first_index` in the whole stream), and the sample."""
 
-    def __init__(self, seed: int, sample_size: int, tokenizer: Any) -> None:
+    def __init__(self, seed: int, sample_size: int, tokenizer: Any, first_index: int = 0) -> None:
+        self.first_index = first_index
         self.docs = self.chars = self.words = 0
         self.tokens: int | None = 0 if tokenizer is not None else None
         self.tokenizer = tokenizer
@@ -109,7 +111,8 @@ class _Accumulator:
         self._fold_distributions(table)
         self._fold_instructions(table)
         ids = _column(table, "id")
-        self.reservoir.offer(ids.to_pylist() if ids is not None else [None] * n, text, self.docs - n)
+        self.reservoir.offer(ids.to_pylist() if ids is not None else [None] * n, text,
+                             self.first_index + self.docs - n)
 
     def _fold_groups(self, table: pa.Table, chars: np.ndarray, words: np.ndarray) -> None:
         """Documents, characters and words by source; documents and characters by language."""
@@ -162,6 +165,31 @@ class _Accumulator:
             self.input_chars.add(_int_lengths(inputs.take(rows) if inputs is not None else None, len(rows)))
             self.output_chars.add(_int_lengths(output.take(rows), len(rows)))
 
+    def merge(self, later: Accumulator) -> None:
+        """Fold in the accumulator of the part of the stream that follows this one's: the same counts and sample
+        as one pass over both (the words exactly, while under `WordCounts.max_vocab`)."""
+        self.docs += later.docs
+        self.chars += later.chars
+        self.words += later.words
+        self.tokens = None if self.tokens is None or later.tokens is None else self.tokens + later.tokens
+        for mine, theirs in ((self.by_source, later.by_source), (self.by_lang, later.by_lang)):
+            for key, entry in theirs.items():
+                into = mine.setdefault(key, dict.fromkeys(entry, 0))
+                for field, value in entry.items():
+                    into[field] += value
+        self.lengths.merge(later.lengths)
+        self.unigrams.merge(later.unigrams)
+        for name, hist in self.scores.items():
+            hist.merge(later.scores[name])
+        if later.dup_sizes is not None:
+            self.dup_sizes = (self.dup_sizes or Counter()) + later.dup_sizes
+        self.reservoir.merge(later.reservoir)
+        self.instr_docs += later.instr_docs
+        self.task_types.update(later.task_types)
+        self.input_chars.merge(later.input_chars)
+        self.output_chars.merge(later.output_chars)
+        self.has_instructions = self.has_instructions or later.has_instructions
+
     def instructions(self) -> dict[str, Any] | None:
         """The `instructions` section (None without instruction and output columns)."""
         if not self.has_instructions:
@@ -189,15 +217,17 @@ def _as_tables(batches: Iterable[pa.Table | pa.RecordBatch]) -> Iterable[pa.Tabl
             offset = stop
 
 
-def _accumulate(batches: Iterable[pa.Table], seed: int, sample_size: int, tokenizer: Any) -> _Accumulator:
-    """Read the stream once: slices measured on up to 4 threads, folded in stream order."""
-    acc = _Accumulator(seed, sample_size, tokenizer)
+def accumulate(batches: Iterable[pa.Table], *, seed: int = 0, sample_size: int = 2000, tokenizer: Any = None,
+               first_index: int = 0) -> Accumulator:
+    """Read the stream (or one part of it, whose first document is the stream's `first_index`-th) once: slices
+    measured on up to 4 threads, folded in stream order. Parts' accumulators `merge` in stream order."""
+    acc = Accumulator(seed, sample_size, tokenizer, first_index)
     threads = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(threads) as pool:
         pending: deque = deque()
         for table in _as_tables(batches):  # at most 2 slices per thread in flight: memory stays bounded
             if table.num_rows:
-                pending.append(pool.submit(_Accumulator.measure, table))
+                pending.append(pool.submit(Accumulator.measure, table))
             if len(pending) >= 2 * threads:
                 acc.fold(pending.popleft().result())
         while pending:
@@ -236,9 +266,32 @@ def compute_stats(batches: Iterable[pa.Table], *, seed: int = 0, sample_size: in
     """Stream the batches once; return the stats.json dict (docs/stats-schema.md) and the semantic model."""
     if words_per_doc < 1:
         raise ValueError(f"words_per_doc must be >= 1, got {words_per_doc}")
-    acc = _accumulate(batches, seed, sample_size, tokenizer)
+    acc = accumulate(batches, seed=seed, sample_size=sample_size, tokenizer=tokenizer)
+    return stats_from(acc, seed=seed, words_per_doc=words_per_doc, k=k, dims=dims, reference_model=reference_model,
+                      reference_name=reference_name)
+
+
+def _sample_section(name: str, sample: list[str], seed: int, words_per_doc: int, k: int, dims: int,
+                    reference_model: Path | str | SemanticModel | None, reference_name: str | None) -> Any:
+    if name == "semantic":
+        return _semantic_section(sample, seed, k, dims)
+    if name == "lexical":
+        return lexical_stats(sample, words_per_doc)
+    return _coverage_section(sample, reference_model, reference_name)
+
+
+def stats_from(acc: Accumulator, *, seed: int = 0, words_per_doc: int = 200, k: int = 16, dims: int = 64,
+               reference_model: Path | str | SemanticModel | None = None, reference_name: str | None = None,
+               map: Callable[[Callable[..., Any], list[tuple]], list[Any]] | None = None
+               ) -> tuple[dict[str, Any], SemanticModel]:
+    """The stats.json dict and the semantic model from the whole stream's accumulator; `map(fn, arguments)`
+    (default: one after the other) runs the sample's three measures (semantic model, lexical diversity, coverage),
+    which are independent of each other."""
     sample = acc.reservoir.texts
-    semantic, model = _semantic_section(sample, seed, k, dims)
+    names = ["semantic", "lexical"] + (["coverage"] if reference_model is not None else [])
+    arguments = [(name, sample, seed, words_per_doc, k, dims, reference_model, reference_name) for name in names]
+    results = (map or _serial)(_sample_section, arguments)
+    (semantic, model), lexical = results[0], results[1]
     stats = {
         "schema": SCHEMA_VERSION,
         "sample": {"size": len(sample), "seed": seed, "words_per_doc": words_per_doc},
@@ -251,10 +304,14 @@ def compute_stats(batches: Iterable[pa.Table], *, seed: int = 0, sample_size: in
             "dup_cluster_size": ({str(s): c for s, c in sorted(acc.dup_sizes.items())}
                                  if acc.dup_sizes is not None else None),
         },
-        "lexical": lexical_stats(sample, words_per_doc),
+        "lexical": lexical,
         "unigrams": {"total": acc.words, "top": acc.unigrams.top(TOP_UNIGRAMS)},
         "semantic": semantic,
-        "coverage": _coverage_section(sample, reference_model, reference_name),
+        "coverage": results[2] if len(results) > 2 else None,
         "instructions": acc.instructions(),
     }
     return stats, model
+
+
+def _serial(fn: Callable[..., Any], arguments: list[tuple]) -> list[Any]:
+    return [fn(*args) for args in arguments]

@@ -68,6 +68,10 @@ class IntCounts:
             distinct, counts = np.unique(values[~small], return_counts=True)
             self.sparse.update(dict(zip(distinct.tolist(), counts.tolist())))
 
+    def merge(self, other: IntCounts) -> None:
+        self.dense += other.dense
+        self.sparse.update(other.sparse)
+
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         idx = np.flatnonzero(self.dense)
         big = sorted(self.sparse.items())
@@ -123,6 +127,10 @@ class ScoreHistogram:
         bins = np.clip((np.clip(values, 0.0, 1.0) * SCORE_FINE_BINS).astype(np.int64), 0, SCORE_FINE_BINS - 1)
         self.fine += np.bincount(bins, minlength=SCORE_FINE_BINS)
 
+    def merge(self, other: ScoreHistogram) -> None:
+        self.fine += other.fine
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+
     def result(self) -> dict[str, Any] | None:
         n = int(self.fine.sum())
         if n == 0:
@@ -167,6 +175,15 @@ class WordCounts:
                                       "count": counts.field("counts")}))
         self.pending_rows += len(counts)
         if self.pending_rows > max(1_000_000, self.table.num_rows if self.table is not None else 0):
+            self._compact()
+
+    def merge(self, other: WordCounts) -> None:
+        """Fold in another part's counts (exact while neither part nor the sum passed `max_vocab` words)."""
+        other._compact()
+        if other.table is not None and other.table.num_rows:
+            self.pending.append(other.table)
+            self.pending_rows += other.table.num_rows
+            self.max_pruned = max(self.max_pruned, other.max_pruned)
             self._compact()
 
     def _compact(self) -> None:

@@ -46,10 +46,17 @@ class Reservoir:
         if not len(candidates):
             return
         taken = pc.utf8_slice_codeunits(pc.fill_null(text.take(pa.array(candidates)), ""), 0, SAMPLE_CHARS)
-        all_keys = np.concatenate((self.keys, keys[candidates]))
-        all_order = np.concatenate((self.order, order[candidates]))
-        all_texts = self.texts + taken.to_pylist()
-        all_ids = self.ids + [str(ids[c]) for c in candidates]
+        self._keep_smallest(keys[candidates], order[candidates], taken.to_pylist(), [str(ids[c]) for c in candidates])
+
+    def merge(self, other: Reservoir) -> None:
+        """Fold in the sample of another part of the stream (numbered apart from this one's): the sample of both."""
+        self._keep_smallest(other.keys, other.order, other.texts, other.ids)
+
+    def _keep_smallest(self, keys: np.ndarray, order: np.ndarray, texts: list[str], ids: list[str]) -> None:
+        all_keys = np.concatenate((self.keys, keys))
+        all_order = np.concatenate((self.order, order))
+        all_texts = self.texts + texts
+        all_ids = self.ids + ids
         keep = np.lexsort((all_order, all_keys))[:self.size]
         self.keys, self.order = all_keys[keep], all_order[keep]
         self.texts = [all_texts[i] for i in keep]

@@ -590,16 +590,17 @@ def _file_groups(fs: Any, files: list[str], pieces: int) -> list[tuple[list[str]
     return [*groups, (current, first)] if current or not groups else groups
 
 
-def version_extras(store_url: str, parents: list[str], workers: Workers = SERIAL):
+def version_extras(store_url: str, parents: list[str], workers: Workers = SERIAL, min_docs: int = STATS_MIN_DOCS):
     """The publish hook: statistics (stats.json, and the semantic model a later version measures its
     coverage against, compared here with the first parent's) and the HTML report with its JSON twin. The
-    statistics' pass over the data is cut into `workers` pieces of consecutive files (merged in order: the same
-    result as one pass), and the sample's measures run side by side there."""
+    statistics' pass over the data is cut into up to `workers.partitions` pieces of consecutive files, each of at
+    least `min_docs` documents (merged in order: the same result as one pass), and the sample's measures run side
+    by side on the workers."""
     def extras(staging, manifest: dict[str, Any]) -> list[str]:
         store = VersionStore(store_url)
         fs = store.fs
         parts = sorted(p for p in fs.ls(f"{staging.path}/data", detail=False) if p.endswith(".parquet"))
-        pieces = min(workers.parts(manifest["rows"]), manifest["rows"] // STATS_MIN_DOCS) if len(parts) > 1 else 1
+        pieces = min(workers.partitions, manifest["rows"] // max(min_docs, 1)) if len(parts) > 1 else 1
         groups = _file_groups(fs, parts, pieces) if pieces > 1 else [(parts, 0)]
         accumulated = workers.map(_accumulate_files, [(store_url, files, first) for files, first in groups])
         for later in accumulated[1:]:

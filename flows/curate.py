@@ -124,14 +124,15 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
                 override_guards: str | None = None, synthesis: bool = False,
                 seen: dict[str, list[int]] | None = None, carry: str | None = None,
                 forecast: dict[str, int] | None = None, partitions: int = 1,
-                decision_min_docs: int = Workers.min_docs) -> dict[str, Any]:
+                decision_min_docs: int = Workers.min_docs,
+                stats_min_docs: int = pipeline.STATS_MIN_DOCS) -> dict[str, Any]:
     """Run `recipe` over its inputs and publish the result as version `name` of the store
     (`manifest_extra`: entries a calling flow adds to, or puts in place of, the manifest's own). A version
     that fails a hard model-collapse guard is not published unless `override_guards` gives a reason.
     `seen`: input files an earlier run ingested (path -> [size, mtime_ns]), skipped unless changed;
     `carry`: a version whose records the new one holds too (an incremental run; its ids stay taken);
     `partitions`: how many pieces a global decision's heavy parts may be cut into (about the worker count), each
-    of at least `decision_min_docs` documents.
+    of at least `decision_min_docs` documents (`stats_min_docs` for the statistics' pass).
 
     Every finished task persists its result in the staging directory, which is named by the run's
     key: after a crash (even kill -9) the same command finds them and redoes only the rest."""
@@ -184,8 +185,9 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
         actual = pipeline.run_actuals(ingested, peak.rss_bytes, store.fs.du(staging.path))
 
         def extras(staged, final: dict[str, Any]) -> list[str]:  # statistics and report, timed with publishing
-            written = pipeline.version_extras(store.url, parents or [], workers)(staged, final)
-            final["timings"]["stats+publish"] = _timing(clock, final["rows"])
+            tasks = task_map.tasks
+            written = pipeline.version_extras(store.url, parents or [], workers, stats_min_docs)(staged, final)
+            final["timings"]["stats+publish"] = {**_timing(clock, final["rows"]), "tasks": task_map.tasks - tasks}
             final["run_seconds"] = round(time.perf_counter() - started, 3)
             # After statistics, the flow process's last large step; not part of the content fingerprint.
             final.update(estimated.versus({**actual, "flow_peak_rss_bytes": memory.peak()}))
@@ -356,10 +358,13 @@ def run_curation(recipe: Recipe, store_url: str, name: str, parents: list[str] |
                  manifest_extra: dict[str, Any] | None = None, override_guards: str | None = None,
                  cluster: str | None = None, seen: dict[str, list[int]] | None = None,
                  carry: str | None = None, forecast: pipeline.Estimate | None = None,
-                 decision_min_docs: int = Workers.min_docs) -> dict[str, Any]:
+                 decision_min_docs: int = Workers.min_docs,
+                 stats_min_docs: int = pipeline.STATS_MIN_DOCS) -> dict[str, Any]:
     """`forecast`: the estimate the caller already made and printed (else the flow makes one);
-    `decision_min_docs`: the fewest documents per piece of a global decision sent to a worker."""
+    `decision_min_docs` (`stats_min_docs`): the fewest documents per piece of a global decision (of the
+    statistics' pass) sent to a worker."""
     return curate_flow.with_options(task_runner=curation_runner(workers, cluster))(
         recipe, store_url, name, parents=parents, show_progress=show_progress, manifest_extra=manifest_extra,
         override_guards=override_guards, seen=seen, carry=carry, forecast=asdict(forecast) if forecast else None,
-        partitions=pipeline.parallelism(workers, cluster), decision_min_docs=decision_min_docs)
+        partitions=pipeline.parallelism(workers, cluster), decision_min_docs=decision_min_docs,
+        stats_min_docs=stats_min_docs)

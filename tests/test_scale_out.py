@@ -191,7 +191,7 @@ def test_two_workers_decide_in_tasks_and_publish_what_one_process_does(tmp_path,
     recipe = parse_recipe({"inputs": [{"path": str(tmp_path / "in.jsonl")}], "shard_size_mb": 0.01,
                            "steps": [{"step": "exact_dedup"}, {"step": "minhash_dedup"}]})
     one = run_curation(recipe, str(tmp_path / "a"), "v", workers=1)
-    two = run_curation(recipe, str(tmp_path / "b"), "v", workers=2, decision_min_docs=1)
+    two = run_curation(recipe, str(tmp_path / "b"), "v", workers=2, decision_min_docs=1, stats_min_docs=1)
     assert one["fingerprint"] == two["fingerprint"]
     rejected = [VersionStore(tmp_path / s).read_table("v", "rejects").sort_by("id").to_pylist() for s in ("a", "b")]
     assert [(r["id"], r["reason"]) for r in rejected[0]] == [(r["id"], r["reason"]) for r in rejected[1]]
@@ -204,6 +204,7 @@ def test_two_workers_decide_in_tasks_and_publish_what_one_process_does(tmp_path,
     # The summaries went to files in the staging folder, not through the flow: the published version has none.
     assert not list((tmp_path / "b").rglob("summary-*.parquet"))
     # The statistics' pass ran in pieces on the workers, merged in order: the same stats.json as one pass.
+    assert two["timings"]["stats+publish"]["tasks"] >= 4 and one["timings"]["stats+publish"]["tasks"] == 0
     stats = [json.loads((Path(m["path"]) / "stats.json").read_text()) for m in (one, two)]
     assert stats[0] == stats[1] and stats[0]["size"]["docs"] == two["rows"]
 

@@ -6,10 +6,11 @@
 
 The recipe: 10 short English documents in one JSONL file, steps normalize, exact_dedup and gopher_quality. For
 each `--workers` setting (default 1 and 2): one untimed run first (a fresh PREFECT_HOME creates Prefect's
-database: "cold"), then `--repeat` timed runs (default 3), each a new version in the same store, each the real
-`curate` command in a subprocess with no PREFECT_API_URL (the temporary server, as a user gets it) and Prefect's
-logs at INFO in the run's log file, from which come: seconds from launch to the flow's start ("Beginning flow
-run") and to the first finished task (Prefect stamps its records to the millisecond), and from the flow's end to
+database: "cold"), then `--repeat` timed runs (default 3), each a new version in the same store, each the
+`curate` command's entry point in a subprocess (what its script runs, from a scratch folder) with no
+PREFECT_API_URL (the temporary server, as a user gets it) and Prefect's logs at INFO in the run's log file,
+from which come: seconds from launch to the flow's start ("Beginning flow run") and to the first finished task
+(Prefect stamps its records to the millisecond), and from the flow's end to
 the command's exit. Medians are printed. Also: `python -X importtime -c "import flows.cli"` (what every command
 pays before doing anything) and the modules a `curate run --workers 1` imports in its own process, each as
 cumulative seconds of the top-level imports, largest first.
@@ -36,8 +37,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-CLI = str(Path(sys.executable).with_name("curate"))
+# What the `curate` script runs (its entry point: `main`, or `app` in a copy from before `main` existed), so that
+# both trees are started the same way.
+CURATE = ("import sys, flows.cli as cli; sys.argv[0] = 'curate'; "
+          "sys.exit((getattr(cli, 'main', None) or cli.app)())")
 TARGET_WALL_S = 5.0  # the fixed overhead a 10-document run may cost (our target)
 RECIPE = {"inputs": [{"path": "in.jsonl"}],
           "steps": [{"step": "normalize"}, {"step": "exact_dedup"}, {"step": "gopher_quality"}]}
@@ -82,9 +85,10 @@ def _run(folder: Path, env: dict[str, str], label: str, name: str, workers: int)
     logs = folder / "logs" / name
     launched = datetime.now()
     clock = time.perf_counter()
-    result = subprocess.run([CLI, "run", str(folder / "recipe.yaml"), "--store", str(folder / f"store-{label}"),
+    result = subprocess.run([sys.executable, "-c", CURATE, "run", str(folder / "recipe.yaml"), "--store",
+                             str(folder / f"store-{label}"),
                              "--name", name, "--workers", str(workers)], env={**env, "CURATE_LOG_DIR": str(logs)},
-                            capture_output=True, text=True, timeout=900)
+                            capture_output=True, text=True, timeout=900, cwd=folder)
     wall = time.perf_counter() - clock
     if result.returncode != 0:
         raise SystemExit(f"curate run {name} failed (exit {result.returncode}): {result.stdout}{result.stderr}")
@@ -98,10 +102,11 @@ def _median(runs: list[dict[str, Any]], key: str) -> float | None:
     return round(statistics.median(values), 2) if values else None
 
 
-def _importtime(args: list[str], env: dict[str, str], top: int) -> list[tuple[str, float]]:
-    """Top-level imports (cumulative seconds, largest first) of a command run with `-X importtime`."""
+def _importtime(args: list[str], env: dict[str, str], top: int, folder: Path) -> list[tuple[str, float]]:
+    """Top-level imports (cumulative seconds, largest first) of a command run with `-X importtime` in `folder` (not
+    the repository: `python -c` puts the working directory ahead of PYTHONPATH, and --before's tree with it)."""
     result = subprocess.run([sys.executable, "-X", "importtime", *args], env=env, capture_output=True, text=True,
-                            timeout=900, cwd=REPO)
+                            timeout=900, cwd=folder)
     costs: dict[str, float] = {}
     for line in result.stderr.splitlines():
         parts = line.removeprefix("import time:").split("|")
@@ -137,11 +142,11 @@ def measure(workers: list[int], repeat: int, top: int, before: Path | None) -> d
                     **{f"median_{key}": _median(runs[label], key)
                        for key in ("wall_s", "to_flow_start_s", "to_first_task_s", "exit_after_flow_s")}}
         for label, env in envs.items():
-            results["trees"][label]["import_flows_cli"] = _importtime(["-c", "import flows.cli"], env, top)
-            command = [CLI, "run", str(folder / "recipe.yaml"), "--store", str(folder / f"store-{label}"), "--name",
-                       "imports", "--workers", "1"]
+            results["trees"][label]["import_flows_cli"] = _importtime(["-c", "import flows.cli"], env, top, folder)
+            command = ["-c", CURATE, "run", str(folder / "recipe.yaml"), "--store", str(folder / f"store-{label}"),
+                       "--name", "imports", "--workers", "1"]
             results["trees"][label]["imports_of_a_run"] = _importtime(
-                command, {**env, "CURATE_LOG_DIR": str(folder / "logs" / f"{label}-imports")}, top)
+                command, {**env, "CURATE_LOG_DIR": str(folder / "logs" / f"{label}-imports")}, top, folder)
         results["load_after"] = os.getloadavg()
     return results
 

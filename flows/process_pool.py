@@ -13,7 +13,9 @@ workers as before and `run` calls the function where the task runs.
 from __future__ import annotations
 
 import atexit
+import logging
 import multiprocessing
+import os
 import resource
 import sys
 from collections.abc import Callable
@@ -56,9 +58,16 @@ def reset_peak() -> bool:
 
 
 def _prepare_worker() -> None:
-    """What every task needs, imported once per worker as it starts rather than by its first task."""
+    """What every task needs, imported once per worker as it starts rather than by its first task; and the
+    command's log file for what `curation/` logs here (Prefect, which routes it in the command, is not loaded)."""
     import curation.pipeline  # noqa: F401 - the steps' registry, pyarrow, the ingest readers, the statistics (SciPy)
     import flows.gpt  # noqa: F401 - registers the "gpt" classifier backend
+    from flows.cli_common import LOG_FILE_ENV, RunLogHandler, debugging
+
+    if os.environ.get(LOG_FILE_ENV) and not debugging():
+        logging.basicConfig(level=os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING").upper(),
+                            format="%(asctime)s | %(levelname)-7s | %(name)s - %(message)s",
+                            handlers=[RunLogHandler()])
 
 
 def start(workers: int) -> None:

@@ -54,3 +54,19 @@ def test_a_one_worker_run_after_a_pooled_one_runs_its_tasks_here(no_pool):
     assert process_pool.run(os.getpid)[0] != os.getpid()
     curation_runner(1)
     assert process_pool.run(os.getpid)[0] == os.getpid()
+
+
+def _warn(message: str) -> None:
+    import logging
+
+    logging.getLogger("curation.test").warning(message)
+
+
+def test_what_a_worker_logs_goes_to_the_command_log_file(no_pool, tmp_path, monkeypatch):
+    log = tmp_path / "run.log"
+    monkeypatch.setenv("CURATE_LOG_FILE", str(log))
+    monkeypatch.delenv("CURATE_DEBUG", raising=False)
+    process_pool.start(2)
+    process_pool.run(_warn, "a word from a worker")
+    process_pool.stop()  # the worker exits: its handler is flushed and closed
+    assert "a word from a worker" in log.read_text()

@@ -452,9 +452,14 @@ def decide(recipe: Recipe, index: int, results: list[ShardResult], store_url: st
            ) -> tuple[Any, dict | None]:
     """The decision of the global step at `index` from every shard's summary (in shard order), and
     the step's report of it for the manifest (`workers`: where its heavy parts run)."""
-    _, step = recipe.build_steps(store_url)[index]
+    name, step = recipe.build_steps(store_url)[index]
     ordered = sorted(results, key=lambda r: r.shard)
-    decision = step.decide([Collected(r.collected, r.output, store_url, r.collected_rows) for r in ordered], workers)
+    try:
+        decision = step.decide([Collected(r.collected, r.output, store_url, r.collected_rows) for r in ordered],
+                               workers)
+    except Exception as exc:  # name the step, whether it failed here or in one of its pieces on a worker
+        raise ShardError(f"step {name!r} failed deciding from {len(ordered)} shards: {type(exc).__name__}: {exc}"
+                         ) from exc
     return decision, step.report(decision)
 
 

@@ -269,6 +269,24 @@ def test_kill_9_mid_run_then_the_same_command_resumes_and_publishes_the_same_fin
     assert manifest_of(store, "v")["steps"] == clean["steps"]
 
 
+def test_a_decision_that_fails_names_its_step_and_keeps_the_finished_tasks(tmp_path, prefect_harness, monkeypatch):
+    from curation import dedup_parts
+    from curation.pipeline import ShardError
+    from curation.recipe import parse_recipe
+    from flows.curate import run_curation
+
+    def unreadable(*args, **kwargs):
+        raise OSError("summary file unreadable")
+
+    monkeypatch.setattr(dedup_parts, "band_candidates", unreadable)
+    write_jsonl(tmp_path / "in.jsonl", rows(0, 40))
+    recipe = parse_recipe({"inputs": [{"path": str(tmp_path / "in.jsonl")}], "shard_size_mb": 0.01,
+                           "steps": [{"step": "minhash_dedup"}]})
+    with pytest.raises(ShardError, match=r"step 'minhash_dedup' failed deciding from \d+ shards: OSError: summary"):
+        run_curation(recipe, str(tmp_path / "store"), "x", workers=1)
+    assert _done_markers(tmp_path / "store", "x", "ingest")  # the finished ingest is kept for a rerun
+
+
 @pytest.mark.e2e
 def test_a_step_failing_in_a_worker_process_stops_the_run_naming_the_step_and_shard(tmp_path, prefect_harness):
     from curation.pipeline import ShardError

@@ -15,6 +15,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -56,6 +57,7 @@ from curation.store import VersionStore, write_text
 
 PARQUET_COMPRESSION = "zstd"
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ShardError(RuntimeError):
@@ -395,7 +397,11 @@ def process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], stor
     key = f"round-{start:02d}-{len(recipe.steps) if stop is None else stop:02d}-{stem}"
     done = finished(fs, staging, key, ShardResult)
     if done is not None:
-        return done
+        missing = [f for f in _written(done, staging, stem, len(recipe.steps) if stop is None else stop)
+                   if not fs.exists(f)]
+        if not missing:
+            return done
+        log.warning("%s: done before, but %s is gone: the shard is done again", key, missing[0])
     try:
         return _process_shard(recipe, shard, drops, store_url, staging, start, stop, decisions, source_shard, fs, key,
                               stem)
@@ -446,6 +452,15 @@ def _process_shard(recipe: Recipe, shard: str, drops: list[tuple[int, str]], sto
     data = conform(batch.drop_columns([c for c in PROVENANCE_COLUMNS if c in batch.column_names]))
     _write_parquet(fs, data, f"{staging}/data/part-{stem}.parquet")
     return mark_finished(fs, staging, key, ShardResult(source_shard, counts, data.num_rows, len(drops)))
+
+
+def _written(result: ShardResult, staging: str, stem: str, stop: int) -> list[str]:
+    """The files a finished shard round wrote that later rounds read: its output (and its summary file, when the
+    step keeps one), or the version's data part."""
+    if result.output is None:
+        return [f"{staging}/data/part-{stem}.parquet"]
+    summary = f"{staging}/work/summary-{stop:02d}-{stem}.parquet"
+    return [result.output, *([summary] if isinstance(result.collected, str) and result.collected == summary else [])]
 
 
 def decide(recipe: Recipe, index: int, results: list[ShardResult], store_url: str, workers: Workers = SERIAL

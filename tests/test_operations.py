@@ -287,6 +287,29 @@ def test_a_decision_that_fails_names_its_step_and_keeps_the_finished_tasks(tmp_p
     assert _done_markers(tmp_path / "store", "x", "ingest")  # the finished ingest is kept for a rerun
 
 
+def test_a_finished_shard_whose_files_are_gone_is_done_again_on_resume(tmp_path, prefect_harness, monkeypatch):
+    from curation import dedup_parts
+    from curation.pipeline import ShardError
+    from curation.recipe import parse_recipe
+    from flows.curate import run_curation
+
+    write_jsonl(tmp_path / "in.jsonl", rows(0, 40) + rows(0, 10, prefix="copy"))
+    recipe = parse_recipe({"inputs": [{"path": str(tmp_path / "in.jsonl")}], "shard_size_mb": 0.01,
+                           "steps": [{"step": "length_filter", "min_words": 5}, {"step": "minhash_dedup"}]})
+    candidates = dedup_parts.band_candidates
+    monkeypatch.setattr(dedup_parts, "band_candidates", lambda *a, **k: (_ for _ in ()).throw(OSError("stop")))
+    with pytest.raises(ShardError):  # the run stops at the decision, its first round finished
+        run_curation(recipe, str(tmp_path / "store"), "x", workers=1)
+    summaries = sorted((tmp_path / "store" / ".staging").glob("x.*/work/summary-*.parquet"))
+    assert len(summaries) >= 2
+    summaries[0].unlink()  # say, a clean-up of the work folder
+    monkeypatch.setattr(dedup_parts, "band_candidates", candidates)
+    resumed = run_curation(recipe, str(tmp_path / "store"), "x", workers=1)
+    assert resumed["resumed"]["shard_tasks"] == len(summaries) - 1  # the shard that lost its summary was redone
+    clean = run_curation(recipe, str(tmp_path / "clean"), "x", workers=1)
+    assert resumed["fingerprint"] == clean["fingerprint"] and resumed["rows"] == 40
+
+
 @pytest.mark.e2e
 def test_a_step_failing_in_a_worker_process_stops_the_run_naming_the_step_and_shard(tmp_path, prefect_harness):
     from curation.pipeline import ShardError

@@ -28,7 +28,6 @@ import math
 import os
 import random
 import re
-import resource
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curation import stats as S  # noqa: E402
+from flows.process_pool import memory_status, peak_rss_bytes, reset_peak  # noqa: E402
 
 _UNIT_SPLIT = re.compile(r"(?<=[.!?;:])\s+|\n+")
 
@@ -103,25 +103,9 @@ def batches(units: list[list[str]], sources: list[str], n_docs: int, batch: int,
 
 
 def status_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, MB (Linux)."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak() -> bool:
-    """Reset the peak-RSS mark (Linux >= 4.0: write 5 to /proc/self/clear_refs), so the peak is the run's own."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, MB (Linux; else the lifetime peak)."""
+    value = memory_status(field)
+    return value / 2**20 if value is not None else peak_rss_bytes() / 2**20
 
 
 def main() -> None:
@@ -154,7 +138,7 @@ def main() -> None:
         stats, model = S.compute_stats(batches(units, sources, args.docs, args.batch, args.mean_chars, args.seed,
                                                timer, args.rare_words), reference_model=reference)
         total = time.perf_counter() - start - timer["generate"]
-        peak = status_mb("VmHWM") if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = status_mb("VmHWM") if peak_reset else peak_rss_bytes() / 2**20
 
     # The fixed cost: the sample-based metrics alone, on a sample of the same documents.
     timer2 = {"generate": 0.0, "bytes": 0}

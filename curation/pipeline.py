@@ -615,7 +615,7 @@ def version_extras(store_url: str, parents: list[str], workers: Workers = SERIAL
     coverage against, compared here with the first parent's) and the HTML report with its JSON twin. The
     statistics' pass over the data is cut into up to `workers.partitions` pieces of consecutive files, each of at
     least `min_docs` documents (merged in order: the same result as one pass), and the sample's measures run side
-    by side on the workers."""
+    by side on the workers when the version has at least `workers.min_docs` documents."""
     def extras(staging, manifest: dict[str, Any]) -> list[str]:
         store = VersionStore(store_url)
         fs = store.fs
@@ -631,8 +631,9 @@ def version_extras(store_url: str, parents: list[str], workers: Workers = SERIAL
             return path if store.local else fs.unstrip_protocol(path)
 
         reference_path = url(f"{store.version_path(reference)}/stats_model.npz") if reference else None
+        side_by_side = workers.partitions > 1 and manifest["rows"] >= workers.min_docs  # else tasks cost more
         stats, model = stats_from(accumulated[0], reference_model=reference_path, reference_name=reference,
-                                  map=workers.map if workers.partitions > 1 else None)
+                                  map=workers.map if side_by_side else None)
         write_text(fs, staging.sub("stats.json"), json.dumps(stats, indent=1))
         model.save(url(staging.sub("stats_model.npz")))
         lexical, semantic = stats.get("lexical") or {}, stats.get("semantic") or {}

@@ -50,7 +50,7 @@ class WorkerPeak:
 class Whole(Generic[T]):
     """A task argument Prefect hands over without walking into it: for each task it submits, it would visit every
     element of a large one (the decisions: thousands of removals) looking for futures. Prefect's own `quote` and
-    `opaque` are tuples, which a Dask client rebuilds as plain tuples on the way to its workers."""
+    `opaque` are tuples, and on a Dask cluster they reached the workers as plain tuples."""
 
     __slots__ = ("value",)
 

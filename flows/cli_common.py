@@ -225,6 +225,12 @@ def prefect_api_ready() -> None:
     url = _server.url()
     _server = None
     os.environ["PREFECT_API_URL"] = url
-    from prefect.context import refresh_global_settings_context
+    import prefect.context
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 
-    refresh_global_settings_context()
+    prefect.context.refresh_global_settings_context()
+    # A flow's heartbeats tell a lasting server that the flow's process died; this server ends with the command.
+    # Each flow's end waits for the heartbeat thread, which sleeps in 1 s steps: 0.5 s a flow on average.
+    current = prefect.context.GLOBAL_SETTINGS_CONTEXT
+    prefect.context.GLOBAL_SETTINGS_CONTEXT = prefect.context.SettingsContext(
+        profile=current.profile, settings=current.settings.copy_with_update({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))

@@ -13,6 +13,7 @@ workers as before and `run` calls the function where the task runs.
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import multiprocessing
 import os
@@ -57,17 +58,36 @@ def reset_peak() -> bool:
         return False
 
 
-def _prepare_worker() -> None:
-    """What every task needs, imported once per worker as it starts rather than by its first task; and the
-    command's log file for what `curation/` logs here (Prefect, which routes it in the command, is not loaded)."""
-    import curation.pipeline  # noqa: F401 - the steps' registry, pyarrow, the ingest readers, the statistics (SciPy)
-    import flows.gpt  # noqa: F401 - registers the "gpt" classifier backend
+# What every task needs, imported before a worker's first task: the steps' registry, pyarrow, the ingest readers,
+# the statistics (SciPy); flows.gpt registers the "gpt" classifier backend.
+PRELOADED = ("curation.pipeline", "flows.gpt")
+
+
+def _prepare_worker(environment: dict[str, str]) -> None:
+    """The command's environment as the pool starts (the fork server's is as the first pool started); the preloaded
+    modules (already there in a worker forked from the fork server); and the command's log file for what
+    `curation/` logs here (Prefect, which routes it in the command, is not loaded)."""
+    os.environ.clear()
+    os.environ.update(environment)
+    for module in PRELOADED:
+        importlib.import_module(module)
     from flows.cli_common import LOG_FILE_ENV, RunLogHandler, debugging
 
     if os.environ.get(LOG_FILE_ENV) and not debugging():
         logging.basicConfig(level=os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING").upper(),
                             format="%(asctime)s | %(levelname)-7s | %(name)s - %(message)s",
                             handlers=[RunLogHandler()])
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a fork server that imported `curation/` once (not from this process: it holds threads,
+    Prefect's and the server's start-up, that forking would copy mid-work), so that a second worker costs no second
+    import (~0.9 s of a core each); spawned where there is no fork server (Windows)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOADED))
+    return context
 
 
 def start(workers: int) -> None:
@@ -77,8 +97,8 @@ def start(workers: int) -> None:
     if _pool is not None and _size == workers and not _broken:
         return
     stop()
-    # spawn, as Prefect's own pool: the command's process holds threads (Prefect's, the server's start-up)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_prepare_worker)
+    pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_prepare_worker,
+                               initargs=(dict(os.environ),))
     for _ in range(workers):  # a process per call while none is idle: one each
         pool.submit(int)
     _pool, _size = pool, workers

@@ -18,6 +18,7 @@ from conftest import doc, write_jsonl
 
 CLI = str(Path(sys.executable).with_name("curate"))
 SERVER_APP = "prefect.server.api.server:create_app"  # what Prefect's temporary server runs under uvicorn
+FORK_SERVER = "multiprocessing.forkserver import main"  # the command line of a fork server and of what it forks
 
 
 def _recipe(tmp_path: Path) -> Path:
@@ -52,6 +53,14 @@ def _cmdline(process: psutil.Process) -> str:
         return ""
 
 
+def _parent_cmdline(process: psutil.Process) -> str:
+    try:
+        parent = process.parent()
+    except psutil.Error:
+        return ""
+    return _cmdline(parent) if parent else ""
+
+
 def _api_url(process: psutil.Process) -> str | None:
     try:
         return process.environ().get("PREFECT_API_URL")
@@ -76,8 +85,9 @@ def _run_watching(tmp_path: Path, store: Path, *options: str) -> tuple[dict[int,
             line = _cmdline(process)
             if SERVER_APP in line:
                 servers[process.pid] = line.split("--port ")[-1].split()[0]
-            elif "spawn_main" in line and process.pid not in workers:  # a pool's or a Dask nanny's worker
-                workers[process.pid] = _api_url(process)
+            elif process.pid not in workers and ("spawn_main" in line  # a Dask nanny's worker, a spawned one
+                                                  or FORK_SERVER in line and FORK_SERVER in _parent_cmdline(process)):
+                workers[process.pid] = _api_url(process)  # forked from the pool's fork server: one of its workers
         time.sleep(0.05)
     assert cli.returncode == 0, output.read_text()
     return servers, workers

@@ -34,6 +34,7 @@ import zstandard
 
 from curation import __version__, markers
 from curation.analysis import TOKENS
+from curation.guards import PerplexityScorer, staged_guards
 from curation.ingest import (
     INGEST_STEP,
     PROVENANCE_COLUMNS,
@@ -594,12 +595,9 @@ def _accumulate_files(store_url: str, files: list[str], first_index: int) -> Acc
     return accumulate(batches(), first_index=first_index)
 
 
-def _file_groups(fs: Any, files: list[str], pieces: int) -> list[tuple[list[str], int]]:
-    """`files` in at most `pieces` runs of consecutive files of about equal rows, each with its first row's index."""
-    rows = []
-    for file in files:
-        with fs.open(file, "rb") as handle:
-            rows.append(pq.ParquetFile(handle).metadata.num_rows)
+def _file_groups(files: list[str], rows: list[int], pieces: int) -> list[tuple[list[str], int]]:
+    """`files` (of `rows` rows each) in at most `pieces` runs of consecutive files of about equal rows, each with
+    its first row's index."""
     total, groups, current, first, seen = sum(rows), [], [], 0, 0
     for file, count in zip(files, rows):
         current.append(file)
@@ -610,43 +608,69 @@ def _file_groups(fs: Any, files: list[str], pieces: int) -> list[tuple[list[str]
     return [*groups, (current, first)] if current or not groups else groups
 
 
-def version_extras(store_url: str, parents: list[str], workers: Workers = SERIAL, min_docs: int = STATS_MIN_DOCS):
-    """The publish hook: statistics (stats.json, and the semantic model a later version measures its
-    coverage against, compared here with the first parent's) and the HTML report with its JSON twin. The
-    statistics' pass over the data is cut into up to `workers.partitions` pieces of consecutive files, each of at
-    least `min_docs` documents (merged in order: the same result as one pass), and the sample's measures run side
-    by side on the workers when the version has at least `workers.min_docs` documents."""
+def version_guards(store_url: str, staging: str, recipe: Recipe, parents: list[str], synthesis: bool,
+                   perplexity: PerplexityScorer | None = None) -> dict[str, Any]:
+    """The model-collapse guards' report of a staged version (a task on a worker, while the flow computes the
+    statistics, unless a reference model scores perplexity: that scorer stays where it was loaded)."""
+    return staged_guards(VersionStore(store_url), staging, recipe.resolved_guards, recipe=recipe, parents=parents,
+                         synthesis=synthesis, perplexity=perplexity)
+
+
+@dataclass
+class VersionStats:
+    """A staged version's statistics and the semantic model a later version measures its coverage against."""
+
+    stats: dict[str, Any]
+    model: Any
+
+
+def version_stats(store_url: str, staging: str, parents: list[str], workers: Workers = SERIAL,
+                  min_docs: int = STATS_MIN_DOCS) -> VersionStats:
+    """The statistics of the staged data (compared with the first parent's semantic model). The pass over the data
+    is cut into up to `workers.partitions` pieces of consecutive files, each of at least `min_docs` documents
+    (merged in order: the same result as one pass), and the sample's measures run side by side on the workers when
+    the version has at least `workers.min_docs` documents."""
+    store = VersionStore(store_url)
+    fs = store.fs
+    parts = sorted(p for p in fs.ls(f"{staging}/data", detail=False) if p.endswith(".parquet"))
+    rows = [pq.read_metadata(part, filesystem=fs).num_rows for part in parts]
+    pieces = min(workers.partitions, sum(rows) // max(min_docs, 1)) if len(parts) > 1 else 1
+    groups = _file_groups(parts, rows, pieces) if pieces > 1 else [(parts, 0)]
+    accumulated = workers.map(_accumulate_files, [(store_url, files, first) for files, first in groups])
+    for later in accumulated[1:]:
+        accumulated[0].merge(later)
+    reference = next((p for p in parents if fs.exists(f"{store.version_path(p)}/stats_model.npz")), None)
+    reference_path = _fsspec_url(store, f"{store.version_path(reference)}/stats_model.npz") if reference else None
+    side_by_side = workers.partitions > 1 and sum(rows) >= workers.min_docs  # else tasks cost more than they save
+    stats, model = stats_from(accumulated[0], reference_model=reference_path, reference_name=reference,
+                              map=workers.map if side_by_side else None)
+    return VersionStats(stats, model)
+
+
+def _fsspec_url(store: VersionStore, path: str) -> str:
+    """What fsspec.open accepts for a path on the store's filesystem."""
+    return path if store.local else store.fs.unstrip_protocol(path)
+
+
+def version_extras(store_url: str, computed: VersionStats):
+    """The publish hook: the statistics (stats.json, the semantic model) and the HTML report with its JSON twin."""
     def extras(staging, manifest: dict[str, Any]) -> list[str]:
         store = VersionStore(store_url)
-        fs = store.fs
-        parts = sorted(p for p in fs.ls(f"{staging.path}/data", detail=False) if p.endswith(".parquet"))
-        pieces = min(workers.partitions, manifest["rows"] // max(min_docs, 1)) if len(parts) > 1 else 1
-        groups = _file_groups(fs, parts, pieces) if pieces > 1 else [(parts, 0)]
-        accumulated = workers.map(_accumulate_files, [(store_url, files, first) for files, first in groups])
-        for later in accumulated[1:]:
-            accumulated[0].merge(later)
-
-        reference = next((p for p in parents if fs.exists(f"{store.version_path(p)}/stats_model.npz")), None)
-        def url(path: str) -> str:  # what fsspec.open accepts for a path on the store's filesystem
-            return path if store.local else fs.unstrip_protocol(path)
-
-        reference_path = url(f"{store.version_path(reference)}/stats_model.npz") if reference else None
-        side_by_side = workers.partitions > 1 and manifest["rows"] >= workers.min_docs  # else tasks cost more
-        stats, model = stats_from(accumulated[0], reference_model=reference_path, reference_name=reference,
-                                  map=workers.map if side_by_side else None)
-        write_text(fs, staging.sub("stats.json"), json.dumps(stats, indent=1))
-        model.save(url(staging.sub("stats_model.npz")))
+        stats = computed.stats
+        write_text(store.fs, staging.sub("stats.json"), json.dumps(stats, indent=1))
+        computed.model.save(_fsspec_url(store, staging.sub("stats_model.npz")))
         lexical, semantic = stats.get("lexical") or {}, stats.get("semantic") or {}
         manifest["stats_summary"] = {
             "documents": stats["size"]["docs"], "words": stats["size"]["words"],
             "distinct_2": lexical.get("distinct_2"), "compression_ratio": lexical.get("compression_ratio"),
             "cluster_entropy_bits": semantic.get("cluster_entropy"), "vendi_score": semantic.get("vendi_score"),
-            **({"coverage_of_" + reference: stats["coverage"]["covered_share"]} if stats.get("coverage") else {}),
+            **({"coverage_of_" + stats["coverage"]["reference"]: stats["coverage"]["covered_share"]}
+               if stats.get("coverage") else {}),
         }
         rejects = read_staged(store_url, staging.path, "rejects",
                               ["id", "text", "step", "reason", "raw", "source_file", "source_line"])
         html, twin = version_report(manifest, stats, examples=removed_examples(rejects))
-        write_report(fs, staging.path, html, twin)
+        write_report(store.fs, staging.path, html, twin)
         return ["stats.json", "stats_model.npz", "report.html", "report.json"]
 
     return extras

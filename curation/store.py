@@ -274,6 +274,14 @@ class VersionStore:
         return {"path": path, "kind": kind, "rows": None, "bytes": self.fs.size(full),
                 "sha256": file_sha256(full, self.fs)}
 
+    def _staged_parts(self, staging: Staging, kind: str) -> list[str]:
+        return sorted(p for p in self.fs.ls(staging.sub(kind), detail=False) if p.endswith(".parquet"))
+
+    def harmonise(self, staging: Staging) -> None:
+        """Rewrite the staged data (and rejects) parts whose schema differs, so each kind reads as one table."""
+        for kind in ("data", "rejects"):
+            harmonise_schemas(self.fs, self._staged_parts(staging, kind))
+
     def publish(self, staging: Staging, manifest: dict[str, Any],
                 extras: Callable[[Staging, dict[str, Any]], list[str]] | None = None) -> str:
         """Seal a staged version: harmonise schemas, checksum, fingerprint, account, then make it visible.
@@ -283,11 +291,10 @@ class VersionStore:
         gets a dataset card (README.md, curation/card.py), listed with its checksum; the card is not a table,
         so it leaves the content fingerprint as it is."""
         self.fs.rm(staging.sub("work"), recursive=True) if self.fs.exists(staging.sub("work")) else None
+        self.harmonise(staging)
         files = []
         for kind in ("data", "rejects"):
-            parts = sorted(p for p in self.fs.ls(staging.sub(kind), detail=False) if p.endswith(".parquet"))
-            harmonise_schemas(self.fs, parts)
-            for part in parts:
+            for part in self._staged_parts(staging, kind):
                 meta = pq.read_metadata(part, filesystem=self.fs)
                 files.append({"path": f"{kind}/{part.rsplit('/', 1)[-1]}", "kind": kind, "rows": meta.num_rows,
                               "bytes": self.fs.size(part), "sha256": file_sha256(part, self.fs)})

@@ -22,7 +22,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from curation import pipeline
 from curation.calibration import calibrate
-from curation.guards import gate, staged_guards
+from curation.guards import gate
 from curation.recipe import Recipe
 from curation.steps.base import Workers
 from curation.store import VersionStore
@@ -76,7 +76,7 @@ def shard_task(recipe: Recipe, shard: str, drops: Whole[list[tuple[int, str]]], 
 
 @task(name="part", task_run_name="part-{fn.__name__}", cache_policy=NO_CACHE)
 def part_task(fn: Callable[..., T], args: Whole[tuple]) -> tuple[T, int]:
-    """One piece of a decision or of the statistics' pass."""
+    """One piece of a decision or of the statistics' pass, or the guards."""
     return process_pool.run(fn, *args.value)
 
 
@@ -160,7 +160,9 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
             processed, reports = _process_shards(recipe, ingested, drops, store.url, staging.path, progress, timings,
                                                  peak, workers, task_map, memory)
 
-        clock = time.perf_counter()
+        clock, tasks = time.perf_counter(), task_map.tasks
+        store.harmonise(staging)  # the staged parts read as one table for the guards and statistics alike
+        guarded = _guards_beside(recipe, store.url, staging.path, parents or [], synthesis, partitions)
         planted = pipeline.planted_defects(recipe, store.url, staging.path)
         manifest = pipeline.build_manifest(written, plan, ingested, sum(len(d) for d in drops.values()), processed,
                                            parents or [], time.perf_counter() - started, planted, reports)
@@ -172,22 +174,27 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
         if any(resumed.values()):
             manifest["resumed"] = {**resumed, "of_ingest_tasks": len(ingested), "of_shard_tasks": len(processed)}
         manifest.update(manifest_extra or {})
-        manifest["guards"] = staged_guards(store, staging.path, recipe.resolved_guards, recipe=recipe, parents=parents,
-                                           synthesis=synthesis,
-                                           perplexity=perplexity_scorer(recipe.resolved_guards.reference_model))
-        override = gate(manifest["guards"], name, override_guards)
+        if guarded is None:  # here, before the statistics: a version that fails its guards costs no statistics
+            manifest["guards"] = pipeline.version_guards(
+                store.url, staging.path, recipe, parents or [], synthesis,
+                perplexity=perplexity_scorer(recipe.resolved_guards.reference_model))
+            override = gate(manifest["guards"], name, override_guards)
+        computed = pipeline.version_stats(store.url, staging.path, parents or [], workers, stats_min_docs)
+        if guarded is not None:
+            manifest["guards"] = peak.take(guarded.result())
+            override = gate(manifest["guards"], name, override_guards)
         if override:
             manifest["guard_override"] = override
-        timings["guards"] = _timing(clock, manifest["steps"][-1]["kept"] if manifest["steps"] else 0)
+        timings["guards+stats"] = {**_timing(clock, manifest["steps"][-1]["kept"] if manifest["steps"] else 0),
+                                   "tasks": task_map.tasks - tasks + (guarded is not None)}
         clock = time.perf_counter()
         manifest["timings"] = timings
         # Before publishing removes the intermediates: the staging folder holds the most it will hold.
         actual = pipeline.run_actuals(ingested, peak.rss_bytes, store.fs.du(staging.path))
 
-        def extras(staged, final: dict[str, Any]) -> list[str]:  # statistics and report, timed with publishing
-            tasks = task_map.tasks
-            written = pipeline.version_extras(store.url, parents or [], workers, stats_min_docs)(staged, final)
-            final["timings"]["stats+publish"] = {**_timing(clock, final["rows"]), "tasks": task_map.tasks - tasks}
+        def extras(staged, final: dict[str, Any]) -> list[str]:  # the statistics' files and report
+            written = pipeline.version_extras(store.url, computed)(staged, final)
+            final["timings"]["publish"] = _timing(clock, final["rows"])
             final["run_seconds"] = round(time.perf_counter() - started, 3)
             # After statistics, the flow process's last large step; not part of the content fingerprint.
             final.update(estimated.versus({**actual, "flow_peak_rss_bytes": memory.peak()}))
@@ -201,6 +208,15 @@ def curate_flow(recipe: Recipe, store_url: str, name: str, parents: list[str] | 
     result["path"] = path
     publish_artifacts(result)
     return result
+
+
+def _guards_beside(recipe: Recipe, store_url: str, staging: str, parents: list[str], synthesis: bool,
+                   partitions: int) -> Any:
+    """The guards as a task on a worker, to run while the flow computes the statistics: with more than one worker,
+    and no reference model to score perplexity with (loaded where it scores); else None, to run them here."""
+    if partitions <= 1 or recipe.resolved_guards.reference_model:
+        return None
+    return part_task.submit(pipeline.version_guards, Whole((store_url, staging, recipe, parents, synthesis)))
 
 
 def _ingest(recipe: Recipe, plan: pipeline.Plan, store_url: str, staging: str, carry: str | None,

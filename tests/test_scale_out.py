@@ -203,8 +203,10 @@ def test_two_workers_decide_in_tasks_and_publish_what_one_process_does(tmp_path,
     assert all(t["decide_tasks"] == 0 for t in one["timings"].values() if isinstance(t, dict) and "decide_tasks" in t)
     # The summaries went to files in the staging folder, not through the flow: the published version has none.
     assert not list((tmp_path / "b").rglob("summary-*.parquet"))
-    # The statistics' pass ran in pieces on the workers, merged in order: the same stats.json as one pass.
-    assert two["timings"]["stats+publish"]["tasks"] >= 4 and one["timings"]["stats+publish"]["tasks"] == 0
+    # The statistics' pass ran in pieces on the workers, merged in order: the same stats.json as one pass; the
+    # guards ran as a task beside it (one worker: here, before it), with the same report.
+    assert two["guards"] == one["guards"] and two["guards"]["guards"]
+    assert two["timings"]["guards+stats"]["tasks"] >= 5 and one["timings"]["guards+stats"]["tasks"] == 0
     stats = [json.loads((Path(m["path"]) / "stats.json").read_text()) for m in (one, two)]
     assert stats[0] == stats[1] and stats[0]["size"]["docs"] == two["rows"]
 

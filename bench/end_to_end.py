@@ -126,11 +126,14 @@ def exit_with_check(problems: list[str]) -> None:
 
 
 class Peak:
-    """Peak RSS of a process (default: this one) and all its descendants, and peak bytes under a folder."""
+    """Peak RSS of a process (default: this one) and all its descendants, and peak bytes under a folder; and the
+    CPU seconds the tree used (`cpu_seconds`: each process's own user + system time as last sampled, so a
+    process's last interval, or one that lived less than an interval, is missed)."""
 
     def __init__(self, folder: Path, interval: float = 0.5, pid: int | None = None):
         self.folder, self.interval, self.pid = folder, interval, pid
         self.rss = self.disk = 0
+        self._cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> CPU seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -144,9 +147,15 @@ class Peak:
         for p in tree:
             try:
                 total += p.memory_info().rss
+                times = p.cpu_times()
+                self._cpu[(p.pid, p.create_time())] = times.user + times.system
             except psutil.Error:
                 pass
         return total
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self._cpu.values())
 
     def _disk(self) -> int:
         total = 0

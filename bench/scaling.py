@@ -10,11 +10,15 @@ planted, in three JSONL files. Each layout runs `curate run` (a new user's comma
 Prefect, the estimate) on a recipe of length, Gopher repetition, C4 and FineWeb filters and exact and MinHash
 dedup (Gopher's quality rules are left out: on technical prose they drop most documents, and the
 dedup steps would have nothing to do), into a fresh store; `--repeat` runs per layout, alternating, the median
-reported. Printed per layout: wall time, docs/s, the peak resident memory of the command's whole process tree
+reported. Printed per layout: wall time, docs/s, the CPU seconds of the command's whole process tree and how many
+cores that kept busy on average (CPU / wall: a layout's CPU time over the machine's cores is the least wall time
+it can take, so the speed-up it allows is printed too), the peak resident memory of the command's whole process tree
 (sampled every 0.2 s), the largest peak any worker task reported, how much the flow's own process grew per
 document while a dedup step decided, the version's fingerprint, kept documents, each stage's seconds from the
 manifest, and the shard rounds' seconds (with the decisions that start them) against the first layout's.
 
+    .venv/bin/python bench/scaling.py --doc-bytes 3000 --layouts "1 worker" "2 workers"
+                                                     # the same run with longer documents: fixed costs weigh less
     .venv/bin/python bench/scaling.py --layouts "1 worker" --local 1 2 4 8 --repeat 1
                                                      # N partitions taking turns on the cores: memory per worker
 """
@@ -69,8 +73,8 @@ def sentences() -> list[str]:
 
 
 def make_corpus(folder: Path, docs: int, seed: int, doc_bytes: int = 1000) -> list[Path]:
-    """`docs` documents in JSONL files of FILE_DOCS, written once per (docs, seed)."""
-    stamp = folder / f"corpus-{docs}-{seed}.json"
+    """`docs` documents in JSONL files of FILE_DOCS, written once per (docs, seed, doc_bytes)."""
+    stamp = folder / f"corpus-{docs}-{seed}-{doc_bytes}.json"
     if stamp.exists():
         return [Path(p) for p in json.loads(stamp.read_text())]
     shutil.rmtree(folder, ignore_errors=True)
@@ -119,7 +123,8 @@ def run_layout(recipe: Path, folder: Path, options: list[str], env: dict[str, st
         sys.exit(f"curate run {' '.join(options)} failed:\n{out[-2000:]}\n{err[-2000:]}")
     manifest = json.loads(next((store / "versions").glob("scaling*/manifest.json")).read_text())
     rounds = [t for t in manifest["timings"].values() if "decide_tasks" in t]
-    return {"wall_s": wall, "peak_rss": peak.rss, "fingerprint": manifest["fingerprint"], "kept": manifest["rows"],
+    return {"wall_s": wall, "cpu_s": peak.cpu_seconds, "peak_rss": peak.rss, "fingerprint": manifest["fingerprint"],
+            "kept": manifest["rows"],
             "timings": {k: v["seconds"] for k, v in manifest["timings"].items()},
             "worker_peak_rss": manifest["actual"]["worker_peak_rss_bytes"],
             "decide_tasks": sum(t["decide_tasks"] for t in rounds),
@@ -136,6 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=75_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--doc-bytes", type=int, default=1000, help="about how long each document is")
     parser.add_argument("--repeat", type=int, default=3, help="runs per layout (alternating); the median is reported")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     parser.add_argument("--local", nargs="+", type=int, default=[], metavar="N",
@@ -149,7 +155,7 @@ def main() -> None:
                                                             "layout publishes the same fingerprint")
     args = parser.parse_args()
 
-    files = make_corpus(args.dir / "corpus", args.docs, args.seed)
+    files = make_corpus(args.dir / "corpus", args.docs, args.seed, args.doc_bytes)
     recipe = args.dir / "scaling.yaml"
     inputs = "\n".join(f"  - {{path: {p}, source: technical}}" for p in files)
     shard_line = f"shard_size_mb: {args.shard_mb}\n" if args.shard_mb else ""
@@ -166,9 +172,10 @@ def main() -> None:
                   flush=True)
 
     shards = f"{args.shard_mb:g} MB" if args.shard_mb else "the run's choice"
-    print(f"\n{args.docs:,} documents of ~1 KB, shards of {shards}; medians of {args.repeat} runs per layout")
-    print(f"{'layout':<11}{'wall s':>8}{'docs/s':>9}{'speed-up':>10}{'peak RSS':>10}{'worker':>9}{'flow B/doc':>11}"
-          f"  {'kept':>7}  fingerprint")
+    print(f"\n{args.docs:,} documents of ~{args.doc_bytes / 1000:g} KB, shards of {shards}; medians of {args.repeat} "
+          "runs per layout")
+    print(f"{'layout':<11}{'wall s':>8}{'docs/s':>9}{'speed-up':>10}{'CPU s':>7}{'cores':>6}{'peak RSS':>10}"
+          f"{'worker':>9}{'flow B/doc':>11}  {'kept':>7}  fingerprint")
     first = next(iter(layouts))
     base = statistics.median(r["wall_s"] for r in runs[first])
     base_steps = statistics.median(_steps_seconds(r) for r in runs[first])
@@ -179,7 +186,9 @@ def main() -> None:
         fingerprints = {r["fingerprint"] for r in results}
         worker = statistics.median(r["worker_peak_rss"] or 0 for r in results)
         flow_per_doc = statistics.median(r["flow_decide_growth"] / max(r["decided_docs"], 1) for r in results)
-        print(f"{name:<11}{wall:>8.1f}{args.docs / wall:>9,.0f}{base / wall:>9.2f}x{rss / 1e9:>8.2f} GB"
+        cpu = statistics.median(r["cpu_s"] for r in results)
+        print(f"{name:<11}{wall:>8.1f}{args.docs / wall:>9,.0f}{base / wall:>9.2f}x{cpu:>7.1f}{cpu / wall:>6.2f}"
+              f"{rss / 1e9:>8.2f} GB"
               f"{worker / 1e9:>6.2f} GB{flow_per_doc:>11,.0f}  {results[0]['kept']:>7,}  "
               f"{', '.join(f[:12] for f in sorted(fingerprints))}")
         stages = {k: statistics.median(r["timings"].get(k, 0.0) for r in results) for k in results[0]["timings"]}
@@ -188,9 +197,16 @@ def main() -> None:
               + f"; steps and decisions {steps:.1f} s ({base_steps / steps:.2f}x), "
               f"{statistics.median(r['decide_tasks'] for r in results):.0f} decision tasks")
         figures["layouts"][name] = {"wall_s": wall, "docs_per_s": args.docs / wall, "speedup": base / wall,
+                                    "cpu_s": cpu, "busy_cores": cpu / wall,
                                     "steps_s": steps, "steps_speedup": base_steps / steps, "peak_rss_bytes": rss,
                                     "worker_peak_rss_bytes": worker, "flow_decide_bytes_per_doc": flow_per_doc,
                                     "fingerprints": sorted(fingerprints), "stages": stages, "runs": results}
+    cores = os.cpu_count() or 1
+    for name, layout in figures["layouts"].items():
+        if name != first and layout["busy_cores"] > 1.05:  # the most this layout's CPU time allows on these cores
+            floor = layout["cpu_s"] / cores
+            print(f"{name}: {layout['cpu_s']:.1f} CPU s on {cores} cores take at least {floor:.1f} s: at most "
+                  f"{base / floor:.2f}x {first}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=1))
